@@ -1,0 +1,1 @@
+"""fakedetect: detectors of AI-generated images."""

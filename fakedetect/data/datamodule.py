@@ -1,0 +1,279 @@
+"""One LightningDataModule for every model: CIFAKE or any image folder, held on the device or streamed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from fakedetect.data.augment import BatchAugment
+from fakedetect.data.decode import Decoded, cache_key, decode_entries, decode_image, load_cache, save_cache
+from fakedetect.data.loaders import DeviceBatches, StreamDataset, collate_skipping
+from fakedetect.data.sources import Entry, Listing, Source
+
+log = logging.getLogger(__name__)
+
+LUMA = (0.299, 0.587, 0.114)
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, carved) with `fraction` of every class carved out, reproducibly for a seed."""
+    rng = np.random.default_rng(seed)
+    kept, carved = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = int(round(fraction * len(idx)))
+        carved.append(idx[:k])
+        kept.append(idx[k:])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(carved))
+
+
+def stratified_sample(entries: list[Entry], limit: int | None, seed: int) -> list[Entry]:
+    """At most `limit` entries, the same number from every class (a quick subset for tests and sweeps)."""
+    if not limit or limit >= len(entries):
+        return entries
+    labels = np.array([e.label for e in entries])
+    classes = np.unique(labels)
+    rng = np.random.default_rng(seed)
+    per_class = limit // len(classes)
+    picked = np.concatenate(
+        [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]
+    )
+    return [entries[i] for i in np.sort(picked)]
+
+
+def channel_stats(images: np.ndarray, channels: int, chunk: int = 8192) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] of (N, H, W, 3) uint8 images, in chunks to bound memory."""
+    total = np.zeros(channels)
+    squares = np.zeros(channels)
+    count = 0
+    for i in range(0, len(images), chunk):
+        x = images[i : i + chunk].astype(np.float64) / 255.0
+        if channels == 1:
+            x = (x @ np.array(LUMA))[..., None]
+        total += x.sum(axis=(0, 1, 2))
+        squares += (x**2).sum(axis=(0, 1, 2))
+        count += x.shape[0] * x.shape[1] * x.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 1e-12))
+    return mean.tolist(), std.tolist()
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Binary real/fake images with FAKE = 1 the positive class (the order of `classes`).
+
+    Batches are (uint8 images NCHW, int64 labels) from either loader; conversion to float,
+    greyscale, augmentation and normalization happen in `preprocess` on the training device.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        classes: tuple[str, ...] | list[str] = ("REAL", "FAKE"),
+        resolution: int = 32,
+        channels: int = 3,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        seed: int = 42,
+        batch_size: int = 128,
+        eval_batch_size: int = 1024,
+        loader: str = "memory",
+        num_workers: int = 2,
+        train_limit: int | None = None,
+        test_limit: int | None = None,
+        cache_dir: str | None = None,
+        skip_bad: bool = True,
+        augment: BatchAugment | None = None,
+        normalize: bool = True,
+        stats_sample: int = 20000,
+        decode_workers: int | None = None,
+    ) -> None:
+        super().__init__()
+        if loader not in ("memory", "stream"):
+            raise ValueError(f"data.loader must be 'memory' or 'stream', got {loader!r}")
+        if channels not in (1, 3):
+            raise ValueError(f"data.channels must be 1 (greyscale) or 3 (RGB), got {channels}")
+        self.root, self.classes = str(root), list(classes)
+        self.resolution, self.channels = resolution, channels
+        self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.loader, self.num_workers = loader, num_workers
+        self.train_limit, self.test_limit = train_limit, test_limit
+        self.cache_dir = Path(cache_dir) if cache_dir else Path("data/cache")
+        self.skip_bad, self.normalize, self.stats_sample = skip_bad, normalize, stats_sample
+        self.decode_workers = decode_workers
+        self.augment = augment or BatchAugment()
+        self.mean: list[float] | None = None
+        self.std: list[float] | None = None
+        self.skipped: list[str] = []
+        self.timings: dict[str, float] = {}
+        self.splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._entries: dict[str, list[Entry]] = {}
+        self._on_device: dict[tuple[str, str], tuple[Tensor, Tensor]] = {}
+
+    def _source(self) -> Source:
+        return Source.open(self.root)
+
+    def _listing(self, source: Source) -> Listing:
+        listing = source.list(self.classes)
+        if listing.ignored:
+            log.info("ignored %d non-image or unplaced files in %s, e.g. %s",
+                     len(listing.ignored), self.root, listing.ignored[0])
+        entries = listing.split("train") + listing.split("test") or listing.entries
+        by_split: dict[str, list[Entry]] = {}
+        for e in entries:
+            by_split.setdefault(e.split, []).append(e)
+        limits = {"train": self.train_limit, "test": self.test_limit, "": self.train_limit}
+        picked = [e for s, es in by_split.items() for e in stratified_sample(es, limits[s], self.seed)]
+        return Listing(picked, listing.ignored)
+
+    def _cache_folder(self, source: Source) -> Path:
+        key = cache_key(source.identity(), self.resolution, self.classes, self.train_limit,
+                        self.test_limit, self.seed if (self.train_limit or self.test_limit) else None)
+        return self.cache_dir / f"{Path(self.root).name}-{self.resolution}px-{key}"
+
+    def decoded(self) -> Decoded:
+        """The decoded images, from the cache if present, else decoded on every core and cached."""
+        source = self._source()
+        folder = self._cache_folder(source)
+        start = time.perf_counter()
+        cached = load_cache(folder)
+        if cached is not None:
+            self.timings["cache_load_s"] = time.perf_counter() - start
+            return cached
+        listing = self._listing(source)
+        decoded = decode_entries(source, listing.entries, self.resolution, self.decode_workers, self.skip_bad)
+        self.timings["decode_s"] = time.perf_counter() - start
+        log.info("decoded %d images from %s in %.1f s (%d unreadable skipped); cache %s",
+                 len(decoded.labels), self.root, self.timings["decode_s"], len(decoded.skipped), folder)
+        save_cache(folder, decoded)
+        return decoded
+
+    def prepare_data(self) -> None:
+        if self.loader == "memory":
+            self.decoded()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        if self.loader == "memory":
+            data = self.decoded()
+            self.skipped = data.skipped
+            labels, split_names = data.labels, data.splits
+        else:
+            listing = self._listing(self._source())
+            entries = listing.entries
+            labels = np.array([e.label for e in entries])
+            split_names = np.array([e.split for e in entries])
+        test_idx = np.flatnonzero(split_names == "test")
+        train_idx = np.flatnonzero(split_names == "train")
+        if not len(train_idx):
+            pool = np.arange(len(labels))
+            kept, carved = stratified_split(labels, self.test_fraction, self.seed)
+            train_idx, test_idx = pool[kept], pool[carved]
+        kept, carved = stratified_split(labels[train_idx], self.val_fraction, self.seed)
+        index = {"train": train_idx[kept], "val": train_idx[carved], "test": test_idx}
+        if self.loader == "memory":
+            self.splits = {k: (data.images[v], data.labels[v]) for k, v in index.items()}
+        else:
+            self._entries = {k: [entries[i] for i in v] for k, v in index.items()}
+            self.splits = {k: (np.empty(0), labels[v]) for k, v in index.items()}
+        if self.mean is None:
+            self.mean, self.std = self._stats()
+        log.info("splits: %s; mean %s std %s", {k: len(v[1]) for k, v in self.splits.items()},
+                 np.round(self.mean, 4).tolist(), np.round(self.std, 4).tolist())
+
+    def _stats(self) -> tuple[list[float], list[float]]:
+        """Normalization statistics of the train split (never val or test), cached beside the images."""
+        if not self.normalize:
+            return [0.0] * self.channels, [1.0] * self.channels
+        source = self._source()
+        key = cache_key(source.identity(), self.resolution, self.channels, self.val_fraction,
+                        self.train_limit, self.seed, self.stats_sample if self.loader == "stream" else None)
+        path = self.cache_dir / "stats" / f"{key}.json"
+        if path.exists():
+            stats = json.loads(path.read_text())
+            return stats["mean"], stats["std"]
+        if self.loader == "memory":
+            images = self.splits["train"][0]
+        else:
+            sample = stratified_sample(self._entries["train"], self.stats_sample, self.seed)
+            blobs = dict(source.read(e.name for e in sample))
+            images = np.stack([decode_image(b, self.resolution) for b in blobs.values()])
+        mean, std = channel_stats(images, self.channels)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"mean": mean, "std": std}))
+        return mean, std
+
+    def state_dict(self) -> dict:
+        """What eval and predict need from the data: saved in every checkpoint."""
+        return {"classes": self.classes, "resolution": self.resolution, "channels": self.channels,
+                "mean": self.mean, "std": self.std}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.std = state["mean"], state["std"]
+
+    @torch.no_grad()
+    def preprocess(self, images: Tensor, train: bool = False) -> Tensor:
+        """uint8 NCHW batch on any device to the normalized float batch the nets take."""
+        x = images.float().div_(255)
+        if self.channels == 1 and x.shape[1] == 3:
+            x = (x * x.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        if train:
+            x = self.augment(x)
+        mean = x.new_tensor(self.mean).view(1, -1, 1, 1)
+        std = x.new_tensor(self.std).view(1, -1, 1, 1)
+        x = (x - mean) / std
+        return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        return self.preprocess(images, train=training), labels
+
+    def _device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+
+    def _rank(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+
+    def _loader(self, split: str, train: bool) -> DeviceBatches | DataLoader:
+        batch = self.batch_size if train else self.eval_batch_size
+        rank, world = self._rank()
+        n = len(self.splits[split][1])
+        drop_last = train and n >= batch * world
+        if self.loader == "memory":
+            device = self._device()
+            if (split, str(device)) not in self._on_device:
+                images, labels = self.splits[split]
+                self._on_device[(split, str(device))] = (
+                    torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device),
+                    torch.from_numpy(labels).to(device),
+                )
+            images, labels = self._on_device[(split, str(device))]
+            return DeviceBatches(images, labels, batch, shuffle=train, seed=self.seed,
+                                 rank=rank, world_size=world, drop_last=drop_last)
+        dataset = StreamDataset(self._source(), self._entries[split], self.resolution)
+        return DataLoader(
+            dataset, batch_size=batch, shuffle=train, num_workers=self.num_workers,
+            collate_fn=collate_skipping, pin_memory=self._device().type == "cuda",
+            persistent_workers=self.num_workers > 0, drop_last=drop_last,
+        )
+
+    def train_dataloader(self) -> DeviceBatches | DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DeviceBatches | DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DeviceBatches | DataLoader:
+        return self._loader("test", train=False)
+
+

@@ -1,0 +1,6 @@
+"""Plain nn.Modules that map (N, C, H, W) float images to one logit per image; FAKE is the positive class."""
+
+from fakedetect.nets.cnn import FlexibleCNN
+from fakedetect.nets.mlp import MLP
+
+__all__ = ["MLP", "FlexibleCNN"]

@@ -1,0 +1,76 @@
+"""`python -m fakedetect.train`: fit a detector from the composed config, test its best checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fakedetect.utils.builders import build_list, build_model, build_trainer, count_parameters
+from fakedetect.utils.checkpoint import StoreConfig
+from fakedetect.utils.records import log_hparams, machine, print_config, scalars, write_metrics
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, then test the best checkpoint; returns every final metric and writes them to metrics.json."""
+    if cfg.get("print_config"):
+        print_config(cfg)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    model = build_model(cfg)
+    callbacks = [*build_list(cfg.get("callbacks")), StoreConfig(OmegaConf.to_container(cfg, resolve=True))]
+    loggers = build_list(cfg.get("logger"))
+    trainer = build_trainer(cfg, callbacks, loggers)
+    record: dict = {"task": cfg.task_name, "machine": machine(), "params": count_parameters(model),
+                    "experiment": _experiment_name()}
+    metrics: dict[str, float] = {}
+    if cfg.get("train"):
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        record["train_time_s"] = time.perf_counter() - start
+        record["epochs"] = trainer.current_epoch
+        metrics.update(scalars(trainer.callback_metrics))
+    if cfg.get("test"):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best:
+            log.warning("no best checkpoint; testing the current weights")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        record["ckpt_path"] = best
+        metrics.update(scalars(trainer.callback_metrics))
+    record["metrics"] = metrics
+    if trainer.is_global_zero:
+        write_metrics(Path(cfg.paths.output_dir) / "metrics.json", record)
+        log_hparams(trainer.loggers, cfg, {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))})
+    return metrics
+
+
+def _experiment_name() -> str | None:
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    return choices.get("experiment")
+
+
+def metric_value(metrics: dict[str, float], name: str | None) -> float | None:
+    """The value a sweeper optimizes; a missing name is a config error, named as such."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric '{name}' was not logged; logged: {sorted(metrics)}")
+    return metrics[name]
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return metric_value(train(cfg), cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()
