@@ -1,0 +1,59 @@
+"""Shared fixtures: the real CIFAKE archive, a session decode cache and Hydra-composed configs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+CIFAKE = Path(os.environ.get("CIFAKE_TEST_ARCHIVE", ROOT.parent / "shared" / "data" / "cifake" / "cifake.tar.gz"))
+# One small stratified CIFAKE subset shared by the training tests, so it is decoded once per session.
+SUBSET = ["data.train_limit=2000", "data.test_limit=1000"]
+
+
+@pytest.fixture(scope="session")
+def cifake_path() -> Path:
+    if not CIFAKE.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CIFAKE archive missing under CI: {CIFAKE}")
+        pytest.skip(f"CIFAKE archive not found at {CIFAKE} (set CIFAKE_TEST_ARCHIVE)")
+    return CIFAKE
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def compose_config(name: str, overrides: list[str], out: Path) -> DictConfig:
+    """Compose a config as `python -m fakedetect.<name>` would, with outputs under `out`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(ROOT)
+        cfg.paths.output_dir = str(out)
+        cfg.paths.log_dir = str(out)
+        del cfg["hydra"]  # as in a real run: the resolver reads HydraConfig, the job never sees `hydra`
+    return cfg
+
+
+@pytest.fixture
+def train_cfg(cifake_path: Path, cache_dir: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+    """A factory of train configs on the shared CIFAKE subset, quiet and on CPU."""
+
+    def make(*overrides: str) -> DictConfig:
+        base = [f"data.root={cifake_path}", f"data.cache_dir={cache_dir}", *SUBSET, "trainer=cpu",
+                "print_config=false", "callbacks.progress_bar=null"]
+        return compose_config("train", [*base, *overrides], tmp_path)
+
+    return make

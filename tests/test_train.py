@@ -1,0 +1,124 @@
+"""Real short trainings on a CIFAKE subset: train, checkpoint, eval, TensorBoard and the CLI entry points."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig
+from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+
+from fakedetect.eval import evaluate
+from fakedetect.train import metric_value, train
+from fakedetect.utils.checkpoint import CONFIG_KEY, checkpoint_config, load_checkpoint
+from tests.conftest import ROOT, SUBSET, compose_config
+
+
+@pytest.mark.parametrize("model", ["cnn", "mlp"])
+def test_fast_dev_run(model: str, train_cfg: Callable[..., DictConfig]) -> None:
+    metrics = train(train_cfg(f"model={model}", "debug=fdr"))
+    assert {"train/loss", "val/acc", "test/acc", "test/auroc"} <= set(metrics)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, cifake_path: Path, cache_dir: Path) -> tuple[DictConfig, dict]:
+    """The default CNN trained for 2 epochs on 2,000 CIFAKE images, tested on 1,000."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = compose_config(
+        "train",
+        [f"data.root={cifake_path}", f"data.cache_dir={cache_dir}", *SUBSET, "trainer=cpu", "trainer.max_epochs=2",
+         "print_config=false", "callbacks.progress_bar=null"],
+        out,
+    )
+    return cfg, train(cfg)
+
+
+def test_short_training_learns(trained: tuple[DictConfig, dict]) -> None:
+    _, metrics = trained
+    assert metrics["val/acc_best"] > 0.7, metrics
+    assert metrics["test/acc"] > 0.7, metrics
+    assert metric_value(metrics, "val/acc_best") == metrics["val/acc_best"]
+
+
+def test_metrics_json_records_the_run(trained: tuple[DictConfig, dict]) -> None:
+    cfg, metrics = trained
+    record = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert record["metrics"]["test/acc"] == pytest.approx(metrics["test/acc"])
+    assert record["epochs"] == 2 and record["params"] > 100_000 and record["train_time_s"] > 0
+    assert "CPU" in record["machine"]
+
+
+def test_checkpoint_is_self_contained(trained: tuple[DictConfig, dict]) -> None:
+    cfg, _ = trained
+    ckpt_path = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["ckpt_path"]
+    ckpt = load_checkpoint(ckpt_path)
+    run_cfg = checkpoint_config(ckpt, ckpt_path)
+    assert run_cfg.model.net._target_ == "fakedetect.nets.FlexibleCNN"
+    data_state = ckpt["ImageDataModule"]
+    assert data_state["classes"] == ["REAL", "FAKE"] and len(data_state["mean"]) == 3
+    assert all(0.2 < s < 0.35 for s in data_state["std"])
+
+
+def test_eval_reproduces_the_test_metric(trained: tuple[DictConfig, dict], tmp_path: Path) -> None:
+    cfg, metrics = trained
+    ckpt_path = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["ckpt_path"]
+    eval_cfg = compose_config("eval", [f"ckpt_path={ckpt_path}", "trainer=cpu"], tmp_path)
+    result = evaluate(eval_cfg)
+    assert result["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+    assert result["test/auroc"] == pytest.approx(metrics["test/auroc"], abs=1e-6)
+    assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["test/acc"] == result["test/acc"]
+
+
+def test_tensorboard_has_scalars_hparams_and_figures(trained: tuple[DictConfig, dict]) -> None:
+    cfg, _ = trained
+    tags: dict[str, set[str]] = {"scalars": set(), "images": set(), "hparams": set()}
+    for event_file in (Path(cfg.paths.output_dir) / "tensorboard").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(event_file))
+        acc.Reload()
+        for plugin in tags:
+            if plugin in acc.ActivePlugins():
+                tags[plugin] |= set(acc.PluginTagToContent(plugin))
+    assert {"train/loss", "val/acc", "val/acc_best", "test/acc", "hp/test_acc"} <= tags["scalars"]
+    assert {"test/confusion_matrix", "test/roc"} <= tags["images"]
+    assert "_hparams_/session_start_info" in tags["hparams"]
+
+
+def test_missing_optimized_metric_is_named() -> None:
+    with pytest.raises(KeyError, match="val/nope"):
+        metric_value({"val/acc": 1.0}, "val/nope")
+
+
+def test_checkpoint_without_config_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(KeyError, match=CONFIG_KEY):
+        checkpoint_config(load_checkpoint(path), path)
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_cli_train_then_eval(cifake_path: Path, cache_dir: Path, tmp_path: Path) -> None:
+    """The documented commands, as a user runs them: `python -m fakedetect.train` then `.eval`."""
+    env = {**os.environ, "CIFAKE": str(cifake_path), "FAKEDETECT_CACHE": str(cache_dir)}
+    run_dir = tmp_path / "run"
+    subprocess.run(
+        [sys.executable, "-m", "fakedetect.train", "experiment=fakefinder_best", *SUBSET, "trainer=cpu",
+         "trainer.max_epochs=1", "callbacks.progress_bar=null", f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, env=env, check=True, capture_output=True,
+    )
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["experiment"] == "fakefinder_best" and record["metrics"]["test/acc"] > 0.6
+    eval_dir = tmp_path / "eval"
+    subprocess.run(
+        [sys.executable, "-m", "fakedetect.eval", f"ckpt_path={record['ckpt_path']}", "trainer=cpu",
+         f"hydra.run.dir={eval_dir}"],
+        cwd=ROOT, env=env, check=True, capture_output=True,
+    )
+    evaluated = json.loads((eval_dir / "metrics.json").read_text())
+    assert evaluated["metrics"]["test/acc"] == pytest.approx(record["metrics"]["test/acc"], abs=1e-6)
