@@ -179,7 +179,9 @@ class ImageDataModule(L.LightningDataModule):
             kept, carved = stratified_split(labels, self.test_fraction, self.seed)
             train_idx, test_idx = pool[kept], pool[carved]
         kept, carved = stratified_split(labels[train_idx], self.val_fraction, self.seed)
-        index = {"train": train_idx[kept], "val": train_idx[carved], "test": test_idx}
+        # A fixed shuffle, so that any prefix of val or test (limit_val_batches, say) holds both classes.
+        rng = np.random.default_rng(self.seed)
+        index = {"train": train_idx[kept], "val": rng.permutation(train_idx[carved]), "test": rng.permutation(test_idx)}
         if self.loader == "memory":
             self.splits = {k: (data.images[v], data.labels[v]) for k, v in index.items()}
         else:
