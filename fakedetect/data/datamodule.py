@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from fakedetect.data.augment import BatchAugment
-from fakedetect.data.decode import Decoded, cache_key, decode_entries, decode_image, load_cache, save_cache
+from fakedetect.data.decode import BadImageError, Decoded, cache_key, decode_entries, load_cache, save_cache
 from fakedetect.data.loaders import DeviceBatches, StreamDataset, collate_skipping
 from fakedetect.data.sources import Entry, Listing, Source
 
@@ -146,6 +146,10 @@ class ImageDataModule(L.LightningDataModule):
         start = time.perf_counter()
         cached = load_cache(folder)
         if cached is not None:
+            if cached.skipped and not self.skip_bad:
+                # The cache was written by a run that skipped these files; skip_bad=false must still stop.
+                raise BadImageError(f"cannot decode {source.path}/{cached.skipped[0]} "
+                                    f"({len(cached.skipped)} unreadable, recorded in cache {folder})")
             self.timings["cache_load_s"] = time.perf_counter() - start
             return cached
         listing = self._listing(source)
@@ -197,8 +201,9 @@ class ImageDataModule(L.LightningDataModule):
         if not self.normalize:
             return [0.0] * self.channels, [1.0] * self.channels
         source = self._source()
-        key = cache_key(source.identity(), self.resolution, self.channels, self.val_fraction,
-                        self.train_limit, self.seed, self.stats_sample if self.loader == "stream" else None)
+        key = cache_key(source.identity(), self.resolution, self.channels, self.classes, self.val_fraction,
+                        self.test_fraction, self.train_limit, self.seed,
+                        self.stats_sample if self.loader == "stream" else None)
         path = self.cache_dir / "stats" / f"{key}.json"
         if path.exists():
             stats = json.loads(path.read_text())
@@ -207,8 +212,8 @@ class ImageDataModule(L.LightningDataModule):
             images = self.splits["train"][0]
         else:
             sample = stratified_sample(self._entries["train"], self.stats_sample, self.seed)
-            blobs = dict(source.read(e.name for e in sample))
-            images = np.stack([decode_image(b, self.resolution) for b in blobs.values()])
+            # Unreadable files are skipped (or raise, with skip_bad=false) as everywhere else, not a crash here.
+            images = decode_entries(source, sample, self.resolution, self.decode_workers, self.skip_bad).images
         mean, std = channel_stats(images, self.channels)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"mean": mean, "std": std}))
