@@ -1,4 +1,4 @@
-"""`python -m fakedetect.eval ckpt_path=...`: test a checkpoint on its own data (or another) and write metrics."""
+"""`python -m fakedetect.eval ckpt_path=...`: test a checkpoint, write its report and robustness table."""
 
 from __future__ import annotations
 
@@ -6,9 +6,16 @@ import logging
 from pathlib import Path
 
 import hydra
+import lightning as L
+import numpy as np
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from fakedetect.metrics.thresholds import f1_threshold, youden_threshold
+from fakedetect.reporting.predictions import predict_images, split_images
+from fakedetect.reporting.report import write_report
+from fakedetect.reporting.robustness import robustness_table, write_robustness
 from fakedetect.utils.builders import build_list, build_model, build_trainer
 from fakedetect.utils.checkpoint import checkpoint_config, load_checkpoint
 from fakedetect.utils.records import machine, print_config, scalars, write_metrics
@@ -19,6 +26,8 @@ log = logging.getLogger(__name__)
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("print_config"):
         print_config(cfg)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed)
     run_cfg = checkpoint_config(load_checkpoint(cfg.ckpt_path), cfg.ckpt_path)
     for key, value in cfg.get("data", {}).items():
         if value is not None:
@@ -28,12 +37,28 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer = build_trainer(cfg, callbacks=[], loggers=build_list(cfg.get("logger")))
     trainer.test(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     metrics = scalars(trainer.callback_metrics)
+    out = Path(cfg.paths.output_dir)
+    record = {"task": "eval", "ckpt_path": str(cfg.ckpt_path), "data_root": run_cfg.data.root,
+              "machine": machine(), "metrics": metrics}
+    if cfg.get("report") or cfg.robustness.get("enabled"):
+        device = trainer.strategy.root_device
+
+        def score(images: torch.Tensor) -> np.ndarray:
+            return predict_images(model.net, datamodule, images, cfg.batch_size, device)
+
+        val_images, val_labels = split_images(datamodule, "val")
+        val_probs = score(val_images)
+        thresholds = {"0.5": 0.5, "youden": youden_threshold(val_probs, val_labels),
+                      "f1": f1_threshold(val_probs, val_labels)}
+        images, labels = split_images(datamodule, "test")
+        if cfg.get("report"):
+            record["report"] = write_report(out / "report", score(images), labels, images, thresholds, trainer.loggers)
+        if cfg.robustness.get("enabled"):
+            rows = robustness_table(score, images, labels, cfg.robustness.conditions)
+            write_robustness(out / "report", rows, trainer.loggers)
+            record["robustness"] = rows
     if trainer.is_global_zero:
-        write_metrics(
-            Path(cfg.paths.output_dir) / "metrics.json",
-            {"task": "eval", "ckpt_path": str(cfg.ckpt_path), "data_root": run_cfg.data.root,
-             "machine": machine(), "metrics": metrics},
-        )
+        write_metrics(out / "metrics.json", record)
     return metrics
 
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fakedetect.data.degrade import blur, jpeg
+
 
 def random_flip(x: Tensor) -> Tensor:
     flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
@@ -37,6 +39,23 @@ def random_rotate(x: Tensor, degrees: float) -> Tensor:
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def random_blur_jpeg(x: Tensor, blur_prob: float, blur_sigma: float, jpeg_prob: float,
+                     jpeg_quality: tuple[int, int]) -> Tensor:
+    """CNNDetection's Blur+JPEG augmentation: each image blurred with sigma ~ U[0, blur_sigma] with
+    probability blur_prob, and JPEG re-compressed at quality ~ U[jpeg_quality] with probability jpeg_prob."""
+    n = x.shape[0]
+    if blur_prob:
+        sigma = torch.rand(n, device=x.device) * blur_sigma
+        x = blur(x, torch.where(torch.rand(n, device=x.device) < blur_prob, sigma, torch.zeros_like(sigma)))
+    if jpeg_prob:
+        chosen = torch.nonzero(torch.rand(n, device=x.device) < jpeg_prob).flatten()
+        if len(chosen):
+            quality = torch.randint(jpeg_quality[0], jpeg_quality[1] + 1, (len(chosen),))
+            as_uint8 = (x[chosen] * 255).round().clamp(0, 255).to(torch.uint8)
+            x = x.index_copy(0, chosen, jpeg(as_uint8, quality).to(x.dtype) / 255)
+    return x
 
 
 def colour_jitter(x: Tensor, brightness: float, contrast: float, saturation: float) -> Tensor:
@@ -66,13 +85,20 @@ class BatchAugment(nn.Module):
         brightness: float = 0.0,
         contrast: float = 0.0,
         saturation: float = 0.0,
+        blur_prob: float = 0.0,
+        blur_sigma: float = 3.0,
+        jpeg_prob: float = 0.0,
+        jpeg_quality: tuple[int, int] = (30, 100),
     ) -> None:
         super().__init__()
         self.flip, self.translate, self.rotate = flip, translate, rotate
         self.jitter = (brightness, contrast, saturation)
+        self.blur_jpeg = (blur_prob, blur_sigma, jpeg_prob, tuple(jpeg_quality))
 
     def forward(self, x: Tensor) -> Tensor:
         """x: float images in [0, 1], (N, C, H, W)."""
+        if self.blur_jpeg[0] or self.blur_jpeg[2]:
+            x = random_blur_jpeg(x, *self.blur_jpeg)
         if self.flip:
             x = random_flip(x)
         if self.translate:

@@ -94,6 +94,7 @@ class ImageDataModule(L.LightningDataModule):
         normalize: bool = True,
         stats_sample: int = 20000,
         decode_workers: int | None = None,
+        exclude: str | None = None,
     ) -> None:
         super().__init__()
         if loader not in ("memory", "stream"):
@@ -109,6 +110,7 @@ class ImageDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else Path("data/cache")
         self.skip_bad, self.normalize, self.stats_sample = skip_bad, normalize, stats_sample
         self.decode_workers = decode_workers
+        self.exclude = exclude
         self.augment = augment or BatchAugment()
         self.mean: list[float] | None = None
         self.std: list[float] | None = None
@@ -170,18 +172,24 @@ class ImageDataModule(L.LightningDataModule):
         if self.loader == "memory":
             data = self.decoded()
             self.skipped = data.skipped
-            labels, split_names = data.labels, data.splits
+            labels, split_names, names = data.labels, data.splits, data.names
         else:
             listing = self._listing(self._source())
             entries = listing.entries
             labels = np.array([e.label for e in entries])
             split_names = np.array([e.split for e in entries])
+            names = [e.name for e in entries]
         test_idx = np.flatnonzero(split_names == "test")
         train_idx = np.flatnonzero(split_names == "train")
         if not len(train_idx):
             pool = np.arange(len(labels))
             kept, carved = stratified_split(labels, self.test_fraction, self.seed)
             train_idx, test_idx = pool[kept], pool[carved]
+        if self.exclude:
+            dropped = set(Path(self.exclude).read_text().split("\n"))
+            before = len(train_idx)
+            train_idx = np.array([i for i in train_idx if names[i] not in dropped], dtype=np.int64)
+            log.info("excluded %d train files listed in %s", before - len(train_idx), self.exclude)
         kept, carved = stratified_split(labels[train_idx], self.val_fraction, self.seed)
         # A fixed shuffle, so that any prefix of val or test (limit_val_batches, say) holds both classes.
         rng = np.random.default_rng(self.seed)
@@ -202,7 +210,7 @@ class ImageDataModule(L.LightningDataModule):
             return [0.0] * self.channels, [1.0] * self.channels
         source = self._source()
         key = cache_key(source.identity(), self.resolution, self.channels, self.classes, self.val_fraction,
-                        self.test_fraction, self.train_limit, self.seed,
+                        self.test_fraction, self.train_limit, self.seed, self.exclude,
                         self.stats_sample if self.loader == "stream" else None)
         path = self.cache_dir / "stats" / f"{key}.json"
         if path.exists():

@@ -1,0 +1,65 @@
+"""Real-world degradations of uint8 image batches: re-compression, resizing, blur and noise.
+
+Used both to measure robustness (fixed strengths) and as CNNDetection-style training augmentation
+(random strengths per image), so the two see exactly the same operations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.io import decode_jpeg, encode_jpeg
+
+
+def jpeg(x: Tensor, quality: int | Tensor) -> Tensor:
+    """JPEG re-compression of uint8 NCHW images at one quality, or one quality per image."""
+    qualities = quality.tolist() if isinstance(quality, Tensor) else [int(quality)] * len(x)
+    images = list(x.cpu())
+    if len(set(qualities)) == 1:
+        out = decode_jpeg(encode_jpeg(images, quality=qualities[0]))
+    else:
+        out = [decode_jpeg(encode_jpeg(img, quality=q)) for img, q in zip(images, qualities, strict=True)]
+    return torch.stack(out).to(x.device)
+
+
+def resize(x: Tensor, factor: float) -> Tensor:
+    """Downscale by `factor` (antialiased) and back up: the detail lost in a thumbnail round trip."""
+    h, w = x.shape[-2:]
+    small = F.interpolate(x.float(), scale_factor=factor, mode="bilinear", antialias=True, align_corners=False)
+    back = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return back.round().clamp(0, 255).to(x.dtype)
+
+
+def blur(x: Tensor, sigma: float | Tensor) -> Tensor:
+    """Gaussian blur with one sigma, or one per image (0 leaves an image unchanged), as a grouped conv."""
+    n, c, h, w = x.shape
+    sigmas = sigma.to(x.device, torch.float32) if isinstance(sigma, Tensor) else torch.full((n,), float(sigma),
+                                                                                          device=x.device)
+    radius = max(1, math.ceil(3 * float(sigmas.max())))
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+    kernel = torch.exp(-(offsets**2) / (2 * sigmas.clamp_min(1e-6)[:, None] ** 2))
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)
+    flat = x.float().reshape(1, n * c, h, w)
+    flat = F.pad(flat, (radius, radius, radius, radius), mode="reflect")
+    flat = F.conv2d(flat, kernel[:, None, :, None], groups=n * c)
+    flat = F.conv2d(flat, kernel[:, None, None, :], groups=n * c)
+    out = flat.reshape(n, c, h, w)
+    return out.round().clamp(0, 255).to(x.dtype) if x.dtype == torch.uint8 else out
+
+
+def noise(x: Tensor, std: float, generator: torch.Generator | None = None) -> Tensor:
+    """Additive Gaussian noise, `std` in units of the full [0, 1] range."""
+    eps = torch.randn(x.shape, generator=generator, device=x.device) * (std * 255)
+    return (x.float() + eps).round().clamp(0, 255).to(torch.uint8)
+
+
+DEGRADATIONS = {"jpeg": jpeg, "resize": resize, "blur": blur, "noise": noise}
+
+
+def degrade(x: Tensor, kind: str, strength: float) -> Tensor:
+    if kind not in DEGRADATIONS:
+        raise KeyError(f"unknown degradation '{kind}'; known: {sorted(DEGRADATIONS)}")
+    return DEGRADATIONS[kind](x, strength)

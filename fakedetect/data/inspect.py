@@ -1,0 +1,223 @@
+"""`python -m fakedetect.data.inspect root=...`: audit a dataset before training on it.
+
+Image sizes, aspect ratios and area outliers (IQR), per-channel statistics, and duplicates: byte-identical
+files and near-identical images (equal perceptual hashes, or within a Hamming distance) inside a split
+and across train and test. Writes audit.json, audit.md, histograms and an exclusion list for training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import hydra
+import imagehash
+import numpy as np
+from omegaconf import DictConfig
+from PIL import Image
+
+from fakedetect.data.sources import Entry, Source
+
+log = logging.getLogger(__name__)
+
+
+def describe(blob: bytes) -> dict:
+    """Size, mode, per-channel sums and perceptual hash of one image file, or the reason it is unreadable."""
+    try:
+        with Image.open(io.BytesIO(blob)) as img:
+            img.load()
+            width, height, mode = img.width, img.height, img.mode
+            rgb = np.asarray(img.convert("RGB"), dtype=np.float64) / 255
+            phash = int(str(imagehash.phash(img.convert("RGB"))), 16)
+    except Exception as err:  # noqa: BLE001 - an unreadable file is reported, not fatal
+        return {"error": f"{type(err).__name__}: {err}"}
+    return {"w": width, "h": height, "mode": mode, "sum": rgb.sum((0, 1)).tolist(),
+            "sq": (rgb**2).sum((0, 1)).tolist(), "phash": phash, "sha1": hashlib.sha1(blob).hexdigest()}
+
+
+def _describe_chunk(blobs: list[bytes]) -> list[dict]:
+    return [describe(b) for b in blobs]
+
+
+def describe_all(source: Source, entries: list[Entry], workers: int | None = None, chunk: int = 2048) -> list[dict]:
+    names = [e.name for e in entries]
+    blobs = dict(source.read(names))
+    ordered = [blobs[n] for n in names]
+    chunks = [ordered[i : i + chunk] for i in range(0, len(ordered), chunk)]
+    with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        return [d for part in pool.map(_describe_chunk, chunks) for d in part]
+
+
+def iqr_outliers(values: np.ndarray, k: float = 1.5) -> tuple[int, int, tuple[float, float]]:
+    """Counts below and above the Tukey fences [Q1 - k IQR, Q3 + k IQR], and the fences."""
+    q1, q3 = np.percentile(values, [25, 75])
+    low, high = q1 - k * (q3 - q1), q3 + k * (q3 - q1)
+    return int((values < low).sum()), int((values > high).sum()), (float(low), float(high))
+
+
+def hamming_groups(hashes: np.ndarray, max_distance: int) -> list[list[int]]:
+    """Groups of indices whose 64-bit hashes are within `max_distance` bits (connected components).
+
+    Exact matches are bucketed directly; for a distance d > 0, pairs must agree on one of d + 1 bands
+    (pigeonhole), so only hashes sharing a band are compared.
+    """
+    parent = list(range(len(hashes)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    bands = max_distance + 1
+    width = 64 // bands
+    for b in range(bands):
+        bits = width if b < bands - 1 else 64 - width * b
+        keys = (hashes >> np.uint64(width * b)) & np.uint64((1 << bits) - 1)
+        buckets: dict[int, list[int]] = defaultdict(list)
+        for i, key in enumerate(keys.tolist()):
+            buckets[key].append(i)
+        for members in buckets.values():
+            for a, i in enumerate(members[:-1]):
+                rest = np.array(members[a + 1 :])
+                xor = (hashes[rest] ^ hashes[i]).view(np.uint8).reshape(-1, 8)
+                for j in rest[np.unpackbits(xor, axis=1).sum(1) <= max_distance]:
+                    parent[find(int(j))] = find(i)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(hashes)):
+        groups[find(i)].append(i)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def duplicate_summary(groups: Iterable[list[int]], splits: list[str]) -> dict:
+    """How many groups and surplus copies lie within each split, and how many groups span train and test."""
+    out = {"groups": 0, "surplus_copies": 0, "within": defaultdict(int), "train_test_groups": 0}
+    for g in groups:
+        out["groups"] += 1
+        out["surplus_copies"] += len(g) - 1
+        names = {splits[i] for i in g}
+        for s in names:
+            members = sum(splits[i] == s for i in g)
+            out["within"][s] += members - 1 if members > 1 else 0
+        if {"train", "test"} <= names:
+            out["train_test_groups"] += 1
+    out["within"] = dict(out["within"])
+    return out
+
+
+def exclusions(groups: Iterable[list[int]], entries: list[Entry]) -> list[str]:
+    """Train files to leave out: every train copy of a test image, and all but one copy within train."""
+    excluded = []
+    for g in groups:
+        train = [i for i in g if entries[i].split in ("train", "")]
+        has_test = any(entries[i].split == "test" for i in g)
+        excluded += [entries[i].name for i in (train if has_test else train[1:])]
+    return sorted(excluded)
+
+
+def audit(root: str, classes: list[str], out: Path, near_distance: int = 0, workers: int | None = None) -> dict:
+    source = Source.open(root)
+    listing = source.list(classes)
+    entries = listing.entries
+    info = describe_all(source, entries, workers)
+    bad = [(e.name, d["error"]) for e, d in zip(entries, info, strict=True) if "error" in d]
+    keep = [i for i, d in enumerate(info) if "error" not in d]
+    entries, info = [entries[i] for i in keep], [info[i] for i in keep]
+    splits = [e.split or "all" for e in entries]
+    w = np.array([d["w"] for d in info], dtype=float)
+    h = np.array([d["h"] for d in info], dtype=float)
+    area, aspect = w * h, w / h
+    pixels = area.sum()
+    mean = np.sum([d["sum"] for d in info], axis=0) / pixels
+    std = np.sqrt(np.sum([d["sq"] for d in info], axis=0) / pixels - mean**2)
+    byte_groups: dict[str, list[int]] = defaultdict(list)
+    for i, d in enumerate(info):
+        byte_groups[d["sha1"]].append(i)
+    exact = [g for g in byte_groups.values() if len(g) > 1]
+    near = hamming_groups(np.array([d["phash"] for d in info], dtype=np.uint64), near_distance)
+    below, above, fences = iqr_outliers(area)
+    result = {
+        "root": str(root),
+        "images": len(entries),
+        "per_split_class": {f"{s}/{classes[c]}": sum(1 for e in entries if (e.split or "all") == s and e.label == c)
+                            for s in sorted(set(splits)) for c in range(len(classes))},
+        "unreadable": [f"{n}: {err}" for n, err in bad],
+        "ignored_files": len(listing.ignored),
+        "modes": {m: sum(d["mode"] == m for d in info) for m in sorted({d["mode"] for d in info})},
+        "width": _stats(w), "height": _stats(h), "aspect_ratio": _stats(aspect), "area": _stats(area),
+        "area_outliers_iqr": {"below": below, "above": above, "fences": fences},
+        "channel_mean": mean.tolist(), "channel_std": std.tolist(),
+        "byte_identical": duplicate_summary(exact, splits),
+        "near_identical": {"max_hamming": near_distance, **duplicate_summary(near, splits)},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    excluded = exclusions(near + exact, entries)
+    (out / "exclude_train.txt").write_text("\n".join(sorted(set(excluded))) + "\n")
+    result["exclude_train"] = len(set(excluded))
+    (out / "audit.json").write_text(json.dumps(result, indent=2))
+    (out / "audit.md").write_text(_markdown(result))
+    _histograms(out, w, h, aspect, area)
+    log.info("audit of %s written to %s", root, out)
+    return result
+
+
+def _stats(x: np.ndarray) -> dict[str, float]:
+    return {"min": float(x.min()), "median": float(np.median(x)), "mean": float(x.mean()), "std": float(x.std()),
+            "max": float(x.max())}
+
+
+def _histograms(out: Path, w: np.ndarray, h: np.ndarray, aspect: np.ndarray, area: np.ndarray) -> None:
+    from fakedetect.reporting.figures import plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    axes[0].scatter(w, h, s=2, alpha=0.3)
+    axes[0].set(xlabel="width", ylabel="height", title="sizes")
+    axes[1].hist(aspect, bins=50)
+    axes[1].set(xlabel="width / height", title="aspect ratio")
+    axes[2].hist(area, bins=50)
+    axes[2].set(xlabel="pixels", title="area")
+    fig.savefig(out / "sizes.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _markdown(r: dict) -> str:
+    b, n = r["byte_identical"], r["near_identical"]
+    return "\n".join([
+        f"# Data audit: {r['root']}",
+        "",
+        f"{r['images']} readable images ({len(r['unreadable'])} unreadable, {r['ignored_files']} other files "
+        f"ignored); per split/class: {r['per_split_class']}; modes: {r['modes']}.",
+        "",
+        f"- width {r['width']}, height {r['height']}",
+        f"- aspect ratio {r['aspect_ratio']}",
+        f"- area {r['area']}; IQR outliers: {r['area_outliers_iqr']}",
+        f"- channel mean {np.round(r['channel_mean'], 4).tolist()}, std {np.round(r['channel_std'], 4).tolist()}",
+        "",
+        "| duplicates | groups | surplus copies | within splits | groups across train and test |",
+        "| --- | --- | --- | --- | --- |",
+        f"| byte-identical | {b['groups']} | {b['surplus_copies']} | {b['within']} | {b['train_test_groups']} |",
+        f"| near-identical (pHash, Hamming <= {n['max_hamming']}) | {n['groups']} | {n['surplus_copies']} | "
+        f"{n['within']} | {n['train_test_groups']} |",
+        "",
+        f"{r['exclude_train']} train files are listed in exclude_train.txt (train copies of test images and "
+        "repeats within train); train with `data.exclude=<that file>` to leave them out.",
+        "",
+        "![sizes](sizes.png)",
+        "",
+    ])
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="inspect")
+def main(cfg: DictConfig) -> None:
+    audit(cfg.root, list(cfg.classes), Path(cfg.output_dir), cfg.near_distance, cfg.get("workers"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Metrics beyond torchmetrics' own: decision thresholds chosen on validation scores."""

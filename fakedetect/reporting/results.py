@@ -1,0 +1,78 @@
+"""`python -m fakedetect.reporting.results`: the README's results table, rebuilt from the runs' own files.
+
+Every `metrics.json` of a training run of an `experiment=` config under the outputs folder gives a row (the
+newest run of each experiment and machine); the write-ups' figures come from the experiment files'
+`reference` field. Nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def collect(outputs: Path) -> list[dict]:
+    """The newest training record per (experiment, machine, training-set size) under `outputs`."""
+    runs: dict[tuple, dict] = {}
+    for path in sorted(outputs.rglob("metrics.json"), key=lambda p: p.stat().st_mtime):
+        record = json.loads(path.read_text())
+        if record.get("task") != "train" or not record.get("experiment") or "test/acc" not in record.get("metrics", {}):
+            continue
+        config = path.parent / ".hydra" / "config.yaml"
+        data = OmegaConf.load(config).data if config.exists() else {}
+        record["train_images"] = record.get("images", {}).get("train") or (
+            "full" if not data.get("train_limit") else data.get("train_limit"))
+        record["resolution"] = data.get("resolution")
+        record["run"] = str(path.parent)
+        runs[(record["experiment"], record["machine"], str(record["train_images"]))] = record
+    return sorted(runs.values(), key=lambda r: r["experiment"])
+
+
+def reference(experiment: str) -> str:
+    path = ROOT / "conf" / "experiment" / f"{experiment}.yaml"
+    return str(OmegaConf.load(path).get("reference") or "") if path.exists() else ""
+
+
+def table(records: list[dict]) -> str:
+    lines = [
+        "| experiment | test acc | test AUROC | params | epochs | training time | train images | machine | write-up |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in records:
+        m = r["metrics"]
+        lines.append(
+            f"| `{r['experiment']}` | {100 * m['test/acc']:.2f}% | {m.get('test/auroc', float('nan')):.4f} | "
+            f"{r['params']:,} | {r.get('epochs', '')} | {r.get('train_time_s', 0) / 60:.1f} min | "
+            f"{r['train_images']} | {r['machine']} | {reference(r['experiment'])} |"
+        )
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, text: str) -> None:
+    content = readme.read_text()
+    if START not in content or END not in content:
+        raise ValueError(f"{readme} has no {START} ... {END} markers for the results table")
+    head, rest = content.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--outputs", type=Path, default=Path("outputs"))
+    parser.add_argument("--readme", type=Path, default=None, help="write the table between the README's markers")
+    args = parser.parse_args(argv)
+    text = table(collect(args.outputs))
+    if args.readme:
+        update_readme(args.readme, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
