@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -82,3 +83,10 @@ def test_ddp_sim_trainer_instantiates(tmp_path: Path) -> None:
 def test_eval_config_composes(tmp_path: Path) -> None:
     cfg = compose_config("eval", ["ckpt_path=some.ckpt", "data.root=other"], tmp_path)
     assert cfg.ckpt_path == "some.ckpt" and cfg.data.root == "other"
+
+
+def test_slurm_launcher_composes(tmp_path: Path) -> None:
+    compose_config("train", ["hydra/launcher=slurm", "trainer=ddp", "data.root=x"], tmp_path)
+    launcher = HydraConfig.get().launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.tasks_per_node == launcher.gpus_per_node == 1 and launcher.timeout_min == 240
