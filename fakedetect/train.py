@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -12,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fakedetect.search.pruning import OptunaTrialCallback
 from fakedetect.utils.builders import build_list, build_model, build_trainer, count_parameters
 from fakedetect.utils.checkpoint import StoreConfig
 from fakedetect.utils.records import log_hparams, machine, print_config, scalars, write_metrics
@@ -28,25 +30,29 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     model = build_model(cfg)
     callbacks = [*build_list(cfg.get("callbacks")), StoreConfig(OmegaConf.to_container(cfg, resolve=True))]
+    if cfg.get("optuna_trial"):  # set by the fakedetect_optuna sweeper: report to, and be pruned by, this trial
+        callbacks.append(OptunaTrialCallback(**cfg.optuna_trial, monitor=cfg.optimized_metric))
     loggers = build_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks, loggers)
     record: dict = {"task": cfg.task_name, "machine": machine(), "params": count_parameters(model),
                     "experiment": _experiment_name()}
-    metrics: dict[str, float] = {}
+    # the trainable parameter count is a metric too, for a search that trades accuracy against size
+    metrics: dict[str, float] = {"params": float(record["params"])}
     if cfg.get("train"):
         start = time.perf_counter()
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         record["train_time_s"] = time.perf_counter() - start
         record["epochs"] = trainer.current_epoch
+        record["ckpt_path"] = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         metrics.update(scalars(trainer.callback_metrics))
     if cfg.get("test"):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = record.get("ckpt_path")
         if not best:
             log.warning("no best checkpoint; testing the current weights")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
-        record["ckpt_path"] = best
         metrics.update(scalars(trainer.callback_metrics))
     record["metrics"] = metrics
+    record["images"] = {split: len(labels) for split, (_, labels) in datamodule.splits.items()}
     if trainer.is_global_zero:
         write_metrics(Path(cfg.paths.output_dir) / "metrics.json", record)
         log_hparams(trainer.loggers, cfg, {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))})
@@ -58,10 +64,12 @@ def _experiment_name() -> str | None:
     return choices.get("experiment")
 
 
-def metric_value(metrics: dict[str, float], name: str | None) -> float | None:
-    """The value a sweeper optimizes; a missing name is a config error, named as such."""
+def metric_value(metrics: dict[str, float], name: str | Sequence[str] | None) -> float | list[float] | None:
+    """The value a sweeper optimizes (a list of names: one value each); a missing name is a config error."""
     if not name:
         return None
+    if not isinstance(name, str):
+        return [metric_value(metrics, n) for n in name]
     if name not in metrics:
         raise KeyError(f"optimized_metric '{name}' was not logged; logged: {sorted(metrics)}")
     return metrics[name]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 
 import lightning as L
@@ -19,7 +20,11 @@ from torchmetrics.classification import (
     BinaryROC,
 )
 
+from fakedetect.metrics.thresholds import SelectedThresholds
 from fakedetect.reporting.figures import log_figure
+
+# thresholds chosen on the validation split, in the order of the `val_thresholds` buffer
+NAMED_THRESHOLDS = ("youden", "f1")
 
 
 def detection_metrics(threshold: float, prefix: str) -> MetricCollection:
@@ -40,7 +45,16 @@ class Detector(L.LightningModule):
 
     `optimizer` and `scheduler` are factories (e.g. functools.partial) taking the parameters and the
     optimizer; a scheduler that accepts `total_steps` (OneCycleLR, say) is given the run's step count.
+    A net may offer `param_groups()` (groups with an `lr_scale`, e.g. backbone and head) and
+    `load_pretrained()` (its initial weights, fetched when a fit starts from scratch).
+
+    `threshold` is a number, or `youden` / `f1`: the Youden's J or best-F1 threshold found after every
+    validation pass (kept in the `val_thresholds` buffer, so in checkpoints) decides test metrics and
+    `decision_threshold`; validation and training accuracy stay at 0.5 then.
     """
+
+    # constructor arguments that are modules or factories, kept out of the saved hyperparameters
+    not_hparams: tuple[str, ...] = ("net", "loss", "optimizer", "scheduler")
 
     def __init__(
         self,
@@ -49,25 +63,43 @@ class Detector(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         scheduler_interval: str = "epoch",
-        threshold: float = 0.5,
+        threshold: float | str = 0.5,
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer", "scheduler"])
+        if isinstance(threshold, str) and threshold not in NAMED_THRESHOLDS:
+            raise ValueError(f"threshold must be a number, 'youden' or 'f1'; got {threshold!r}")
+        self.save_hyperparameters(logger=False, ignore=list(self.not_hparams))
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.threshold = threshold
-        self.train_acc = BinaryAccuracy(threshold=threshold)
-        self.val_metrics = detection_metrics(threshold, "val/")
-        self.test_metrics = detection_metrics(threshold, "test/")
-        self.test_confusion = BinaryConfusionMatrix(threshold=threshold)
+        fixed = 0.5 if isinstance(threshold, str) else float(threshold)
+        self.train_acc = BinaryAccuracy(threshold=fixed)
+        self.val_metrics = detection_metrics(fixed, "val/")
+        self.test_metrics = detection_metrics(fixed, "test/")
+        self.test_confusion = BinaryConfusionMatrix(threshold=fixed)
         self.test_roc = BinaryROC()
         self.val_acc_best = MaxMetric()
+        self.val_scores = SelectedThresholds()
+        self.register_buffer("val_thresholds", torch.full((len(NAMED_THRESHOLDS),), math.nan))
+
+    @property
+    def decision_threshold(self) -> float:
+        """FAKE when the probability exceeds this: the configured number, or the Youden / F1 one of validation."""
+        name = self.hparams.threshold
+        if not isinstance(name, str):
+            return float(name)
+        value = float(self.val_thresholds[NAMED_THRESHOLDS.index(name)])
+        if math.isnan(value):
+            raise RuntimeError(f"threshold={name} is chosen on the validation split and no validation has run: "
+                               "fit first, or test a checkpoint of a fitted run")
+        return value
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and not self.trainer.ckpt_path and hasattr(self.net, "load_pretrained"):
+            self.net.load_pretrained()
         if self.trainer.strategy.root_device.type == "cuda":
             self.net.to(memory_format=torch.channels_last)
         if self.hparams.compile and stage == "fit":
@@ -91,6 +123,7 @@ class Detector(L.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, probs, y = self._step(batch)
         self.val_metrics.update(probs, y)
+        self.val_scores.update(probs, y)
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
@@ -99,6 +132,15 @@ class Detector(L.LightningModule):
         self.log_dict(values, prog_bar=False)
         self.val_acc_best(values["val/acc"])
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self.val_thresholds.copy_(self.val_scores.compute())
+        self.val_scores.reset()
+        self.log_dict({f"val/threshold_{n}": t for n, t in zip(NAMED_THRESHOLDS, self.val_thresholds, strict=True)})
+
+    def on_test_start(self) -> None:
+        threshold = self.decision_threshold
+        for metric in [*self.test_metrics.values(), self.test_confusion]:
+            if hasattr(metric, "threshold"):  # AUROC has none
+                metric.threshold = threshold
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, probs, y = self._step(batch)
@@ -109,6 +151,7 @@ class Detector(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute())
+        self.log("test/threshold", self.decision_threshold)
         self.test_metrics.reset()
         fig, _ = self.test_confusion.plot(labels=["REAL", "FAKE"])
         log_figure(self.loggers, "test/confusion_matrix", fig, self.global_step)
@@ -117,13 +160,33 @@ class Detector(L.LightningModule):
         self.test_confusion.reset()
         self.test_roc.reset()
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The thresholds as plain numbers too, for readers of the file (None before any validation)."""
+        fixed = "0.5" if isinstance(self.hparams.threshold, str) else str(self.hparams.threshold)
+        named = {n: None if math.isnan(t) else t for n, t in zip(NAMED_THRESHOLDS, self.val_thresholds.tolist(),
+                                                                     strict=True)}
+        thresholds = {fixed: float(fixed), **named}
+        selected = self.hparams.threshold if isinstance(self.hparams.threshold, str) else fixed
+        checkpoint["thresholds"] = {**thresholds, "selected": selected, "value": thresholds[selected]}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints written before thresholds were kept load with none chosen, not a missing-key error."""
+        checkpoint["state_dict"].setdefault("val_thresholds", torch.full((len(NAMED_THRESHOLDS),), math.nan))
+
     def configure_optimizers(self) -> dict:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        params = self.net.param_groups() if hasattr(self.net, "param_groups") else self.parameters()
+        optimizer = self.optimizer_factory(params=params)
+        scales = [group.pop("lr_scale", 1.0) for group in optimizer.param_groups]
+        for group, scale in zip(optimizer.param_groups, scales, strict=True):
+            group["lr"] *= scale
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         kwargs = {}
         if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        max_lr = getattr(self.scheduler_factory, "keywords", {}).get("max_lr")
+        if isinstance(max_lr, (int, float)) and any(scale != 1.0 for scale in scales):
+            kwargs["max_lr"] = [max_lr * scale for scale in scales]  # OneCycleLR would reset every group to one
         scheduler = self.scheduler_factory(optimizer, **kwargs)
         return {
             "optimizer": optimizer,

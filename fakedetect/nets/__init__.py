@@ -1,6 +1,8 @@
 """Plain nn.Modules that map (N, C, H, W) float images to one logit per image; FAKE is the positive class."""
 
+from fakedetect.nets.autoencoder import ConvAutoencoder, TransferAutoencoder
+from fakedetect.nets.backbone import Backbone, PretrainedWeightsError
 from fakedetect.nets.cnn import FlexibleCNN
 from fakedetect.nets.mlp import MLP
 
-__all__ = ["MLP", "FlexibleCNN"]
+__all__ = ["MLP", "Backbone", "ConvAutoencoder", "FlexibleCNN", "PretrainedWeightsError", "TransferAutoencoder"]

@@ -1,0 +1,41 @@
+"""`python -m fakedetect.gradcam ckpt_path=... [n=16]`: Grad-CAM overlays of test images, to PNG and TensorBoard."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from fakedetect.predict import load_trained, resolve_device
+from fakedetect.reporting.figures import log_figure
+from fakedetect.reporting.gradcam import explain_test_images
+from fakedetect.utils.builders import build_list
+
+log = logging.getLogger(__name__)
+
+
+def gradcam(cfg: DictConfig) -> Path:
+    """Write the grid of n test images (hits and misses of both classes) and log it; returns the PNG path."""
+    trained = load_trained(cfg.ckpt_path, dict(cfg.get("data", {})))
+    fig = explain_test_images(trained.model.net, trained.datamodule, trained.model.decision_threshold,
+                              n=cfg.n, pool=cfg.pool, device=resolve_device(cfg.device))
+    output = Path(cfg.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=150)
+    loggers = build_list(cfg.get("logger"))
+    log_figure(loggers, "test/gradcam", fig, trained.global_step)
+    for logger in loggers:
+        logger.finalize("success")
+    log.info("Grad-CAM of %d test images written to %s", cfg.n, output)
+    return output
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="gradcam")
+def main(cfg: DictConfig) -> None:
+    gradcam(cfg)
+
+
+if __name__ == "__main__":
+    main()

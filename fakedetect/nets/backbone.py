@@ -1,0 +1,127 @@
+"""Any timm architecture as a one-logit detector, ImageNet-pretrained or from scratch (ResNet-18 included)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models import adapt_input_conv, group_modules, group_parameters, load_state_dict
+from timm.utils import freeze as freeze_modules
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights were asked for and cannot be had: the run stops rather than start from random ones."""
+
+
+class Backbone(nn.Module):
+    """A timm model (`name`, e.g. `resnet18.tv_in1k`) whose classifier is replaced by one logit.
+
+    - `pretrained` weights come from `weights_path` if given, else from timm's cache or download. They are
+      fetched by `load_pretrained()`, which Detector calls when fitting starts, not by the constructor: a net
+      rebuilt from a trained checkpoint (eval, predict, Grad-CAM) must not need the ImageNet file.
+    - `input_size` resizes incoming batches on the device (32 px CIFAKE to 224, say), so the decoded data
+      and its cache stay small.
+    - `cifar_stem` gives the first conv stride 1 and drops a stem max-pool, so 32 px images are not
+      shrunk 4x before the first stage; the kernel is kept, so pretrained stem weights still fit.
+    - Stages are timm's own parameter groups (`group_matcher(coarse=True)`: stem, then blocks); its last
+      group is the head. `trainable_stages=k` freezes all but the last k stages (`freeze` = 0), with
+      frozen BatchNorms turned into FrozenBatchNorm2d so their statistics stay fixed too.
+    - `backbone_lr_scale` multiplies the optimizer's learning rate for everything but the head.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        pretrained: bool = False,
+        weights_path: str | None = None,
+        input_size: int | None = None,
+        cifar_stem: bool = False,
+        freeze: bool = False,
+        trainable_stages: int | None = None,
+        backbone_lr_scale: float = 1.0,
+        drop_rate: float = 0.0,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        if freeze and trainable_stages:
+            raise ValueError(f"freeze=true leaves no stage trainable; got trainable_stages={trainable_stages}")
+        self.name, self.pretrained, self.weights_path = name, pretrained, weights_path
+        self.input_size, self.in_channels, self.backbone_lr_scale = input_size, in_channels, backbone_lr_scale
+        self.model = timm.create_model(name, pretrained=False, num_classes=1, in_chans=in_channels,
+                                       drop_rate=drop_rate)
+        # A fresh head with PyTorch's default init: timm's EfficientNet init sizes it for 1000 classes, which
+        # for one output means weights up to +-1 and initial logits in the tens.
+        self.model.reset_classifier(1)
+        if cifar_stem:
+            self.model.get_submodule(self.model.pretrained_cfg["first_conv"]).stride = (1, 1)
+            if isinstance(getattr(self.model, "maxpool", None), nn.MaxPool2d):
+                self.model.maxpool = nn.Identity()
+        *stages, _head = group_modules(self.model, self.model.group_matcher(coarse=True)).values()
+        trainable = 0 if freeze else trainable_stages
+        if trainable is not None:
+            if not 0 <= trainable <= len(stages):
+                raise ValueError(f"trainable_stages must be 0..{len(stages)} for {name}, got {trainable}")
+            frozen = [m for stage in stages[: len(stages) - trainable] for m in stage]
+            if frozen:  # timm's freeze of an empty list would freeze the whole model
+                freeze_modules(self.model, frozen)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_size and x.shape[-2:] != (self.input_size, self.input_size):
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True)
+        return self.model(x).squeeze(1)
+
+    def param_groups(self) -> list[dict]:
+        """Trainable parameters as optimizer groups with an `lr_scale`: the backbone's, then the head's."""
+        *_, head_names = group_parameters(self.model, self.model.group_matcher(coarse=True)).values()
+        head = set(head_names)
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if n not in head], "lr_scale": self.backbone_lr_scale},
+            {"params": [p for n, p in named if n in head], "lr_scale": 1.0},
+        ]
+        return [g for g in groups if g["params"]]
+
+    def cam_layers(self) -> list[nn.Module]:
+        """The feature stages timm names (ResNet's layer1..layer4), shallow to deep: where Grad-CAM may look."""
+        return [self.model.get_submodule(info["module"]) for info in self.model.feature_info]
+
+    def load_pretrained(self) -> None:
+        """Load ImageNet weights into everything but the head, strictly; a no-op unless `pretrained`."""
+        if not self.pretrained:
+            return
+        cfg, source = self.model.pretrained_cfg, self.weights_path or "timm's cache"
+        head = {f"{cfg['classifier']}.weight", f"{cfg['classifier']}.bias"}
+        state = {k: v for k, v in self._imagenet_state().items() if k not in head}
+        conv = f"{cfg['first_conv']}.weight"
+        if self.in_channels != 3 and conv in state:
+            state[conv] = adapt_input_conv(self.in_channels, state[conv])
+        try:
+            missing, unexpected = self.model.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # tensors of other shapes
+            detail = str(err).strip().splitlines()[-1].strip()
+            raise PretrainedWeightsError(f"{source} does not fit {self.name}: {detail}") from None
+        if set(missing) - head or unexpected:
+            raise PretrainedWeightsError(f"{source} does not fit {self.name}: missing "
+                                         f"{sorted(set(missing) - head)[:3]}, unexpected {unexpected[:3]}")
+        log.info("loaded ImageNet weights for %s from %s", self.name, source)
+
+    def _imagenet_state(self) -> dict[str, torch.Tensor]:
+        """The ImageNet state dict: the explicit file, else timm's cache or download; never random weights."""
+        if self.weights_path:
+            if not Path(self.weights_path).is_file():
+                raise PretrainedWeightsError(f"model.net.weights_path={self.weights_path} is not a file")
+            return load_state_dict(self.weights_path)
+        try:
+            return timm.create_model(self.name, pretrained=True).state_dict()
+        except Exception as err:  # noqa: BLE001 - offline, no cache, no such weights: all mean the same to the user
+            raise PretrainedWeightsError(
+                f"no pretrained weights for {self.name}: not in the cache and the download failed "
+                f"({type(err).__name__}); pass a local file with model.net.weights_path=/path/to/file.pth "
+                f"or train from scratch with model.net.pretrained=false"
+            ) from None

@@ -1,0 +1,240 @@
+"""The sweep loop behind `hydra/sweeper=fakedetect_optuna`: Hydra's Optuna sweeper, extended where it falls short.
+
+The stock sweeper gives a job no trial object and marks every exception FAIL, so it cannot prune, and a fixed
+sampler seed replays the same first trials when a study is resumed. This subclass keeps its search-space parsing
+and trial configuration, and owns the ask / launch / tell loop to:
+
+- link each job to its trial (`+optuna_trial.{storage,study_name,trial_id}`, read by `OptunaTrialCallback`);
+- tell a job that raised `optuna.TrialPruned` PRUNED, any other error FAIL, and record why (`prune_reason`,
+  `fail_reason`) with the run's folder, parameter count and training time as trial user attributes;
+- seed the sampler past the trials already in the study;
+- search `conditional_params` only in the trials whose condition holds (e.g. a model's own parameters);
+- write the report and test the best trial (or the Pareto front) once, after the search.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import subprocess
+import sys
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.utils import instantiate
+from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import BaseDistribution
+from optuna.trial import Trial, TrialState
+from sqlalchemy.engine import make_url
+
+from fakedetect.search.report import write_report
+
+log = logging.getLogger(__name__)
+
+OPTUNA_TARGETS = ("optuna.samplers.*", "optuna.pruners.*", "hydra_plugins.hydra_optuna_sweeper.*")
+# what a job's metrics.json contributes to its trial's user attributes (trial attr: record key)
+RECORD_ATTRS = {"n_params": "params", "train_time_s": "train_time_s", "epochs": "epochs", "ckpt_path": "ckpt_path"}
+
+
+class SearchSweeper(OptunaSweeperImpl):
+    def __init__(
+        self,
+        sampler: DictConfig,
+        pruner: DictConfig,
+        conditional_params: Mapping[str, Mapping[str, str]],
+        report: DictConfig,
+        **kwargs: Any,
+    ) -> None:
+        if str(sampler.get("_target_", "")).endswith("GridSampler"):
+            raise ValueError("fakedetect_optuna does not run grids; use Hydra's basic sweeper (hydra/sweeper=basic)")
+        super().__init__(sampler=None, **kwargs)
+        self.sampler_cfg, self.pruner_cfg, self.report_cfg = sampler, pruner, report
+        self.exhausted = False
+        self.conditional = parse_conditional(conditional_params)
+        user_extender = self.custom_search_space_extender
+
+        def extend(cfg: DictConfig, trial: Trial) -> None:
+            suggest_conditional(trial, self.conditional)
+            if user_extender:
+                user_extender(cfg, trial)
+
+        self.custom_search_space_extender = extend
+
+    def sweep(self, arguments: list[str]) -> None:
+        self._process_searchspace_config()
+        distributions, fixed, fixed_overrides = create_params_from_overrides(
+            [*self._parse_sweeper_params_config(), *arguments]
+        )
+        for name in fixed:  # a value given on the command line is no longer searched
+            distributions.pop(name, None)
+        study = self._open_study()
+        failed = 0
+        for start in range(0, self.n_trials, self.n_jobs):
+            trials = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - start))]
+            overrides = self._configure_trials(trials, distributions, fixed, fixed_overrides)
+            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            self.job_idx += len(returns)
+            states = [self._tell(study, trial, ret) for trial, ret in zip(trials, returns, strict=True)]
+            del returns  # a failed job's traceback holds its model: let it go before the next one
+            if any(s is not TrialState.COMPLETE for s in states):
+                release_memory()
+            failed += states.count(TrialState.FAIL)
+            if failed > self.max_failure_rate * self.n_trials:
+                raise RuntimeError(f"{failed} trials failed, more than max_failure_rate={self.max_failure_rate} "
+                                   f"of {self.n_trials}; their fail_reason is in study '{study.study_name}'")
+            if self.exhausted:
+                log.info("the sampler has tried every combination of the search space")
+                break
+        self._finish(study)
+
+    def _open_study(self) -> optuna.Study:
+        if self.storage and make_url(self.storage).get_backend_name() == "sqlite":
+            database = make_url(self.storage).database
+            if database and database != ":memory:":
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+        pruner = instantiate(self.pruner_cfg, _execution_whitelist_=OPTUNA_TARGETS)
+        study = optuna.create_study(study_name=self.study_name, storage=self.storage, pruner=pruner,
+                                    directions=self._get_directions(), load_if_exists=True)
+        done = len(study.get_trials(deepcopy=False))
+        study.sampler = self._sampler(done)
+        # the job's callback rebuilds the pruner from here: the storage is its only link to the sweep
+        study.set_user_attr("pruner", OmegaConf.to_container(self.pruner_cfg, resolve=True))
+        metric = self.config.get("optimized_metric")
+        if metric:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([metric] if isinstance(metric, str) else list(metric))
+        log.info("study '%s' in %s: %d trials so far, %d to add; sampler %s, pruner %s", study.study_name,
+                 self._storage_name(), done, self.n_trials, type(study.sampler).__name__, type(study.pruner).__name__)
+        return study
+
+    def _storage_name(self) -> str:
+        """The storage URL for logs and files, its password hidden."""
+        return str(make_url(self.storage)) if self.storage else "memory"
+
+    def _sampler(self, done: int) -> optuna.samplers.BaseSampler:
+        """The configured sampler; a fixed seed is offset by the trials done, so a resumed study goes on."""
+        seed = self.sampler_cfg.get("seed")
+        kwargs = {} if seed is None else {"seed": seed + done}
+        return instantiate(self.sampler_cfg, **kwargs, _execution_whitelist_=OPTUNA_TARGETS)
+
+    def _configure_trials(self, trials: list[Trial], *args: Any) -> list[tuple[str, ...]]:
+        overrides = super()._configure_trials(trials, *args)
+        if not self.storage:  # an in-memory study cannot be reached from the job: no pruning
+            return list(overrides)
+        return [(*o, f"+optuna_trial.storage={quote(self.storage)}",
+                 f"+optuna_trial.study_name={quote(t.study.study_name)}", f"+optuna_trial.trial_id={t._trial_id}")
+                for o, t in zip(overrides, trials, strict=True)]
+
+    def _tell(self, study: optuna.Study, trial: Trial, ret: JobReturn) -> TrialState:
+        output_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir)
+        trial.set_user_attr("output_dir", str(output_dir))
+        if (output_dir / "metrics.json").exists():
+            record = json.loads((output_dir / "metrics.json").read_text())
+            for attr, key in RECORD_ATTRS.items():
+                if record.get(key) is not None:
+                    trial.set_user_attr(attr, record[key])
+        state, values, reason = outcome(ret, len(study.directions))
+        if reason:
+            trial.set_user_attr("fail_reason" if state is TrialState.FAIL else "prune_reason", reason)
+        try:
+            study.tell(trial, state=state, values=values)
+        except RuntimeError as e:  # an exhausted BruteForceSampler calls study.stop(), valid only in optimize()
+            if "Study.stop" not in str(e):
+                raise
+            self.exhausted = True
+        log.info("trial %d %s: %s", trial.number, state.name, values if values else reason)
+        return state
+
+    def _finish(self, study: optuna.Study) -> None:
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        best = best_trials(study)
+        OmegaConf.save(
+            {"name": "optuna", "study_name": study.study_name, "storage": self._storage_name(),
+             "solutions": [{"number": t.number, "params": t.params, "values": t.values} for t in best]},
+            sweep_dir / "optimization_results.yaml",
+        )
+        tests = {}
+        for trial in best if self.report_cfg.test_best else []:
+            try:
+                tests[trial.number] = evaluate_checkpoint(trial, sweep_dir / "test", self.report_cfg.test_overrides)
+            except (KeyError, OSError, subprocess.CalledProcessError) as e:  # the search's results still stand
+                log.error("could not test trial %d: %r", trial.number, e)
+        write_report(study, sweep_dir / "report", top_k=self.report_cfg.top_k, tests=tests)
+
+
+def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The best trial, or the Pareto front of a multi-objective study; none if no trial completed."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return []
+    return [study.best_trial] if len(study.directions) == 1 else study.best_trials
+
+
+def outcome(ret: JobReturn, n_objectives: int) -> tuple[TrialState, list[float] | None, str | None]:
+    """The trial state, objective values and reason a finished job amounts to."""
+    if ret.status is not JobStatus.COMPLETED:
+        error = ret._return_value  # not `return_value`, which re-raises (and prints) the job's exception
+        if isinstance(error, optuna.TrialPruned):
+            return TrialState.PRUNED, None, str(error) or "pruned"
+        log.warning("trial failed with %r", error, exc_info=error)
+        return TrialState.FAIL, None, f"{type(error).__name__}: {error}"
+    value = ret.return_value
+    values = list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        return TrialState.FAIL, None, f"the job returned {value!r}, not {n_objectives} number(s)"
+    if len(values) != n_objectives:
+        return TrialState.FAIL, None, f"the job returned {len(values)} values for {n_objectives} objectives"
+    if not all(math.isfinite(v) for v in values):
+        return TrialState.FAIL, None, f"the job returned a non-finite objective {values}"
+    return TrialState.COMPLETE, values, None
+
+
+def parse_conditional(spec: Mapping[str, Mapping[str, str]]) -> list[tuple[str, str, dict[str, BaseDistribution]]]:
+    """`{"model=cnn": {"model.net.n_layers": "range(1, 4)"}}` as (param, value, distributions) triples."""
+    parsed = []
+    for condition, params in (spec or {}).items():
+        name, sep, value = condition.partition("=")
+        distributions, fixed, _ = create_params_from_overrides([f"{k}={v}" for k, v in params.items()])
+        if not sep or fixed:
+            raise ValueError(f"conditional_params: want '<param>=<value>' keys holding sweeps only; got "
+                             f"'{condition}' with fixed values {sorted(fixed)}")
+        parsed.append((name.strip(), value.strip(), distributions))
+    return parsed
+
+
+def suggest_conditional(trial: Trial, conditional: list[tuple[str, str, dict[str, BaseDistribution]]]) -> None:
+    for name, value, distributions in conditional:
+        if name in trial.params and str(trial.params[name]) == value:
+            for key, distribution in distributions.items():
+                trial._suggest(key, distribution)  # as the stock sweeper suggests from distributions
+
+
+def evaluate_checkpoint(trial: optuna.trial.FrozenTrial, out: Path, overrides: list[str]) -> dict[str, float]:
+    """Test a trial's best checkpoint once, with `python -m fakedetect.eval`; its test metrics."""
+    run_dir = out / f"trial_{trial.number}"
+    command = [sys.executable, "-m", "fakedetect.eval", f"ckpt_path={quote(trial.user_attrs['ckpt_path'])}",
+               f"hydra.run.dir={quote(str(run_dir))}", *overrides]
+    log.info("testing trial %d: %s", trial.number, " ".join(command))
+    subprocess.run(command, check=True)
+    return json.loads((run_dir / "metrics.json").read_text())["metrics"]
+
+
+def quote(value: str) -> str:
+    """A Hydra override value that stays one string whatever it holds (URLs, paths with '=' or spaces)."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,121 @@
+"""`fakedetect.predict` on people's own images: any size, format and mode, a corrupt file, CSV, JSON, globs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from fakedetect.predict import expand_input, predict
+from fakedetect.train import train
+from tests.conftest import ROOT, SUBSET, compose_config
+
+
+def train_tiny(out: Path, cifake: Path, cache: Path, *overrides: str) -> Path:
+    """A few training batches on the shared CIFAKE subset; returns the last checkpoint."""
+    train(compose_config(
+        "train",
+        [f"data.root={cifake}", f"data.cache_dir={cache}", *SUBSET, "trainer=cpu", "trainer.max_epochs=1",
+         "+trainer.limit_train_batches=4", "test=false", "print_config=false", "callbacks.progress_bar=null",
+         *overrides],
+        out,
+    ))
+    return out / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, cifake_path: Path, cache_dir: Path) -> Path:
+    """ResNet-18 started from a local weights file, which is deleted after training: predict must not need it."""
+    weights = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    ckpt = train_tiny(tmp_path_factory.mktemp("run"), cifake_path, cache_dir, "model=resnet18",
+                      "model.net.pretrained=true", f"model.net.weights_path={weights}")
+    weights.unlink()
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Images as people have them: JPEG, PNG, WebP, GIF; RGB, greyscale, RGBA, palette; any size; one corrupt."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+
+    def image(width: int, height: int, mode: str) -> Image.Image:
+        return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).convert(mode)
+
+    image(640, 480, "RGB").save(root / "photo.jpg", quality=90)
+    image(50, 70, "L").save(root / "grey.png")
+    image(33, 21, "RGBA").save(root / "alpha.webp")
+    image(100, 20, "P").save(root / "palette.gif")
+    (root / "nested").mkdir()
+    image(32, 32, "RGB").save(root / "nested" / "small.PNG")
+    image(64, 64, "RGB").save(root / "full.jpg")
+    (root / "broken.jpg").write_bytes((root / "full.jpg").read_bytes()[:300])  # a truncated download
+    (root / "full.jpg").unlink()
+    (root / "notes.txt").write_text("not an image, not listed")
+    return root
+
+
+NAMES = ["alpha.webp", "broken.jpg", "grey.png", "small.PNG", "palette.gif", "photo.jpg"]
+
+
+def check_rows(rows: list[dict], threshold: float) -> None:
+    for row in rows:
+        if Path(row["path"]).name == "broken.jpg":
+            assert row["error"] and row["prob_fake"] in (None, "") and row["label"] in (None, "")
+            continue
+        prob = float(row["prob_fake"])
+        assert 0.0 <= prob <= 1.0 and not row["error"]
+        assert row["label"] == ("FAKE" if prob > threshold else "REAL")
+        assert float(row["threshold"]) == threshold
+
+
+def test_predict_a_folder_to_csv(checkpoint: Path, photos: Path, tmp_path: Path) -> None:
+    rows = predict(compose_config("predict", [f"ckpt_path={checkpoint}", f"input={photos}", "num_workers=0"],
+                                  tmp_path))
+    with (tmp_path / "predictions.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [Path(r["path"]).name for r in table] == NAMES
+    assert list(table[0]) == ["path", "prob_fake", "label", "threshold", "error"]
+    assert [r["path"] for r in table] == [r["path"] for r in rows]
+    assert "Error" in table[1]["error"]
+    check_rows(table, 0.5)
+
+
+def test_predict_to_json_with_a_threshold(checkpoint: Path, photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "preds.json"
+    rows = predict(compose_config(
+        "predict", [f"ckpt_path={checkpoint}", f"input={photos}", f"output={out}", "threshold=0.3", "batch_size=2",
+                    "num_workers=2"], tmp_path))
+    assert json.loads(out.read_text()) == rows
+    assert [Path(r["path"]).name for r in rows] == NAMES
+    check_rows(rows, 0.3)
+
+
+def test_predict_cli_with_a_glob(checkpoint: Path, photos: Path, tmp_path: Path) -> None:
+    """The documented command with a glob: only the matching images, decoded as in training."""
+    subprocess.run(
+        [sys.executable, "-m", "fakedetect.predict", f"ckpt_path={checkpoint}", f"input='{photos}/**/*.[pP][nN][gG]'",
+         f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, check=True, capture_output=True,
+    )
+    with (tmp_path / "predictions.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [Path(r["path"]).name for r in table] == ["grey.png", "small.PNG"]
+    check_rows(table, 0.5)
+
+
+def test_expand_input(photos: Path) -> None:
+    assert expand_input(str(photos / "notes.txt")) == [photos / "notes.txt"]  # a named file is always tried
+    assert [p.name for p in expand_input(f"{photos}/*.jp*g")] == ["broken.jpg", "photo.jpg"]
+    with pytest.raises(FileNotFoundError, match="no images found for input="):
+        expand_input(str(photos / "*.heic"))

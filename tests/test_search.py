@@ -1,0 +1,227 @@
+"""Optuna searches: the configs compose, and tiny real sweeps store, resume, fail, prune and report."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.utils import instantiate
+from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+
+from fakedetect.search.pruning import OptunaTrialCallback
+from fakedetect.search.report import write_report
+from fakedetect.search.sweeper import SearchSweeper, outcome
+from fakedetect.train import metric_value
+from fakedetect.utils.builders import build_model
+from tests.conftest import CONF, ROOT, SUBSET, compose_config
+
+# every search config; one whose model is not in conf/model/ is skipped until it is
+SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
+MODELS = {"resnet18_optuna": "resnet18", "autoencoder_optuna": "ae_transfer"}
+
+
+def sweeper_for(cfg_out: Path, *overrides: str) -> SearchSweeper:
+    """The sweeper Hydra would build for `-m <overrides>`, with its config, outside a Hydra run."""
+    cfg = compose_config("train", [*overrides, "data.root=x"], cfg_out)
+    plugin = instantiate(OmegaConf.create(OmegaConf.to_container(HydraConfig.get().sweeper, resolve=True)),
+                         _recursive_=False,
+                         _execution_whitelist_="hydra_plugins.fakedetect_sweeper.*")
+    plugin.sweeper.config = cfg
+    return plugin.sweeper
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_search_config_names_real_keys(search: str, tmp_path: Path) -> None:
+    model = MODELS.get(search)
+    if model and not (CONF / "model" / f"{model}.yaml").exists():
+        pytest.skip(f"hparams_search={search} needs model={model}, not written yet")
+    base = [f"hparams_search={search}", "data.root=x"]
+    cfg = compose_config("train", base, tmp_path)
+    sweeper = HydraConfig.get().sweeper
+    assert cfg.test is False, "a search must not see the test split"
+    assert sweeper.study_name and str(sweeper.storage).startswith(f"sqlite:///{tmp_path}/optuna/")
+    # each conditional space is checked in a config where its condition holds
+    for condition, keys in [(None, sweeper.params), *sweeper.conditional_params.items()]:
+        cfg = compose_config("train", [*base, condition] if condition else base, tmp_path)
+        for key in keys:
+            if (CONF / key).is_dir():  # a config group, searched as a choice of its options
+                continue
+            parent, _, last = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent)
+            assert node is not None and (last in node if OmegaConf.is_dict(node) else int(last) < len(node)), key
+
+
+def test_fakefinder_space_matches_the_write_up(tmp_path: Path) -> None:
+    compose_config("train", ["hparams_search=optuna", "data.root=x"], tmp_path)
+    params = HydraConfig.get().sweeper.params
+    distributions, _, _ = create_params_from_overrides([f"{k}={v}" for k, v in params.items()])
+    d = {k: (getattr(v, "low", None), getattr(v, "high", None), getattr(v, "step", None), getattr(v, "log", None),
+             getattr(v, "choices", None)) for k, v in distributions.items()}
+    assert d["model.net.n_layers"][:3] == (1, 3, 1)
+    assert all(d[f"model.net.filters.{i}"][:3] == (8, 64, 8) for i in range(3))
+    assert all(d[f"model.net.kernel_sizes.{i}"][4] == (3, 5) for i in range(3))
+    assert d["model.net.dropout"][:2] == (0.1, 0.5) and d["model.net.fc_size"][:3] == (64, 512, 64)
+    assert d["model.optimizer.lr"][:2] == (1e-4, 1e-2) and d["model.optimizer.lr"][3] is True
+    assert d["data.resolution"][4] == (16, 32, 64) and d["data.batch_size"][4] == (8, 16)
+
+
+def test_group_choice_searches_an_options_params_only_when_chosen(tmp_path: Path) -> None:
+    search = "hparams_search=model_loss_optuna"
+    sweeper = sweeper_for(tmp_path, search)
+    distributions, fixed, fixed_overrides = create_params_from_overrides(sweeper._parse_sweeper_params_config())
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    trials = [study.ask() for _ in range(12)]
+    overrides = sweeper._configure_trials(trials, distributions, fixed, fixed_overrides)
+    assert {t.params["model"] for t in trials} == {"cnn", "mlp"}
+    assert {t.params["loss"] for t in trials} == {"bce", "bce_smooth", "focal"}
+    for trial, trial_overrides in zip(trials, overrides, strict=True):
+        cnn, loss = trial.params["model"] == "cnn", trial.params["loss"]
+        assert ("model.net.n_layers" in trial.params) == cnn and ("model.net.hidden.0" in trial.params) != cnn
+        assert ("loss.gamma" in trial.params) == (loss == "focal")
+        assert ("loss.label_smoothing" in trial.params) == (loss == "bce_smooth")
+        cfg = compose_config("train", [search, "data.root=x", *trial_overrides], tmp_path)
+        assert cfg.optuna_trial.trial_id == trial._trial_id
+        model = build_model(cfg)
+        assert type(model.net).__name__ == ("FlexibleCNN" if cnn else "MLP")
+        assert type(model.loss).__name__ == ("FocalLoss" if loss == "focal" else "BCEWithLogits")
+        if loss == "focal":
+            assert model.loss.gamma == pytest.approx(trial.params["loss.gamma"])
+        if not cnn:
+            assert model.net.layers[1].out_features == trial.params["model.net.hidden.0"]
+
+
+def test_job_outcomes() -> None:
+    def ret(value: object, ok: bool = True) -> JobReturn:
+        job = JobReturn(status=JobStatus.COMPLETED if ok else JobStatus.FAILED)
+        job.return_value = value
+        return job
+
+    assert outcome(ret(0.9), 1) == (TrialState.COMPLETE, [0.9], None)
+    assert outcome(ret([0.9, 1000.0]), 2) == (TrialState.COMPLETE, [0.9, 1000.0], None)
+    assert outcome(ret(optuna.TrialPruned("val/acc_best=0.5 at epoch 1"), ok=False), 1) == (
+        TrialState.PRUNED, None, "val/acc_best=0.5 at epoch 1")
+    state, _, reason = outcome(ret(torch.cuda.OutOfMemoryError("CUDA out of memory"), ok=False), 1)
+    assert state is TrialState.FAIL and reason == "OutOfMemoryError: CUDA out of memory"
+    assert outcome(ret(float("nan")), 1)[0] is TrialState.FAIL
+    assert outcome(ret(None), 1)[0] is TrialState.FAIL
+    assert metric_value({"val/acc_best": 0.9, "params": 10.0}, ["val/acc_best", "params"]) == [0.9, 10.0]
+
+
+def fake_trainer(**metrics: float) -> SimpleNamespace:
+    return SimpleNamespace(sanity_checking=False, current_epoch=0, is_global_zero=True,
+                           callback_metrics={k.replace("__", "/"): torch.tensor(v) for k, v in metrics.items()},
+                           strategy=SimpleNamespace(broadcast=lambda x: x))
+
+
+def test_trial_callback_reports_prunes_and_stops_on_nan(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.set_user_attr("pruner", {"_target_": "optuna.pruners.ThresholdPruner", "lower": 0.8})
+    trial = study.ask()
+    callback = OptunaTrialCallback(storage, "s", trial._trial_id, monitor="val/acc_best")
+    callback.setup(None, None, "fit")
+    with pytest.raises(optuna.TrialPruned, match="ThresholdPruner"):
+        callback.on_validation_end(fake_trainer(val__acc_best=0.6, val__loss=0.7), None)
+    assert study.trials[0].intermediate_values == {0: pytest.approx(0.6)}
+    with pytest.raises(optuna.TrialPruned, match="diverged: val/loss is nan"):
+        callback.on_validation_end(fake_trainer(val__acc_best=0.9, val__loss=float("nan")), None)
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_report_of_a_multi_objective_study(tmp_path: Path) -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    study.set_metric_names(["val/acc_best", "params"])
+    for i in range(6):
+        trial = study.ask({"model.net.fc_size": optuna.distributions.IntDistribution(64, 512, step=64)})
+        trial.set_user_attr("n_params", 1000 * (i + 1))
+        study.tell(trial, [0.7 + 0.04 * (i % 3), 1000.0 * (i + 1)])
+    out = write_report(study, tmp_path / "report")
+    best = list(csv.DictReader((out / "best_trials.csv").open()))
+    assert {int(r["number"]) for r in best} == {t.number for t in study.best_trials}
+    assert (out / "plots" / "pareto_front.png").stat().st_size > 0
+    assert "val/acc_best" in (out / "best_trials.md").read_text()
+
+
+def run_sweep(
+    tmp: Path, cifake: Path, cache: Path, name: str, *overrides: str, search: str = "optuna"
+) -> subprocess.CompletedProcess:
+    """`python -m fakedetect.train -m hparams_search=<search>` on the shared CIFAKE subset, 1 epoch per trial."""
+    command = [sys.executable, "-m", "fakedetect.train", "-m", f"hparams_search={search}", f"data.root={cifake}",
+               *SUBSET, "data.resolution=32", "data.batch_size=128", "trainer=cpu", "trainer.max_epochs=1",
+               "callbacks.progress_bar=null", "print_config=false", f"paths.log_dir={tmp}",
+               f"hydra.sweep.dir={tmp / name}", *overrides]
+    # one thread per trial: these nets are tiny, and 2 OpenMP threads on cores other tests share are far slower
+    env = {**os.environ, "FAKEDETECT_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def load(tmp: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp}/optuna/{name}.db")
+
+
+def test_sweep_stores_resumes_without_repeats_and_reports(cifake_path: Path, cache_dir: Path, tmp_path: Path) -> None:
+    run_sweep(tmp_path, cifake_path, cache_dir, "first", "hydra.sweeper.n_trials=2")
+    study = load(tmp_path, "fakefinder")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    for trial in study.trials:
+        assert trial.user_attrs["n_params"] > 0 and trial.user_attrs["train_time_s"] > 0
+        assert Path(trial.user_attrs["ckpt_path"]).exists() and len(trial.intermediate_values) == 1
+    report = tmp_path / "first" / "report"
+    rows = list(csv.DictReader((report / "trials.csv").open()))
+    assert [int(r["number"]) for r in rows] == [0, 1] and rows[0]["n_params"]
+    best = list(csv.DictReader((report / "best_trials.csv").open()))
+    assert int(best[0]["number"]) == study.best_trial.number and float(best[0]["test/acc"]) > 0.5
+    assert f"| {study.best_trial.number} | COMPLETE |" in (report / "best_trials.md").read_text()
+    assert {p.name for p in (report / "plots").glob("*.png")} >= {"history.png", "timeline.png"}
+    for run in sorted((report / "tensorboard").glob("trial_*")):
+        events = EventAccumulator(str(run))
+        events.Reload()
+        assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+    assert len(list((report / "tensorboard").glob("trial_*"))) == 2
+
+    run_sweep(tmp_path, cifake_path, cache_dir, "second", "hydra.sweeper.n_trials=2",
+              "hydra.sweeper.report.test_best=false")
+    trials = load(tmp_path, "fakefinder").trials
+    assert len(trials) == 4, "the same study name resumes the study"
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4, "a resumed seed must not replay trials"
+    assert len(list(csv.DictReader((tmp_path / "second" / "report" / "trials.csv").open()))) == 4
+
+
+def test_failed_and_pruned_trials_are_recorded_and_the_sweep_goes_on(
+    cifake_path: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """n_layers=9 is invalid for 3 filters (the trial raises); a pruner that wants accuracy > 1 prunes the other."""
+    run_sweep(tmp_path, cifake_path, cache_dir, "sweep", "hydra.sweeper.n_trials=2", "hydra.sweeper.params=null",
+              "model.net.n_layers=choice(2, 9)", "hydra/sweeper/sampler=brute_force",
+              "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=1.01", "trainer.max_epochs=3")
+    trials = {t.params["model.net.n_layers"]: t for t in load(tmp_path, "fakefinder").trials}
+    assert trials[9].state is TrialState.FAIL and "n_layers=9 needs" in trials[9].user_attrs["fail_reason"]
+    assert trials[2].state is TrialState.PRUNED and "ThresholdPruner" in trials[2].user_attrs["prune_reason"]
+    assert list(trials[2].intermediate_values) == [0], "pruned after its first epoch of three"
+    rows = {r["state"]: r for r in csv.DictReader((tmp_path / "sweep" / "report" / "trials.csv").open())}
+    assert "n_layers=9" in rows["FAIL"]["reason"] and rows["PRUNED"]["reason"]
+
+
+@pytest.mark.slow
+def test_multi_objective_sweep_ends_with_the_pareto_front(cifake_path: Path, cache_dir: Path, tmp_path: Path) -> None:
+    run_sweep(tmp_path, cifake_path, cache_dir, "sweep", "hydra.sweeper.n_trials=3", search="optuna_pareto")
+    study = load(tmp_path, "fakefinder_pareto")
+    assert len(study.directions) == 2 and all(t.values[1] == t.user_attrs["n_params"] for t in study.trials)
+    report = tmp_path / "sweep" / "report"
+    assert len(list(csv.DictReader((report / "best_trials.csv").open()))) == len(study.best_trials)
+    assert (report / "plots" / "pareto_front.png").exists()
+    assert len(list((tmp_path / "sweep" / "test").glob("trial_*/metrics.json"))) == len(study.best_trials)
