@@ -17,8 +17,9 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def collect(outputs: Path) -> list[dict]:
-    """The newest training record per (experiment, machine, training-set size) under `outputs`."""
+def collect(outputs: Path, min_train: int = 0) -> list[dict]:
+    """The newest training record per (experiment, machine, training-set size) under `outputs`, leaving out
+    smoke runs on fewer than `min_train` training images."""
     runs: dict[tuple, dict] = {}
     for path in sorted(outputs.rglob("metrics.json"), key=lambda p: p.stat().st_mtime):
         record = json.loads(path.read_text())
@@ -28,6 +29,8 @@ def collect(outputs: Path) -> list[dict]:
         data = OmegaConf.load(config).data if config.exists() else {}
         record["train_images"] = record.get("images", {}).get("train") or (
             "full" if not data.get("train_limit") else data.get("train_limit"))
+        if isinstance(record["train_images"], int) and record["train_images"] < min_train:
+            continue
         record["resolution"] = data.get("resolution")
         record["run"] = str(path.parent)
         runs[(record["experiment"], record["machine"], str(record["train_images"]))] = record
@@ -66,9 +69,10 @@ def update_readme(readme: Path, text: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--outputs", type=Path, default=Path("outputs"))
+    parser.add_argument("--min-train", type=int, default=5000, help="leave out runs on fewer training images")
     parser.add_argument("--readme", type=Path, default=None, help="write the table between the README's markers")
     args = parser.parse_args(argv)
-    text = table(collect(args.outputs))
+    text = table(collect(args.outputs, args.min_train))
     if args.readme:
         update_readme(args.readme, text)
     print(text)
