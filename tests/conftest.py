@@ -47,13 +47,18 @@ def compose_config(name: str, overrides: list[str], out: Path) -> DictConfig:
     return cfg
 
 
+def subset_train_config(cifake: Path, cache: Path, out: Path, *overrides: str) -> DictConfig:
+    """A train config on the shared CIFAKE subset, quiet and on CPU, with outputs under `out`."""
+    base = [f"data.root={cifake}", f"data.cache_dir={cache}", *SUBSET, "trainer=cpu", "print_config=false",
+            "callbacks.progress_bar=null"]
+    return compose_config("train", [*base, *overrides], out)
+
+
 @pytest.fixture
 def train_cfg(cifake_path: Path, cache_dir: Path, tmp_path: Path) -> Callable[..., DictConfig]:
-    """A factory of train configs on the shared CIFAKE subset, quiet and on CPU."""
+    """A factory of `subset_train_config`s writing under the test's tmp_path."""
 
     def make(*overrides: str) -> DictConfig:
-        base = [f"data.root={cifake_path}", f"data.cache_dir={cache_dir}", *SUBSET, "trainer=cpu",
-                "print_config=false", "callbacks.progress_bar=null"]
-        return compose_config("train", [*base, *overrides], tmp_path)
+        return subset_train_config(cifake_path, cache_dir, tmp_path, *overrides)
 
     return make

@@ -22,7 +22,7 @@ from fakedetect.modules.autoencoder import AutoencoderDetector
 from fakedetect.nets import ConvAutoencoder, TransferAutoencoder
 from fakedetect.train import train
 from fakedetect.utils.checkpoint import load_checkpoint
-from tests.conftest import SUBSET, compose_config
+from tests.conftest import compose_config, subset_train_config
 from tests.test_losses import WEIGHTS, needs
 
 
@@ -72,13 +72,8 @@ def test_reconstruction_target_is_the_unnormalized_batch() -> None:
 def ae_run(tmp_path_factory: pytest.TempPathFactory, cifake_path: Path, cache_dir: Path) -> tuple[DictConfig, dict]:
     """ae_conv (with BatchNorm, to learn fast), Youden threshold, classification frozen for a quarter, 2 epochs."""
     out = tmp_path_factory.mktemp("ae_run")
-    cfg = compose_config(
-        "train",
-        [f"data.root={cifake_path}", f"data.cache_dir={cache_dir}", *SUBSET, "trainer=cpu", "experiment=ae_conv",
-         "trainer.max_epochs=2", "model.net.batch_norm=true", "model.threshold=youden", "model.c_freeze=0.25",
-         "print_config=false", "callbacks.progress_bar=null"],
-        out,
-    )
+    cfg = subset_train_config(cifake_path, cache_dir, out, "experiment=ae_conv", "trainer.max_epochs=2",
+                              "model.net.batch_norm=true", "model.threshold=youden", "model.c_freeze=0.25")
     return cfg, train(cfg)
 
 

@@ -25,7 +25,7 @@ from fakedetect.metrics.thresholds import f1_threshold, youden_threshold
 from fakedetect.reporting.results import collect, table, update_readme
 from fakedetect.reporting.robustness import parse_condition, robustness_table
 from fakedetect.train import train
-from tests.conftest import ROOT, SUBSET, compose_config
+from tests.conftest import ROOT, compose_config, subset_train_config
 
 
 def images(n: int = 8, seed: int = 0) -> torch.Tensor:
@@ -92,12 +92,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, cifake_path: Path, cac
     """A real `experiment=cnn_baseline` run on the CIFAKE subset: 1 epoch, under a fresh outputs folder."""
     outputs = tmp_path_factory.mktemp("outputs")
     run = outputs / "train" / "runs" / "r1"
-    cfg = compose_config(
-        "train",
-        ["experiment=cnn_baseline", f"data.root={cifake_path}", f"data.cache_dir={cache_dir}", *SUBSET,
-         "trainer=cpu", "trainer.max_epochs=1", "print_config=false", "callbacks.progress_bar=null"],
-        run,
-    )
+    cfg = subset_train_config(cifake_path, cache_dir, run, "experiment=cnn_baseline", "trainer.max_epochs=1")
     train(cfg)
     return run
 

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.plugin_event_accumulator import EventA
 from fakedetect.eval import evaluate
 from fakedetect.train import metric_value, train
 from fakedetect.utils.checkpoint import CONFIG_KEY, checkpoint_config, load_checkpoint
-from tests.conftest import ROOT, SUBSET, compose_config
+from tests.conftest import ROOT, SUBSET, compose_config, subset_train_config
 
 
 @pytest.mark.parametrize("model", ["cnn", "mlp"])
@@ -30,12 +30,7 @@ def test_fast_dev_run(model: str, train_cfg: Callable[..., DictConfig]) -> None:
 def trained(tmp_path_factory: pytest.TempPathFactory, cifake_path: Path, cache_dir: Path) -> tuple[DictConfig, dict]:
     """The default CNN trained for 2 epochs on 2,000 CIFAKE images, tested on 1,000."""
     out = tmp_path_factory.mktemp("run")
-    cfg = compose_config(
-        "train",
-        [f"data.root={cifake_path}", f"data.cache_dir={cache_dir}", *SUBSET, "trainer=cpu", "trainer.max_epochs=2",
-         "print_config=false", "callbacks.progress_bar=null"],
-        out,
-    )
+    cfg = subset_train_config(cifake_path, cache_dir, out, "trainer.max_epochs=2")
     return cfg, train(cfg)
 
 
