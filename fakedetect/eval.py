@@ -9,15 +9,14 @@ import hydra
 import lightning as L
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from fakedetect.metrics.thresholds import f1_threshold, youden_threshold
 from fakedetect.reporting.predictions import predict_images, split_images
 from fakedetect.reporting.report import write_report
 from fakedetect.reporting.robustness import robustness_table, write_robustness
-from fakedetect.utils.builders import build_list, build_model, build_trainer
-from fakedetect.utils.checkpoint import checkpoint_config, load_checkpoint
+from fakedetect.utils.builders import build_list, build_trainer
+from fakedetect.utils.checkpoint import load_trained
 from fakedetect.utils.records import machine, print_config, scalars, write_metrics
 
 log = logging.getLogger(__name__)
@@ -28,14 +27,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         print_config(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed)
-    run_cfg = checkpoint_config(load_checkpoint(cfg.ckpt_path), cfg.ckpt_path)
-    for key, value in cfg.get("data", {}).items():
-        if value is not None:
-            run_cfg.data[key] = value
-    datamodule = instantiate(run_cfg.data)
-    model = build_model(run_cfg)
+    trained = load_trained(cfg.ckpt_path, cfg.get("data"))
+    model, datamodule, run_cfg = trained.model, trained.datamodule, trained.config
     trainer = build_trainer(cfg, callbacks=[], loggers=build_list(cfg.get("logger")))
-    trainer.test(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.test(model, datamodule=datamodule)
     metrics = scalars(trainer.callback_metrics)
     out = Path(cfg.paths.output_dir)
     record = {"task": "eval", "ckpt_path": str(cfg.ckpt_path), "data_root": run_cfg.data.root,

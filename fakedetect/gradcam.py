@@ -8,17 +8,18 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fakedetect.predict import load_trained, resolve_device
+from fakedetect.predict import resolve_device
 from fakedetect.reporting.figures import log_figure
 from fakedetect.reporting.gradcam import explain_test_images
 from fakedetect.utils.builders import build_list
+from fakedetect.utils.checkpoint import load_trained
 
 log = logging.getLogger(__name__)
 
 
 def gradcam(cfg: DictConfig) -> Path:
     """Write the grid of n test images (hits and misses of both classes) and log it; returns the PNG path."""
-    trained = load_trained(cfg.ckpt_path, dict(cfg.get("data", {})))
+    trained = load_trained(cfg.ckpt_path, cfg.get("data"))
     fig = explain_test_images(trained.model.net, trained.datamodule, trained.model.decision_threshold,
                               n=cfg.n, pool=cfg.pool, device=resolve_device(cfg.device))
     output = Path(cfg.output)

@@ -10,52 +10,22 @@ import csv
 import glob
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-import lightning as L
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
 
-from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.data.decode import decode_image
 from fakedetect.data.sources import IMAGE_SUFFIXES
-from fakedetect.utils.builders import build_model
-from fakedetect.utils.checkpoint import checkpoint_config, load_checkpoint
+from fakedetect.utils.checkpoint import load_trained
 
 log = logging.getLogger(__name__)
 
 FIELDS = ["path", "prob_fake", "label", "threshold", "error"]
-
-
-@dataclass
-class Trained:
-    """A checkpoint's detector in eval mode, with the data module that holds its preprocessing and classes."""
-
-    model: L.LightningModule
-    datamodule: ImageDataModule
-    config: DictConfig
-    global_step: int
-
-
-def load_trained(ckpt_path: str | Path, data: dict | None = None) -> Trained:
-    """Rebuild model and data module from a checkpoint alone; `data` values (not None) replace its data config."""
-    checkpoint = load_checkpoint(ckpt_path)
-    cfg = checkpoint_config(checkpoint, ckpt_path)
-    for key, value in (data or {}).items():
-        if value is not None:
-            cfg.data[key] = value
-    datamodule = instantiate(cfg.data)
-    datamodule.load_state_dict(checkpoint[type(datamodule).__qualname__])
-    model = build_model(cfg)
-    model.on_load_checkpoint(checkpoint)  # as Lightning would: lets the module upgrade older checkpoints
-    model.load_state_dict(checkpoint["state_dict"])
-    return Trained(model.eval(), datamodule, cfg, int(checkpoint.get("global_step", 0)))
 
 
 def expand_input(spec: str) -> list[Path]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +22,7 @@ from fakedetect.losses import BCEWithLogits
 from fakedetect.modules import Detector
 from fakedetect.nets import Backbone, PretrainedWeightsError
 from fakedetect.train import train
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SUBSET
 
 EFFNET = ROOT.parent / "shared" / "weights" / "tf_efficientnet_lite0_in1k.pth"
 
@@ -165,3 +167,22 @@ def test_pretrained_experiment_without_weights_stops_the_run(
 ) -> None:
     with pytest.raises(PretrainedWeightsError, match="model.net.weights_path="):
         train(train_cfg("experiment=resnet18_pretrained", "debug=fdr"))
+
+
+def test_cli_without_weights_ends_with_one_line(cifake_path: Path, cache_dir: Path, tmp_path: Path) -> None:
+    """`python -m fakedetect.train` with no weights to be had: no traceback, no hub retries, the fix named last."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}  # the default: timm's cache only
+    env |= {"CIFAKE": str(cifake_path), "FAKEDETECT_CACHE": str(cache_dir), "HF_HUB_CACHE": str(tmp_path / "hub"),
+            "TORCH_HOME": str(tmp_path / "torch"), "CUDA_VISIBLE_DEVICES": ""}
+    start = time.perf_counter()
+    run = subprocess.run(
+        [sys.executable, "-m", "fakedetect.train", "model=resnet18", "model.net.pretrained=true", *SUBSET,
+         "trainer=cpu", "callbacks.progress_bar=null", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )
+    assert run.returncode != 0
+    assert "Traceback" not in run.stderr and "Retrying" not in run.stdout + run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("no pretrained weights for resnet18")
+    assert "model.net.weights_path=" in last and "model.net.pretrained=false" in last
+    assert time.perf_counter() - start < 60  # the hub's retries alone would take ~50 s

@@ -17,24 +17,26 @@ from tests.conftest import ROOT, SUBSET
 TOLERANCE = 0.08
 
 
-def run(tmp: Path, cifake: Path, cache: Path, *overrides: str) -> dict:
+def run(tmp: Path, cifake: Path, cache: Path, *overrides: str) -> tuple[dict, str]:
+    """The run's metrics.json and its stderr."""
     env = {**os.environ, "CIFAKE": str(cifake), "FAKEDETECT_CACHE": str(cache)}
-    subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "fakedetect.train", *SUBSET, "trainer.max_epochs=2", "callbacks.progress_bar=null",
          "print_config=false", f"hydra.run.dir={tmp}", *overrides],
-        cwd=ROOT, env=env, check=True, capture_output=True, timeout=600,
+        cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=600,
     )
-    return json.loads((tmp / "metrics.json").read_text())
+    return json.loads((tmp / "metrics.json").read_text()), result.stderr
 
 
 def test_ddp_sim_matches_single_process(cifake_path: Path, cache_dir: Path, tmp_path: Path) -> None:
-    ddp = run(tmp_path / "ddp", cifake_path, cache_dir, "trainer=ddp_sim", "data.batch_size=64")
-    single = run(tmp_path / "single", cifake_path, cache_dir, "trainer=cpu", "data.batch_size=128")
+    ddp, ddp_log = run(tmp_path / "ddp", cifake_path, cache_dir, "trainer=ddp_sim", "data.batch_size=64")
+    single, _ = run(tmp_path / "single", cifake_path, cache_dir, "trainer=cpu", "data.batch_size=128")
     assert ddp["epochs"] == single["epochs"] == 2
     assert ddp["images"] == single["images"]
     assert abs(ddp["metrics"]["test/acc"] - single["metrics"]["test/acc"]) < TOLERANCE, (ddp, single)
     assert ddp["metrics"]["test/acc"] > 0.6
     assert list((tmp_path / "ddp" / "checkpoints").glob("*.ckpt")), "rank 0 saves checkpoints"
+    assert "sync_dist" not in ddp_log, "epoch-level logs must be reduced across ranks"
 
 
 @pytest.mark.parametrize("option", ["ddp", "ddp_sim"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import math
 import os
 import subprocess
 import sys
@@ -17,6 +19,7 @@ from PIL import Image
 
 from fakedetect.predict import expand_input, predict
 from fakedetect.train import train
+from fakedetect.utils.checkpoint import load_checkpoint, load_trained
 from tests.conftest import ROOT, SUBSET, compose_config
 
 
@@ -119,3 +122,19 @@ def test_expand_input(photos: Path) -> None:
     assert [p.name for p in expand_input(f"{photos}/*.jp*g")] == ["broken.jpg", "photo.jpg"]
     with pytest.raises(FileNotFoundError, match="no images found for input="):
         expand_input(str(photos / "*.heic"))
+
+
+def test_checkpoint_from_before_val_thresholds(checkpoint: Path, photos: Path, tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A checkpoint written before Detector kept the `val_thresholds` buffer loads with a warning and predicts."""
+    old = load_checkpoint(checkpoint)
+    del old["state_dict"]["val_thresholds"]
+    path = tmp_path / "old.ckpt"
+    torch.save(old, path)
+    with caplog.at_level(logging.WARNING, logger="fakedetect.modules.detector"):
+        trained = load_trained(path)
+    assert all(math.isnan(t) for t in trained.model.val_thresholds.tolist())
+    warnings = [r.getMessage() for r in caplog.records if r.name == "fakedetect.modules.detector"]
+    assert len(warnings) == 1 and "val_thresholds" in warnings[0]
+    rows = predict(compose_config("predict", [f"ckpt_path={path}", f"input={photos}", "num_workers=0"], tmp_path))
+    check_rows(rows, 0.5)

@@ -22,6 +22,7 @@ from tensorboard.backend.event_processing.plugin_event_accumulator import EventA
 
 from fakedetect.search.pruning import OptunaTrialCallback
 from fakedetect.search.report import write_report
+from fakedetect.search.storage import load_study
 from fakedetect.search.sweeper import SearchSweeper, outcome
 from fakedetect.train import metric_value
 from fakedetect.utils.builders import build_model
@@ -154,16 +155,20 @@ def test_report_of_a_multi_objective_study(tmp_path: Path) -> None:
     assert "val/acc_best" in (out / "best_trials.md").read_text()
 
 
-def run_sweep(
-    tmp: Path, cifake: Path, cache: Path, name: str, *overrides: str, search: str = "optuna"
-) -> subprocess.CompletedProcess:
+def sweep_command(tmp: Path, cifake: Path, cache: Path, name: str, *overrides: str,
+                  search: str = "optuna") -> tuple[list[str], dict[str, str]]:
     """`python -m fakedetect.train -m hparams_search=<search>` on the shared CIFAKE subset, 1 epoch per trial."""
     command = [sys.executable, "-m", "fakedetect.train", "-m", f"hparams_search={search}", f"data.root={cifake}",
                *SUBSET, "data.resolution=32", "data.batch_size=128", "trainer=cpu", "trainer.max_epochs=1",
                "callbacks.progress_bar=null", "print_config=false", f"paths.log_dir={tmp}",
                f"hydra.sweep.dir={tmp / name}", *overrides]
     # one thread per trial: these nets are tiny, and 2 OpenMP threads on cores other tests share are far slower
-    env = {**os.environ, "FAKEDETECT_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    return command, {**os.environ, "FAKEDETECT_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+
+
+def run_sweep(tmp: Path, cifake: Path, cache: Path, name: str, *overrides: str,
+              search: str = "optuna") -> subprocess.CompletedProcess:
+    command, env = sweep_command(tmp, cifake, cache, name, *overrides, search=search)
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -225,3 +230,23 @@ def test_multi_objective_sweep_ends_with_the_pareto_front(cifake_path: Path, cac
     assert len(list(csv.DictReader((report / "best_trials.csv").open()))) == len(study.best_trials)
     assert (report / "plots" / "pareto_front.png").exists()
     assert len(list((tmp_path / "sweep" / "test").glob("trial_*/metrics.json"))) == len(study.best_trials)
+
+
+@pytest.mark.parametrize("storage", ["sqlite:///{tmp}/shared.db", "journal:{tmp}/shared.log"])
+def test_parallel_workers_share_one_study(storage: str, cifake_path: Path, cache_dir: Path, tmp_path: Path) -> None:
+    """Two processes on one storage, same seed, together finish the study's 6 trials: none twice, none extra."""
+    url = storage.format(tmp=tmp_path)
+    commands = [sweep_command(tmp_path, cifake_path, cache_dir, f"worker{i}", "hydra.sweeper.n_trials=6",
+                              "hydra.sweeper.study_trials=6", f"hydra.sweeper.storage='{url}'",
+                              "hydra.sweeper.report.test_best=false") for i in range(2)]
+    workers = [subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for c, env in commands]
+    for worker in workers:
+        _, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err[-3000:]
+    trials = load_study(url, "fakefinder").trials
+    assert [t.number for t in trials] == list(range(6)) and all(t.state is TrialState.COMPLETE for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 6, "workers with one seed drew the same point"
+    ran = [sum(Path(t.user_attrs["output_dir"]).is_relative_to(tmp_path / f"worker{i}") for t in trials)
+           for i in range(2)]
+    assert sum(ran) == 6 and min(ran) >= 1, f"trials per worker: {ran}"

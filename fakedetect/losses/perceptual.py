@@ -10,13 +10,15 @@ import torch
 import torchvision
 from torch import nn
 
+from fakedetect.utils.errors import ConfigError
+
 TRUNKS = {
     "alex": (torchvision.models.alexnet, torchvision.models.AlexNet_Weights.IMAGENET1K_V1),
     "vgg": (torchvision.models.vgg16, torchvision.models.VGG16_Weights.IMAGENET1K_V1),
 }
 
 
-class LPIPSWeightsError(RuntimeError):
+class LPIPSWeightsError(ConfigError):
     """The LPIPS trunk's ImageNet weights cannot be had: a loss with a random trunk would mean nothing."""
 
 

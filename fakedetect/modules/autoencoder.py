@@ -83,9 +83,9 @@ class AutoencoderDetector(Detector):
         recon_loss, class_loss = self.reconstruction(reconstruction, images), self.loss(logits, y)
         r_weight, c_weight = self.loss_weights(stage)
         self.log_dict({f"{stage}/recon_loss": recon_loss, f"{stage}/class_loss": class_loss}, on_epoch=True,
-                      on_step=False)
+                      on_step=False, sync_dist=True)
         if stage == "train":
-            self.log("train/c_weight", c_weight, on_epoch=True, on_step=False)
+            self.log("train/c_weight", c_weight, on_epoch=True, on_step=False, sync_dist=True)
         probs = logits.detach().float().sigmoid()
         self._keep(stage, images, reconstruction.detach(), probs, y)
         return r_weight * recon_loss + c_weight * class_loss, probs, y

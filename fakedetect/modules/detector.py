@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 from collections.abc import Callable
 
@@ -22,6 +23,8 @@ from torchmetrics.classification import (
 
 from fakedetect.metrics.thresholds import SelectedThresholds
 from fakedetect.reporting.figures import log_figure
+
+log = logging.getLogger(__name__)
 
 # thresholds chosen on the validation split, in the order of the `val_thresholds` buffer
 NAMED_THRESHOLDS = ("youden", "f1")
@@ -113,7 +116,7 @@ class Detector(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, probs, y = self._step(batch)
         self.train_acc(probs, y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
@@ -124,17 +127,19 @@ class Detector(L.LightningModule):
         loss, probs, y = self._step(batch)
         self.val_metrics.update(probs, y)
         self.val_scores.update(probs, y)
-        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
+        # computed values are already reduced across ranks by torchmetrics; sync_dist averages equal values
         values = self.val_metrics.compute()
         self.val_metrics.reset()
-        self.log_dict(values, prog_bar=False)
+        self.log_dict(values, prog_bar=False, sync_dist=True)
         self.val_acc_best(values["val/acc"])
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
         self.val_thresholds.copy_(self.val_scores.compute())
         self.val_scores.reset()
-        self.log_dict({f"val/threshold_{n}": t for n, t in zip(NAMED_THRESHOLDS, self.val_thresholds, strict=True)})
+        self.log_dict({f"val/threshold_{n}": t for n, t in zip(NAMED_THRESHOLDS, self.val_thresholds, strict=True)},
+                      sync_dist=True)
 
     def on_test_start(self) -> None:
         threshold = self.decision_threshold
@@ -147,11 +152,11 @@ class Detector(L.LightningModule):
         self.test_metrics.update(probs, y)
         self.test_confusion.update(probs, y)
         self.test_roc.update(probs, y)
-        self.log("test/loss", loss, on_step=False, on_epoch=True)
+        self.log("test/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
-        self.log("test/threshold", self.decision_threshold)
+        self.log_dict(self.test_metrics.compute(), sync_dist=True)
+        self.log("test/threshold", self.decision_threshold, sync_dist=True)
         self.test_metrics.reset()
         fig, _ = self.test_confusion.plot(labels=["REAL", "FAKE"])
         log_figure(self.loggers, "test/confusion_matrix", fig, self.global_step)
@@ -171,7 +176,9 @@ class Detector(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Checkpoints written before thresholds were kept load with none chosen, not a missing-key error."""
-        checkpoint["state_dict"].setdefault("val_thresholds", torch.full((len(NAMED_THRESHOLDS),), math.nan))
+        if "val_thresholds" not in checkpoint["state_dict"]:
+            log.warning("checkpoint predates val_thresholds: no youden or f1 threshold is known, a number still works")
+            checkpoint["state_dict"]["val_thresholds"] = torch.full((len(NAMED_THRESHOLDS),), math.nan)
 
     def configure_optimizers(self) -> dict:
         params = self.net.param_groups() if hasattr(self.net, "param_groups") else self.parameters()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
+import huggingface_hub.constants
 import timm
 import torch
 import torch.nn.functional as F
@@ -12,17 +14,23 @@ from timm.models import adapt_input_conv, group_modules, group_parameters, load_
 from timm.utils import freeze as freeze_modules
 from torch import nn
 
+from fakedetect.utils.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
+# HF_HUB_OFFLINE values (unset included) that keep timm to its cache
+HUB_OFFLINE = {"1", "ON", "YES", "TRUE"}
 
-class PretrainedWeightsError(RuntimeError):
+
+class PretrainedWeightsError(ConfigError):
     """Pretrained weights were asked for and cannot be had: the run stops rather than start from random ones."""
 
 
 class Backbone(nn.Module):
     """A timm model (`name`, e.g. `resnet18.tv_in1k`) whose classifier is replaced by one logit.
 
-    - `pretrained` weights come from `weights_path` if given, else from timm's cache or download. They are
+    - `pretrained` weights come from `weights_path` if given, else from timm's cache, or a download when
+      `HF_HUB_OFFLINE=0` is set (off by default: with no network the hub retries for ~50 s). They are
       fetched by `load_pretrained()`, which Detector calls when fitting starts, not by the constructor: a net
       rebuilt from a trained checkpoint (eval, predict, Grad-CAM) must not need the ImageNet file.
     - `input_size` resizes incoming batches on the device (32 px CIFAKE to 224, say), so the decoded data
@@ -117,11 +125,15 @@ class Backbone(nn.Module):
             if not Path(self.weights_path).is_file():
                 raise PretrainedWeightsError(f"model.net.weights_path={self.weights_path} is not a file")
             return load_state_dict(self.weights_path)
+        offline = huggingface_hub.constants.HF_HUB_OFFLINE
+        huggingface_hub.constants.HF_HUB_OFFLINE = os.environ.get("HF_HUB_OFFLINE", "1").upper() in HUB_OFFLINE
         try:
             return timm.create_model(self.name, pretrained=True).state_dict()
         except Exception as err:  # noqa: BLE001 - offline, no cache, no such weights: all mean the same to the user
             raise PretrainedWeightsError(
-                f"no pretrained weights for {self.name}: not in the cache and the download failed "
-                f"({type(err).__name__}); pass a local file with model.net.weights_path=/path/to/file.pth "
-                f"or train from scratch with model.net.pretrained=false"
+                f"no pretrained weights for {self.name}: not in timm's cache and not downloaded "
+                f"({type(err).__name__}; HF_HUB_OFFLINE=0 allows a download); pass a local file with "
+                f"model.net.weights_path=/path/to/file.pth or train from scratch with model.net.pretrained=false"
             ) from None
+        finally:
+            huggingface_hub.constants.HF_HUB_OFFLINE = offline

@@ -14,6 +14,8 @@ import lightning as L
 import optuna
 from hydra.utils import instantiate
 
+from fakedetect.search.storage import load_study
+
 
 class OptunaTrialCallback(L.Callback):
     """Report `monitor` to the trial after each validation and raise optuna.TrialPruned when the pruner says so.
@@ -38,8 +40,7 @@ class OptunaTrialCallback(L.Callback):
         # opened here, not in __init__, so a spawned DDP process opens its own storage connection
         if self.trial is None:
             # the sampler is not used here: the sweeper has already sampled this trial's parameters
-            study = optuna.load_study(study_name=self.study_name, storage=self.storage,
-                                      sampler=optuna.samplers.RandomSampler())
+            study = load_study(self.storage, self.study_name, sampler=optuna.samplers.RandomSampler())
             spec = study.user_attrs.get("pruner") or {"_target_": "optuna.pruners.NopPruner"}
             study.pruner = instantiate(spec, _execution_whitelist_="optuna.pruners.*")
             self.trial = optuna.trial.Trial(study, self.trial_id)

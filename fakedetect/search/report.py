@@ -27,6 +27,8 @@ from optuna.visualization import matplotlib as plots  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 from torch.utils.tensorboard.summary import hparams  # noqa: E402
 
+from fakedetect.search.storage import load_study  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 TEST_COLUMNS = ("test/acc", "test/auroc", "test/f1")
@@ -182,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--top-k", type=int, default=10)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    study = optuna.load_study(study_name=args.study, storage=args.storage)
+    study = load_study(args.storage, args.study)
     write_report(study, args.out or Path("outputs/optuna") / f"{args.study}_report", args.top_k)
 
 

@@ -7,7 +7,8 @@ and trial configuration, and owns the ask / launch / tell loop to:
 - link each job to its trial (`+optuna_trial.{storage,study_name,trial_id}`, read by `OptunaTrialCallback`);
 - tell a job that raised `optuna.TrialPruned` PRUNED, any other error FAIL, and record why (`prune_reason`,
   `fail_reason`) with the run's folder, parameter count and training time as trial user attributes;
-- seed the sampler past the trials already in the study;
+- seed the sampler past the trials already in the study, so a resumed study or a parallel worker draws new points;
+- let several workers share one study (`study_trials`): each asks for trials until the study holds that many;
 - search `conditional_params` only in the trials whose condition holds (e.g. a model's own parameters);
 - write the report and test the best trial (or the Pareto front) once, after the search.
 """
@@ -33,9 +34,9 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_p
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
 from optuna.trial import Trial, TrialState
-from sqlalchemy.engine import make_url
 
 from fakedetect.search.report import write_report
+from fakedetect.search.storage import ask_lock, describe, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,14 @@ class SearchSweeper(OptunaSweeperImpl):
         pruner: DictConfig,
         conditional_params: Mapping[str, Mapping[str, str]],
         report: DictConfig,
+        study_trials: int | None = None,
         **kwargs: Any,
     ) -> None:
         if str(sampler.get("_target_", "")).endswith("GridSampler"):
             raise ValueError("fakedetect_optuna does not run grids; use Hydra's basic sweeper (hydra/sweeper=basic)")
         super().__init__(sampler=None, **kwargs)
         self.sampler_cfg, self.pruner_cfg, self.report_cfg = sampler, pruner, report
+        self.study_trials = study_trials
         self.exhausted = False
         self.conditional = parse_conditional(conditional_params)
         user_extender = self.custom_search_space_extender
@@ -76,9 +79,13 @@ class SearchSweeper(OptunaSweeperImpl):
         for name in fixed:  # a value given on the command line is no longer searched
             distributions.pop(name, None)
         study = self._open_study()
-        failed = 0
-        for start in range(0, self.n_trials, self.n_jobs):
-            trials = [study.ask() for _ in range(min(self.n_jobs, self.n_trials - start))]
+        failed = added = 0
+        while added < self.n_trials:
+            trials = self._ask(study, min(self.n_jobs, self.n_trials - added))
+            if not trials:
+                log.info("study '%s' holds its study_trials=%d trials", study.study_name, self.study_trials)
+                break
+            added += len(trials)
             overrides = self._configure_trials(trials, distributions, fixed, fixed_overrides)
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             self.job_idx += len(returns)
@@ -96,15 +103,10 @@ class SearchSweeper(OptunaSweeperImpl):
         self._finish(study)
 
     def _open_study(self) -> optuna.Study:
-        if self.storage and make_url(self.storage).get_backend_name() == "sqlite":
-            database = make_url(self.storage).database
-            if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
         pruner = instantiate(self.pruner_cfg, _execution_whitelist_=OPTUNA_TARGETS)
-        study = optuna.create_study(study_name=self.study_name, storage=self.storage, pruner=pruner,
+        storage = open_storage(self.storage) if self.storage else None
+        study = optuna.create_study(study_name=self.study_name, storage=storage, pruner=pruner,
                                     directions=self._get_directions(), load_if_exists=True)
-        done = len(study.get_trials(deepcopy=False))
-        study.sampler = self._sampler(done)
         # the job's callback rebuilds the pruner from here: the storage is its only link to the sweep
         study.set_user_attr("pruner", OmegaConf.to_container(self.pruner_cfg, resolve=True))
         metric = self.config.get("optimized_metric")
@@ -112,18 +114,26 @@ class SearchSweeper(OptunaSweeperImpl):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names([metric] if isinstance(metric, str) else list(metric))
-        log.info("study '%s' in %s: %d trials so far, %d to add; sampler %s, pruner %s", study.study_name,
-                 self._storage_name(), done, self.n_trials, type(study.sampler).__name__, type(study.pruner).__name__)
+        log.info("study '%s' in %s: %d trials so far, %d to add%s; sampler %s, pruner %s", study.study_name,
+                 describe(self.storage), len(study.get_trials(deepcopy=False)), self.n_trials,
+                 f" until it holds {self.study_trials}" if self.study_trials is not None else "",
+                 self.sampler_cfg.get("_target_"), type(study.pruner).__name__)
         return study
 
-    def _storage_name(self) -> str:
-        """The storage URL for logs and files, its password hidden."""
-        return str(make_url(self.storage)) if self.storage else "memory"
+    def _ask(self, study: optuna.Study, n: int) -> list[Trial]:
+        """Up to n new trials, none past `study_trials`; counting and adding is atomic across workers."""
+        with ask_lock(self.storage):
+            held = len(study.get_trials(deepcopy=False))
+            if self.study_trials is not None:
+                n = min(n, self.study_trials - held)
+            study.sampler = self._sampler(held)
+            return [study.ask() for _ in range(max(n, 0))]
 
-    def _sampler(self, done: int) -> optuna.samplers.BaseSampler:
-        """The configured sampler; a fixed seed is offset by the trials done, so a resumed study goes on."""
+    def _sampler(self, held: int) -> optuna.samplers.BaseSampler:
+        """The configured sampler; a fixed seed is offset by the trials the study holds, so a resumed study
+        goes on and parallel workers draw different points."""
         seed = self.sampler_cfg.get("seed")
-        kwargs = {} if seed is None else {"seed": seed + done}
+        kwargs = {} if seed is None else {"seed": seed + held}
         return instantiate(self.sampler_cfg, **kwargs, _execution_whitelist_=OPTUNA_TARGETS)
 
     def _configure_trials(self, trials: list[Trial], *args: Any) -> list[tuple[str, ...]]:
@@ -158,7 +168,7 @@ class SearchSweeper(OptunaSweeperImpl):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         best = best_trials(study)
         OmegaConf.save(
-            {"name": "optuna", "study_name": study.study_name, "storage": self._storage_name(),
+            {"name": "optuna", "study_name": study.study_name, "storage": describe(self.storage),
              "solutions": [{"number": t.number, "params": t.params, "values": t.values} for t in best]},
             sweep_dir / "optimization_results.yaml",
         )

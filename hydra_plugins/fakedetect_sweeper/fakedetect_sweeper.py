@@ -42,8 +42,12 @@ class FakedetectOptunaSweeperConf(OptunaSweeperConf):
     # an optuna.pruners config (hydra/sweeper/pruner=median|hyperband|threshold|nop); trials are pruned epoch by
     # epoch inside the Lightning run, which reaches the trial through the study's storage
     pruner: Any = MISSING
-    # one SQLite file per study under outputs/ by default; any SQLAlchemy URL (PostgreSQL) for many workers
+    # one SQLite file per study under outputs/ by default; `journal:<path>` for Optuna's journal file; any
+    # SQLAlchemy URL (PostgreSQL, MySQL) for workers on many machines
     storage: Any = "sqlite:///${paths.log_dir}/optuna/${.study_name}.db"
+    # parallel workers: start the same sweep in several processes on one storage, each with this set; a worker
+    # stops once the study holds this many trials (all workers' and earlier sweeps' together)
+    study_trials: int | None = None
     study_name: str | None = "fakedetect"
     # jobs launched (and asked of the sampler) at once; 1 lets TPE learn from every finished trial
     n_jobs: int = 1
