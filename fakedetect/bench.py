@@ -2,7 +2,9 @@
 
 For each model: images/s of `Trainer.fit` steps against a minimal loop over the same net, optimizer, data on
 the device, batched augmentation, batch size and precision; their ratio is Lightning's overhead (logging,
-metrics, hooks). Also the cold decode and warm cache load of the dataset, and peak GPU memory.
+metrics, hooks). Also the time to accuracy of a training recipe (ResNet-18 from scratch by default: training
+seconds until the test accuracy, measured after every epoch outside the timed span, first reaches each target),
+the cold decode and warm cache load of the dataset, and peak GPU memory.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fakedetect.data.datamodule import ImageDataModule
+from fakedetect.reporting.predictions import predict_images, split_images
 from fakedetect.utils.builders import build_model, resolve_precision
 from fakedetect.utils.records import machine
 
@@ -48,14 +51,60 @@ class StepTimer(L.Callback):
         self.end = time.perf_counter()
 
 
+class EpochTester(L.Callback):
+    """Test accuracy after every training epoch, against the training time so far (testing is not timed)."""
+
+    def __init__(self, targets: list[float]) -> None:
+        self.targets, self.train_s, self.start = sorted(targets), 0.0, 0.0
+        self.curve: list[dict[str, float]] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _sync(trainer.strategy.root_device)
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        _sync(trainer.strategy.root_device)
+        self.train_s += time.perf_counter() - self.start
+        datamodule = trainer.datamodule
+        images, labels = split_images(datamodule, "test")
+        probs = predict_images(pl_module.net, datamodule, images, datamodule.eval_batch_size, pl_module.device)
+        pl_module.net.train()
+        acc = float(((probs > 0.5) == labels).mean())
+        self.curve.append({"epoch": trainer.current_epoch + 1, "train_s": self.train_s, "test_acc": acc})
+        log.info("epoch %d: %.1f s of training, test acc %.4f", trainer.current_epoch + 1, self.train_s, acc)
+        trainer.should_stop = acc >= self.targets[-1]
+
+    def reached(self) -> dict[str, float | None]:
+        """Training seconds to the first epoch at or above each target; None if never reached."""
+        return {f"{t:.3f}": next((p["train_s"] for p in self.curve if p["test_acc"] >= t), None)
+                for t in self.targets}
+
+
+def bench_trainer(cfg: DictConfig, callbacks: list[L.Callback], **kwargs: object) -> L.Trainer:
+    """The configured trainer with nothing but the measurement around it: no validation, logging or checkpoints."""
+    return instantiate(cfg.trainer, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                       enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
+                       precision=resolve_precision(cfg.trainer), **kwargs)
+
+
 def lightning_rate(cfg: DictConfig, datamodule: ImageDataModule, warmup: int, steps: int) -> float:
     model = build_model(cfg)
     timer = StepTimer(warmup)
-    trainer = instantiate(cfg.trainer, max_steps=warmup + steps, max_epochs=-1, limit_val_batches=0,
-                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                          enable_model_summary=False, callbacks=[timer], precision=resolve_precision(cfg.trainer))
-    trainer.fit(model, datamodule=datamodule)
+    bench_trainer(cfg, [timer], max_steps=warmup + steps, max_epochs=-1).fit(model, datamodule=datamodule)
     return steps * datamodule.batch_size / (timer.end - timer.start)
+
+
+def time_to_accuracy(cfg: DictConfig, data_overrides: list[str]) -> dict:
+    """Train `experiment` as its config says (validation off) and test after every epoch."""
+    run_cfg = compose("train", overrides=[f"experiment={cfg.experiment}", *data_overrides, *cfg.overrides])
+    datamodule = instantiate(run_cfg.data)
+    tester = EpochTester(list(cfg.targets))
+    start = time.perf_counter()
+    bench_trainer(run_cfg, [tester]).fit(build_model(run_cfg), datamodule=datamodule)
+    return {"experiment": cfg.experiment, "overrides": list(cfg.overrides), "train_images": len(
+        datamodule.splits["train"][1]), "test_images": len(datamodule.splits["test"][1]),
+        "max_epochs": run_cfg.trainer.max_epochs, "curve": tester.curve, "reached_s": tester.reached(),
+        "wall_s": time.perf_counter() - start}
 
 
 def plain_rate(cfg: DictConfig, datamodule: ImageDataModule, device: torch.device, warmup: int, steps: int) -> float:
@@ -123,12 +172,14 @@ def bench(cfg: DictConfig) -> dict:
             row["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
         result["models"][name] = row
         log.info("%s: %s", name, row)
+    if cfg.time_to_accuracy.enabled:
+        result["time_to_accuracy"] = time_to_accuracy(cfg.time_to_accuracy, _data_overrides(cfg, limits=False))
     return result
 
 
-def _data_overrides(cfg: DictConfig) -> list[str]:
-    """The bench's own data settings (root, subset, cache) carried into each model's composed config."""
-    keep = ("root", "cache_dir", "train_limit", "test_limit", "loader")
+def _data_overrides(cfg: DictConfig, limits: bool = True) -> list[str]:
+    """The bench's own data settings (root, cache; subset unless `limits` is off) carried into a composed config."""
+    keep = ("root", "cache_dir", "loader", *(("train_limit", "test_limit") if limits else ()))
     return [f"data.{k}={cfg.data[k]}" for k in keep if cfg.data.get(k) is not None] + [
         f"trainer.accelerator={cfg.trainer.accelerator}", f"trainer.precision={cfg.trainer.precision}"]
 
@@ -147,6 +198,15 @@ def markdown(result: dict) -> str:
                      f"{r['plain_img_s']:.0f} | {r['time_ratio']:.3f} | {mem} |")
     timed = ", ".join(f"{n} {r['timed_steps']}" for n, r in result["models"].items())
     lines += ["", f"Steps timed per model after warm-up: {timed}.", ""]
+    if "time_to_accuracy" in result:
+        t = result["time_to_accuracy"]
+        reached = ", ".join(f"{float(k):.1%}: " + (f"{v:.1f} s" if v is not None else "not reached")
+                            for k, v in t["reached_s"].items())
+        lines += [f"## Time to accuracy: experiment={t['experiment']} {' '.join(t['overrides'])}", "",
+                  f"{t['train_images']:,} training images, tested on {t['test_images']:,} after every epoch (not "
+                  f"timed); training time to test accuracy {reached}. Whole run {t['wall_s']:.1f} s.", "",
+                  "| epoch | training time (s) | test accuracy |", "| --- | --- | --- |",
+                  *(f"| {p['epoch']} | {p['train_s']:.1f} | {p['test_acc']:.4f} |" for p in t["curve"]), ""]
     return "\n".join(lines)
 
 

@@ -47,10 +47,12 @@ def open_storage(url: str) -> BaseStorage:
     if url.startswith(JOURNAL):
         return JournalStorage(JournalFileBackend(str(path)))
     if path is not None:
-        # WAL is a property of the file, kept by every later connection; switching needs the file to itself
-        with ask_lock(url), contextlib.closing(sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S)) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-        return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
+        # one worker at a time: WAL (a property of the file, kept by every later connection) needs the file to
+        # itself, and two workers creating Optuna's tables at once collide on their schema version
+        with ask_lock(url):
+            with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S)) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+            return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
     return RDBStorage(url)
 
 
