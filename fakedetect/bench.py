@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -150,7 +151,8 @@ def decode_times(cfg: DictConfig) -> dict[str, float]:
 
 def bench(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed)
-    result: dict = {"machine": machine(), "precision": resolve_precision(cfg.trainer), "models": {}}
+    result: dict = {"machine": machine(), "precision": resolve_precision(cfg.trainer), "repeats": cfg.repeats,
+                    "models": {}}
     if cfg.measure_decode:
         result["decode"] = decode_times(cfg)
         log.info("decode: %s", result["decode"])
@@ -164,10 +166,15 @@ def bench(cfg: DictConfig) -> dict:
         datamodule.setup("fit")
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        fake = lightning_rate(model_cfg, datamodule, steps["warmup_steps"], steps["timed_steps"])
-        plain = plain_rate(model_cfg, datamodule, device, steps["warmup_steps"], steps["timed_steps"])
+        rates: dict[str, list[float]] = {"fakedetect": [], "plain": []}
+        for _ in range(cfg.repeats):  # alternated, so that drift in the machine's speed hits both loops alike
+            rates["fakedetect"].append(lightning_rate(model_cfg, datamodule, steps["warmup_steps"],
+                                                      steps["timed_steps"]))
+            rates["plain"].append(plain_rate(model_cfg, datamodule, device, steps["warmup_steps"],
+                                             steps["timed_steps"]))
+        fake, plain = statistics.median(rates["fakedetect"]), statistics.median(rates["plain"])
         row = {"resolution": model_cfg.data.resolution, "batch_size": model_cfg.data.batch_size,
-               "fakedetect_img_s": fake, "plain_img_s": plain, "time_ratio": plain / fake, **steps}
+               "fakedetect_img_s": fake, "plain_img_s": plain, "time_ratio": plain / fake, "rates": rates, **steps}
         if device.type == "cuda":
             row["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
         result["models"][name] = row
@@ -197,7 +204,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {r['resolution']} | {r['batch_size']} | {r['fakedetect_img_s']:.0f} | "
                      f"{r['plain_img_s']:.0f} | {r['time_ratio']:.3f} | {mem} |")
     timed = ", ".join(f"{n} {r['timed_steps']}" for n, r in result["models"].items())
-    lines += ["", f"Steps timed per model after warm-up: {timed}.", ""]
+    lines += ["", f"Steps timed per model after warm-up: {timed}; images/s are the median of "
+              f"{result['repeats']} alternated runs of each loop.", ""]
     if "time_to_accuracy" in result:
         t = result["time_to_accuracy"]
         reached = ", ".join(f"{float(k):.1%}: " + (f"{v:.1f} s" if v is not None else "not reached")

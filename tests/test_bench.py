@@ -14,7 +14,8 @@ from tests.conftest import ROOT
 def test_bench_reports_throughput_ratio_and_time_to_accuracy(cifake_path: Path, cache_dir: Path,
                                                              tmp_path: Path) -> None:
     command = [sys.executable, "-m", "fakedetect.bench", f"data.root={cifake_path}", "data.train_limit=1000",
-               "data.test_limit=500", "models=[mlp]", "warmup_steps=2", "timed_steps=4", "measure_decode=false",
+               "data.test_limit=500", "models=[mlp]", "warmup_steps=2", "timed_steps=4", "repeats=2",
+               "measure_decode=false",
                "trainer.accelerator=cpu", f"report_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}",
                "time_to_accuracy.experiment=cnnv3", "time_to_accuracy.targets=[0.0,1.01]",
                'time_to_accuracy.overrides=["data.train_limit=1000","data.test_limit=500","trainer.max_epochs=2"]']
@@ -25,6 +26,7 @@ def test_bench_reports_throughput_ratio_and_time_to_accuracy(cifake_path: Path, 
     mlp = report["models"]["mlp"]
     assert mlp["fakedetect_img_s"] > 0 and mlp["plain_img_s"] > 0
     assert mlp["time_ratio"] == mlp["plain_img_s"] / mlp["fakedetect_img_s"]
+    assert mlp["fakedetect_img_s"] == sum(mlp["rates"]["fakedetect"]) / 2, "the median of two runs"
     tta = report["time_to_accuracy"]
     first = tta["curve"][0]
     assert tta["train_images"] == 900 and tta["test_images"] == 500 and 0.0 <= first["test_acc"] <= 1.0

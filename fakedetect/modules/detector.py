@@ -30,14 +30,19 @@ log = logging.getLogger(__name__)
 NAMED_THRESHOLDS = ("youden", "f1")
 
 
+# Inputs are sigmoid probabilities and 0/1 labels by construction; torchmetrics' checks of them would read the
+# values back from the device (a host-device synchronization) on every step.
+UNCHECKED = {"validate_args": False}
+
+
 def detection_metrics(threshold: float, prefix: str) -> MetricCollection:
     return MetricCollection(
         {
-            "acc": BinaryAccuracy(threshold=threshold),
-            "precision": BinaryPrecision(threshold=threshold),
-            "recall": BinaryRecall(threshold=threshold),
-            "f1": BinaryF1Score(threshold=threshold),
-            "auroc": BinaryAUROC(),
+            "acc": BinaryAccuracy(threshold=threshold, **UNCHECKED),
+            "precision": BinaryPrecision(threshold=threshold, **UNCHECKED),
+            "recall": BinaryRecall(threshold=threshold, **UNCHECKED),
+            "f1": BinaryF1Score(threshold=threshold, **UNCHECKED),
+            "auroc": BinaryAUROC(**UNCHECKED),
         },
         prefix=prefix,
     )
@@ -76,7 +81,7 @@ class Detector(L.LightningModule):
         self.net, self.loss = net, loss
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         fixed = 0.5 if isinstance(threshold, str) else float(threshold)
-        self.train_acc = BinaryAccuracy(threshold=fixed)
+        self.train_acc = BinaryAccuracy(threshold=fixed, **UNCHECKED)
         self.val_metrics = detection_metrics(fixed, "val/")
         self.test_metrics = detection_metrics(fixed, "test/")
         self.test_confusion = BinaryConfusionMatrix(threshold=fixed)
