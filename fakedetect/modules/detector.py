@@ -120,7 +120,7 @@ class Detector(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, probs, y = self._step(batch)
-        self.train_acc(probs, y)
+        self.train_acc.update(probs, y)  # not a call: that also computes a per-batch value nobody reads
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
