@@ -18,6 +18,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import numpy as np
 import torch
 from hydra import compose
 from hydra.utils import instantiate
@@ -58,6 +59,7 @@ class EpochTester(L.Callback):
     def __init__(self, targets: list[float]) -> None:
         self.targets, self.train_s, self.start = sorted(targets), 0.0, 0.0
         self.curve: list[dict[str, float]] = []
+        self.test: tuple[torch.Tensor, np.ndarray] | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _sync(trainer.strategy.root_device)
@@ -67,7 +69,10 @@ class EpochTester(L.Callback):
         _sync(trainer.strategy.root_device)
         self.train_s += time.perf_counter() - self.start
         datamodule = trainer.datamodule
-        images, labels = split_images(datamodule, "test")
+        if self.test is None:  # moved to the device once, not every epoch
+            images, labels = split_images(datamodule, "test")
+            self.test = images.to(pl_module.device), labels
+        images, labels = self.test
         probs = predict_images(pl_module.net, datamodule, images, datamodule.eval_batch_size, pl_module.device)
         pl_module.net.train()
         acc = float(((probs > 0.5) == labels).mean())
