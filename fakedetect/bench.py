@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.reporting.predictions import predict_images, split_images
 from fakedetect.utils.builders import build_model, resolve_precision
+from fakedetect.utils.errors import one_line_errors
 from fakedetect.utils.records import machine
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,7 @@ def markdown(result: dict) -> str:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     result = bench(cfg)
     folder = Path(cfg.report_dir or cfg.paths.output_dir)

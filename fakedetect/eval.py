@@ -17,6 +17,7 @@ from fakedetect.reporting.report import write_report
 from fakedetect.reporting.robustness import robustness_table, write_robustness
 from fakedetect.utils.builders import build_list, build_trainer
 from fakedetect.utils.checkpoint import load_trained
+from fakedetect.utils.errors import one_line_errors
 from fakedetect.utils.records import machine, print_config, scalars, write_metrics
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

@@ -13,6 +13,7 @@ from fakedetect.reporting.figures import log_figure
 from fakedetect.reporting.gradcam import explain_test_images
 from fakedetect.utils.builders import build_list
 from fakedetect.utils.checkpoint import load_trained
+from fakedetect.utils.errors import one_line_errors
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def gradcam(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="gradcam")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     gradcam(cfg)
 

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from fakedetect.data.decode import decode_image
 from fakedetect.data.sources import IMAGE_SUFFIXES
 from fakedetect.utils.checkpoint import load_trained
+from fakedetect.utils.errors import one_line_errors
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def write_rows(rows: list[dict], path: Path) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

@@ -10,14 +10,13 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fakedetect.search.pruning import OptunaTrialCallback
 from fakedetect.utils.builders import build_list, build_model, build_trainer, count_parameters
 from fakedetect.utils.checkpoint import StoreConfig
-from fakedetect.utils.errors import ConfigError
+from fakedetect.utils.errors import one_line_errors
 from fakedetect.utils.records import log_hparams, machine, print_config, scalars, write_metrics
 
 log = logging.getLogger(__name__)
@@ -78,13 +77,9 @@ def metric_value(metrics: dict[str, float], name: str | Sequence[str] | None) ->
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@one_line_errors
 def main(cfg: DictConfig) -> float | None:
-    try:
-        return metric_value(train(cfg), cfg.get("optimized_metric"))
-    except ConfigError as err:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # the sweeper records the message as this trial's failure and goes on
-        raise SystemExit(str(err)) from None  # the message says what to change; a traceback would bury it
+    return metric_value(train(cfg), cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from fakedetect.data.sources import Entry, Source
+from fakedetect.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ CACHE_VERSION = 1
 CHUNK = 2048
 
 
-class BadImageError(ValueError):
+class BadImageError(ConfigError):
     """An image file could not be decoded and the configuration says not to skip it."""
 
 

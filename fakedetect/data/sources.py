@@ -14,11 +14,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from fakedetect.utils.errors import ConfigError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 SPLIT_NAMES = ("train", "test")
 
 
-class DataLayoutError(ValueError):
+class DataLayoutError(ConfigError):
     """The source is missing, or its folders are not laid out as `[split/]class/image`."""
 
 

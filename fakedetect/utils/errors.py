@@ -1,5 +1,53 @@
-"""Errors whose message alone tells the user what to change: the entry points print it without a traceback."""
+"""Errors whose message alone tells the user what to change, and the one place that prints them as one line."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+
+T = TypeVar("T")
 
 
-class ConfigError(RuntimeError):
-    """The run cannot go on as configured (missing weights, say); the message names the setting to change."""
+class ConfigError(ValueError):
+    """The run cannot go on with this config or input; the message names the file or key and the fix."""
+
+
+def user_error(err: BaseException) -> ConfigError | None:
+    """The ConfigError behind `err` (Hydra's instantiate wraps a constructor's error in its own), if any."""
+    while err is not None:
+        if isinstance(err, ConfigError):
+            return err
+        if not isinstance(err, InstantiationException):
+            return None
+        err = err.__cause__
+    return None
+
+
+def full_traceback() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def one_line_errors(task: Callable[..., T]) -> Callable[..., T]:
+    """Entry points print a ConfigError as one line and exit 1; HYDRA_FULL_ERROR=1 keeps the traceback.
+
+    In a multirun the error propagates, so the sweeper records it as the trial's failure and goes on.
+    """
+
+    @functools.wraps(task)
+    def wrapper(*args: object, **kwargs: object) -> T:
+        try:
+            return task(*args, **kwargs)
+        except Exception as err:
+            found = user_error(err)
+            multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+            if found is None or full_traceback() or multirun:
+                raise
+            raise SystemExit(f"error: {found}") from None
+
+    return wrapper
