@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable
 from typing import TypeVar
@@ -16,6 +17,20 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """The run cannot go on with this config or input; the message names the file or key and the fix."""
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def require(key: str, value: object, ok: bool, expected: str) -> None:
+    """Raise `key must be <expected>, got <value>` unless ok: checked at construction, before anything runs on it."""
+    if not ok:
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")
 
 
 def user_error(err: BaseException) -> ConfigError | None:
