@@ -6,6 +6,7 @@ import csv
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -250,3 +251,32 @@ def test_parallel_workers_share_one_study(storage: str, cifake_path: Path, cache
     ran = [sum(Path(t.user_attrs["output_dir"]).is_relative_to(tmp_path / f"worker{i}") for t in trials)
            for i in range(2)]
     assert sum(ran) == 6 and min(ran) >= 1, f"trials per worker: {ran}"
+
+
+def test_a_killed_sweep_leaves_a_report_and_its_running_trial_is_failed_and_rerun(
+    cifake_path: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """Kill a sweep while its second trial runs: the report of the first is there; reopening the study marks the
+    orphan FAIL with the reason and runs its parameters again."""
+    command, env = sweep_command(tmp_path, cifake_path, cache_dir, "killed", "hydra.sweeper.n_trials=3",
+                                 "hydra.sweeper.report.test_best=false", "trainer.max_epochs=2")
+    sweep = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = tmp_path / "optuna" / "fakefinder.db"
+    deadline = time.monotonic() + 300
+    while sweep.poll() is None and time.monotonic() < deadline:
+        trials = load(tmp_path, "fakefinder").trials if db.exists() else []
+        if len(trials) >= 2 and trials[1].state is TrialState.RUNNING:
+            break
+        time.sleep(0.5)
+    sweep.kill()
+    sweep.wait()
+    assert [t.state for t in load(tmp_path, "fakefinder").trials] == [TrialState.COMPLETE, TrialState.RUNNING]
+    rows = list(csv.DictReader((tmp_path / "killed" / "report" / "trials.csv").open()))
+    assert [(r["number"], r["state"]) for r in rows] == [("0", "COMPLETE")], "the report is rewritten per trial"
+
+    run_sweep(tmp_path, cifake_path, cache_dir, "resumed", "hydra.sweeper.n_trials=1",
+              "hydra.sweeper.report.test_best=false")
+    trials = load(tmp_path, "fakefinder").trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert "ended before the trial did" in trials[1].user_attrs["fail_reason"]
+    assert trials[2].params == trials[1].params and trials[2].user_attrs["retry_of"] == 1

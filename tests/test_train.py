@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,3 +118,36 @@ def test_cli_train_then_eval(cifake_path: Path, cache_dir: Path, tmp_path: Path)
     )
     evaluated = json.loads((eval_dir / "metrics.json").read_text())
     assert evaluated["metrics"]["test/acc"] == pytest.approx(record["metrics"]["test/acc"], abs=1e-6)
+
+
+def test_last_checkpoint_follows_the_latest_epoch_and_a_killed_run_resumes_from_it(
+    cifake_path: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """An MLP at lr 0 never improves on its first val/acc, so the best checkpoint stays at epoch 0; last.ckpt must
+    still follow every epoch. Killed (SIGKILL) mid-training, the run resumes from it, not from scratch."""
+    overrides = [f"data.root={cifake_path}", f"data.cache_dir={cache_dir}", *SUBSET, "trainer=cpu", "model=mlp",
+                 "model.optimizer.lr=0", "test=false", "print_config=false", "callbacks.progress_bar=null"]
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "fakedetect.train", *overrides, "trainer.max_epochs=200", f"hydra.run.dir={run}"]
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last, killed_at = run / "checkpoints" / "last.ckpt", None
+    deadline = time.monotonic() + 300
+    while killed_at is None and process.poll() is None and time.monotonic() < deadline:
+        try:
+            if load_checkpoint(last)["epoch"] >= 2:
+                process.kill()
+                process.wait()
+                killed_at = load_checkpoint(last)
+        except Exception:  # noqa: BLE001 - not written yet, or caught mid-write
+            time.sleep(0.2)
+    assert killed_at is not None, "the run ended or stalled before its third epoch"
+    assert [p.name for p in (run / "checkpoints").glob("epoch_*.ckpt")] == ["epoch_000.ckpt"]
+    epoch, step = killed_at["epoch"], killed_at["global_step"]
+
+    resumed = compose_config("train", [*overrides, f"trainer.max_epochs={epoch + 2}", f"ckpt_path={last}"],
+                             tmp_path / "resumed")
+    train(resumed)
+    after = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    steps_per_epoch = step // (epoch + 1)
+    assert (after["epoch"], after["global_step"]) == (epoch + 1, step + steps_per_epoch), "one more epoch, resumed"

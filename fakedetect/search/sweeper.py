@@ -10,7 +10,9 @@ and trial configuration, and owns the ask / launch / tell loop to:
 - seed the sampler past the trials already in the study, so a resumed study or a parallel worker draws new points;
 - let several workers share one study (`study_trials`): each asks for trials until the study holds that many;
 - search `conditional_params` only in the trials whose condition holds (e.g. a model's own parameters);
-- write the report and test the best trial (or the Pareto front) once, after the search.
+- mark the RUNNING trials of a killed sweep FAIL when a study is reopened, and run their points again;
+- rewrite the report after every trial, so a killed sweep still leaves one; test the best trial (or the Pareto
+  front) once, after the search.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import gc
 import json
 import logging
 import math
+import socket
 import subprocess
 import sys
 import warnings
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import psutil
 import torch
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
@@ -42,6 +46,8 @@ log = logging.getLogger(__name__)
 
 OPTUNA_TARGETS = ("optuna.samplers.*", "optuna.pruners.*", "hydra_plugins.hydra_optuna_sweeper.*")
 # what a job's metrics.json contributes to its trial's user attributes (trial attr: record key)
+# trial user attributes: the process that asked for the trial, and a trial failed because that process died
+OWNER, ORPHAN = "sweep_process", "orphaned"
 RECORD_ATTRS = {"n_params": "params", "train_time_s": "train_time_s", "epochs": "epochs", "ckpt_path": "ckpt_path"}
 
 
@@ -90,6 +96,7 @@ class SearchSweeper(OptunaSweeperImpl):
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             self.job_idx += len(returns)
             states = [self._tell(study, trial, ret) for trial, ret in zip(trials, returns, strict=True)]
+            self._write_report(study)
             del returns  # a failed job's traceback holds its model: let it go before the next one
             if any(s is not TrialState.COMPLETE for s in states):
                 release_memory()
@@ -123,11 +130,15 @@ class SearchSweeper(OptunaSweeperImpl):
     def _ask(self, study: optuna.Study, n: int) -> list[Trial]:
         """Up to n new trials, none past `study_trials`; counting and adding is atomic across workers."""
         with ask_lock(self.storage):
-            held = len(study.get_trials(deepcopy=False))
+            fail_orphans(study)
+            held = sum(not t.user_attrs.get(ORPHAN) for t in study.get_trials(deepcopy=False))
             if self.study_trials is not None:
                 n = min(n, self.study_trials - held)
             study.sampler = self._sampler(held)
-            return [study.ask() for _ in range(max(n, 0))]
+            trials = [study.ask() for _ in range(max(n, 0))]
+            for trial in trials:
+                trial.set_user_attr(OWNER, this_process())
+            return trials
 
     def _sampler(self, held: int) -> optuna.samplers.BaseSampler:
         """The configured sampler; a fixed seed is offset by the trials the study holds, so a resumed study
@@ -178,7 +189,46 @@ class SearchSweeper(OptunaSweeperImpl):
                 tests[trial.number] = evaluate_checkpoint(trial, sweep_dir / "test", self.report_cfg.test_overrides)
             except (KeyError, OSError, subprocess.CalledProcessError) as e:  # the search's results still stand
                 log.error("could not test trial %d: %r", trial.number, e)
-        write_report(study, sweep_dir / "report", top_k=self.report_cfg.top_k, tests=tests)
+        self._write_report(study, tests)
+
+    def _write_report(self, study: optuna.Study, tests: dict[int, dict[str, float]] | None = None) -> None:
+        write_report(study, Path(self.config.hydra.sweep.dir) / "report", top_k=self.report_cfg.top_k, tests=tests)
+
+
+def this_process() -> dict[str, object]:
+    """Who runs a trial: host, pid and start time (a pid alone may be reused after the process died)."""
+    return {"host": socket.gethostname(), "pid": psutil.Process().pid, "started": psutil.Process().create_time()}
+
+
+def process_gone(owner: dict[str, object]) -> bool:
+    """Whether the sweep process that asked for a trial has ended; only knowable on the same host."""
+    if owner.get("host") != socket.gethostname():
+        return False
+    try:
+        return psutil.Process(int(owner["pid"])).create_time() != owner["started"]
+    except psutil.NoSuchProcess:
+        return True
+
+
+def fail_orphans(study: optuna.Study) -> list[int]:
+    """Mark FAIL the RUNNING trials whose sweep process is gone (killed), and enqueue their points again.
+
+    A killed sweep cannot tell its trial anything, so without this the trial stays RUNNING for ever. Only
+    trials asked on this host are judged: another host's process cannot be looked up from here.
+    """
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.user_attrs.get(OWNER)
+        if not owner or not process_gone(owner):
+            continue
+        reason = f"its sweep process (pid {owner['pid']} on {owner['host']}) ended before the trial did"
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        study._storage.set_trial_user_attr(trial._trial_id, ORPHAN, True)
+        study.tell(trial.number, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        log.warning("trial %d: %s; marked FAIL, its parameters are queued to run again", trial.number, reason)
+        failed.append(trial.number)
+    return failed
 
 
 def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
