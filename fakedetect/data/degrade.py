@@ -27,10 +27,18 @@ def jpeg(x: Tensor, quality: int | Tensor) -> Tensor:
 
 def resize(x: Tensor, factor: float) -> Tensor:
     """Downscale by `factor` (antialiased) and back up: the detail lost in a thumbnail round trip."""
-    h, w = x.shape[-2:]
     small = F.interpolate(x.float(), scale_factor=factor, mode="bilinear", antialias=True, align_corners=False)
-    back = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
-    return back.round().clamp(0, 255).to(x.dtype)
+    return upscale_to(small, x)
+
+
+def shrink(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Downscale to `size` (antialiased) and back up to x's own size; uint8 stays uint8, floats stay floats."""
+    return upscale_to(F.interpolate(x.float(), size=size, mode="bilinear", antialias=True, align_corners=False), x)
+
+
+def upscale_to(small: Tensor, like: Tensor) -> Tensor:
+    back = F.interpolate(small, size=like.shape[-2:], mode="bilinear", align_corners=False)
+    return back.round().clamp(0, 255).to(like.dtype) if like.dtype == torch.uint8 else back.to(like.dtype)
 
 
 def blur(x: Tensor, sigma: float | Tensor) -> Tensor:
