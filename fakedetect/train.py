@@ -36,7 +36,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = build_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks, loggers)
     record: dict = {"task": cfg.task_name, "machine": machine(), "params": count_parameters(model),
-                    "experiment": _experiment_name()}
+                    "experiment": _choice("experiment"), "data": _choice("data")}
     # the trainable parameter count is a metric too, for a search that trades accuracy against size
     metrics: dict[str, float] = {"params": float(record["params"])}
     if cfg.get("train"):
@@ -60,9 +60,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def _experiment_name() -> str | None:
+def _choice(group: str) -> str | None:
+    """The option picked for a config group (`data: cifake_sample` marks a run on the packaged sample)."""
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
-    return choices.get("experiment")
+    return choices.get(group)
 
 
 def metric_value(metrics: dict[str, float], name: str | Sequence[str] | None) -> float | list[float] | None:
