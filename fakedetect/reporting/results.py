@@ -2,7 +2,8 @@
 
 Every `metrics.json` of a training run of an `experiment=` config under the outputs folder gives a row (the
 newest run of each experiment and machine); the write-ups' figures come from the experiment files'
-`reference` field. Nothing is typed by hand.
+`reference` field. Nothing is typed by hand. A run on the packaged sample (`data=cifake_sample`) is never shown as
+a CIFAKE result: its row says "sample".
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from omegaconf import OmegaConf
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = "cifake_sample"
 
 
 def collect(outputs: Path, min_train: int = 0) -> list[dict]:
@@ -33,7 +35,8 @@ def collect(outputs: Path, min_train: int = 0) -> list[dict]:
             continue
         record["resolution"] = data.get("resolution")
         record["run"] = str(path.parent)
-        runs[(record["experiment"], record["machine"], str(record["train_images"]))] = record
+        key = (record["experiment"], record.get("data") == SAMPLE, record["machine"], str(record["train_images"]))
+        runs[key] = record
     return sorted(runs.values(), key=lambda r: r["experiment"])
 
 
@@ -49,10 +52,11 @@ def table(records: list[dict]) -> str:
     ]
     for r in records:
         m = r["metrics"]
+        sample = " (sample)" if r.get("data") == SAMPLE else ""
         lines.append(
-            f"| `{r['experiment']}` | {100 * m['test/acc']:.2f}% | {m.get('test/auroc', float('nan')):.4f} | "
+            f"| `{r['experiment']}`{sample} | {100 * m['test/acc']:.2f}% | {m.get('test/auroc', float('nan')):.4f} | "
             f"{r['params']:,} | {r.get('epochs', '')} | {r.get('train_time_s', 0) / 60:.1f} min | "
-            f"{r['train_images']} | {r['machine']} | {reference(r['experiment'])} |"
+            f"{r['train_images']}{sample} | {r['machine']} | {reference(r['experiment'])} |"
         )
     return "\n".join(lines)
 

@@ -1,0 +1,200 @@
+"""`python -m fakedetect.data.download cifake [dest=PATH]`: fetch CIFAKE, for machines with internet access.
+
+Kaggle's API when credentials and the `kaggle` package exist, else `url` (resumed from a `.part` file with an HTTP
+Range request), then checked against `sha256`. `python -m fakedetect.data.download sample source=FULL_CIFAKE`
+rebuilds the small sample shipped in the package, byte for byte, so that it is no mystery blob.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import sys
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+from urllib.error import HTTPError, URLError
+from urllib.request import Request, urlopen
+
+import hydra
+from omegaconf import DictConfig
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from fakedetect.data.datamodule import stratified_sample
+from fakedetect.data.sources import Source
+from fakedetect.utils.errors import ConfigError, one_line_errors
+
+log = logging.getLogger(__name__)
+
+SAMPLE = Path(__file__).parent / "sample" / "cifake_sample.zip"
+CHUNK = 1 << 16
+OFFLINE_HINT = "without internet, train on the packaged sample: python -m fakedetect.train data=cifake_sample"
+
+
+class DownloadError(ConfigError):
+    """The data could not be fetched, or is not what was expected; the message says what to do next."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(path: Path, expected: str | None) -> None:
+    """Remove `path` and stop when its SHA-256 is not `expected` (None: only log it, so that it can be pinned)."""
+    got = sha256_of(path)
+    if expected is None:
+        log.info("%s: sha256 %s (pin it with sha256=...)", path, got)
+        return
+    if got != expected.lower():
+        path.unlink()
+        raise DownloadError(f"{path}: SHA-256 {got} is not the expected sha256={expected}; the file was removed "
+                            "(run again, or check url and sha256)")
+    log.info("%s: SHA-256 checked", path)
+
+
+def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 10.0) -> Path:
+    """Fetch `url` into `dest` through `dest.part`, resuming a partial one; `timeout` bounds connecting and every
+    read, so an unreachable host fails in seconds."""
+    part = dest.with_name(dest.name + ".part")
+    start = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "fakedetect", **({"Range": f"bytes={start}-"} if start else {})}
+    try:
+        response = urlopen(Request(url, headers=headers), timeout=timeout)
+    except HTTPError as err:
+        if err.code == 416 and start:  # the part is already whole (killed before the rename), or stale
+            total = err.headers.get("Content-Range", "").rpartition("/")[2]
+            if total != str(start):
+                part.unlink()
+                raise DownloadError(f"{url}: the partial {part} does not fit the file on the server and was "
+                                    "removed; run again to start over") from None
+        else:
+            raise DownloadError(f"{url}: HTTP {err.code} {err.reason} (check url=...); {OFFLINE_HINT}") from None
+    except ValueError as err:
+        raise DownloadError(f"url={url} is not a URL ({err})") from None
+    except (URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise DownloadError(f"cannot reach {url} ({reason}); {OFFLINE_HINT}, or put the archive at {dest}") from None
+    else:
+        with response:
+            _receive(response, part, start, url)
+    verify(part, sha256)
+    part.replace(dest)
+    log.info("downloaded %s (%.1f MB)", dest, dest.stat().st_size / 1e6)
+    return dest
+
+
+def _receive(response: http.client.HTTPResponse, part: Path, start: int, url: str) -> None:
+    if start and response.status != 206:  # the server ignores Range: start over
+        log.info("%s does not resume; starting over", url)
+        start = 0
+    elif start:
+        log.info("resuming %s at %.1f MB", part, start / 1e6)
+    length = response.headers.get("Content-Length")
+    total = start + int(length) if length else None
+    done = start
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    try:
+        with part.open("ab" if start else "wb") as out, Progress(*columns) as progress:
+            task = progress.add_task(part.name.removesuffix(".part"), total=total, completed=start)
+            while block := response.read(CHUNK):
+                out.write(block)
+                done += len(block)
+                progress.update(task, completed=done)
+    except (OSError, http.client.HTTPException) as err:
+        raise DownloadError(f"download of {url} stopped at {done:,} bytes ({err or type(err).__name__}); "
+                            "run the same command again to resume") from None
+    if total is not None and done != total:
+        raise DownloadError(f"download of {url} stopped at {done:,} of {total:,} bytes; run the same command "
+                            "again to resume")
+
+
+def kaggle_credentials() -> bool:
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return True
+    return (Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")) / "kaggle.json").is_file()
+
+
+def kaggle_download(dataset: str, dest: Path) -> bool:
+    """Kaggle's own client, when installed; False when it is not, so that the caller falls back to a URL."""
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi
+    except ImportError:
+        log.info("Kaggle credentials found, but the kaggle package is not installed (pip install kaggle); "
+                 "using url instead")
+        return False
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        try:
+            api = KaggleApi()
+            api.authenticate()
+            api.dataset_download_files(dataset, path=tmp, quiet=False)
+        except Exception as err:  # noqa: BLE001 - the client's own errors, reported as one line
+            raise DownloadError(f"Kaggle download of {dataset} failed ({err}); check ~/.kaggle/kaggle.json, or "
+                                "set kaggle=null to use url") from None
+        (Path(tmp) / f"{dataset.rpartition('/')[2]}.zip").replace(dest)
+    return True
+
+
+def fetch_cifake(dest: Path, url: str | None, sha256: str | None, kaggle: str | None, timeout: float) -> Path:
+    """CIFAKE at `dest`, fetched only when it is not there yet."""
+    if dest.exists():
+        log.info("%s is already there (remove it to download again)", dest)
+        verify(dest, sha256)
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if kaggle and kaggle_credentials() and kaggle_download(kaggle, dest):
+        verify(dest, sha256)
+        return dest
+    if not url:
+        raise DownloadError(f"no Kaggle credentials and no url=... to download CIFAKE from; {OFFLINE_HINT}")
+    return download(url, dest, sha256, timeout)
+
+
+def build_sample(source: str | os.PathLike, dest: Path = SAMPLE, train_per_class: int = 600,
+                 test_per_class: int = 200, classes: tuple[str, ...] = ("REAL", "FAKE"), seed: int = 0) -> Path:
+    """A stratified subset of a full CIFAKE as a zip in its layout, identical for the same source and arguments:
+    stored (JPEGs are not re-encoded nor recompressed), sorted, with fixed timestamps."""
+    listing = Source.open(source).list(list(classes))
+    picked = {}
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+        for e in stratified_sample(listing.split(split), per_class * len(classes), seed):
+            picked[e.name] = f"{split}/{classes[e.label]}/{PurePosixPath(e.name).name}"
+    blobs = {picked[name]: blob for name, blob in Source.open(source).read(picked)}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as out:
+        for name in sorted(blobs):
+            out.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), blobs[name])
+    tmp.replace(dest)
+    log.info("%s: %d images, %.2f MB, sha256 %s", dest, len(blobs), dest.stat().st_size / 1e6, sha256_of(dest))
+    return dest
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="download")
+@one_line_errors
+def main(cfg: DictConfig) -> None:
+    if cfg.dataset == "cifake":
+        fetch_cifake(Path(cfg.dest), cfg.get("url"), cfg.get("sha256"), cfg.get("kaggle"), cfg.timeout)
+    elif cfg.dataset == "sample":
+        build_sample(cfg.sample.source, Path(cfg.sample.dest), cfg.sample.train_per_class,
+                     cfg.sample.test_per_class, tuple(cfg.sample.classes), cfg.sample.seed)
+    else:
+        raise ConfigError(f"unknown dataset '{cfg.dataset}': python -m fakedetect.data.download cifake (or sample)")
+
+
+def dataset_word(argv: list[str]) -> list[str]:
+    """`download cifake ...` reads as `download dataset=cifake ...`: Hydra takes key=value arguments only."""
+    if len(argv) > 1 and "=" not in argv[1] and not argv[1].startswith("-"):
+        return [argv[0], f"dataset={argv[1]}", *argv[2:]]
+    return argv
+
+
+if __name__ == "__main__":
+    sys.argv = dataset_word(sys.argv)
+    main()
