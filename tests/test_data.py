@@ -79,8 +79,12 @@ def _split_folder(root: Path, per_class: int = 4, seed: int = 0) -> Path:
 
 
 def _module(root: Path | str, cache: Path, **kwargs: object) -> ImageDataModule:
-    """A set-up data module on CPU with a private cache (decode_workers=1: the tiny sets need no pool)."""
+    """A set-up data module on CPU with a private cache (decode_workers=1: the tiny sets need no pool).
+
+    val_fraction 0.25, so that the 4 train images per class of `_split_folder` leave one of each for validation.
+    """
     kwargs.setdefault("decode_workers", 1)
+    kwargs.setdefault("val_fraction", 0.25)
     dm = ImageDataModule(str(root), cache_dir=str(cache), **kwargs)
     dm.setup()
     return dm
@@ -439,7 +443,7 @@ def test_stream_loader_drops_corrupt_files(tmp_path: Path) -> None:
     images, labels = batches[0]
     assert images.shape == (8, 3, 32, 32) and images.dtype == torch.uint8
     assert labels.dtype == torch.int64 and labels.tolist().count(1) == 4
-    assert loader.dataset.skipped == 1
+    assert loader.dataset.skipped == ["test/FAKE/broken.jpg"]
 
     bad_in_train = sum(e.name.endswith(("corrupt.jpg", "truncated.jpg")) for e in dm._entries["train"])
     images, _ = _batches(dm.train_dataloader())

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import lightning as L
 import numpy as np
@@ -14,13 +16,24 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from fakedetect.data.augment import BatchAugment
-from fakedetect.data.decode import BadImageError, Decoded, cache_key, decode_entries, load_cache, save_cache
-from fakedetect.data.loaders import DeviceBatches, StreamDataset, collate_skipping
-from fakedetect.data.sources import Entry, Listing, Source
+from fakedetect.data.decode import (
+    DEFAULT_MAX_PIXELS,
+    BadImageError,
+    Decoded,
+    cache_key,
+    decode_entries,
+    load_cache,
+    save_cache,
+)
+from fakedetect.data.loaders import DeviceBatches, StreamDataset, StreamLoader, collate_skipping
+from fakedetect.data.sources import DataLayoutError, Entry, Listing, Source
+from fakedetect.utils.errors import ConfigError, is_int, is_number, require
 
 log = logging.getLogger(__name__)
 
 LUMA = (0.299, 0.587, 0.114)
+# the smallest side length in pixels a run may decode to; below it no net here has anything to learn from
+MIN_RESOLUTION = 8
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -95,12 +108,10 @@ class ImageDataModule(L.LightningDataModule):
         stats_sample: int = 20000,
         decode_workers: int | None = None,
         exclude: str | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__()
-        if loader not in ("memory", "stream"):
-            raise ValueError(f"data.loader must be 'memory' or 'stream', got {loader!r}")
-        if channels not in (1, 3):
-            raise ValueError(f"data.channels must be 1 (greyscale) or 3 (RGB), got {channels}")
+        _check_arguments(locals())
         self.root, self.classes = str(root), list(classes)
         self.resolution, self.channels = resolution, channels
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
@@ -109,7 +120,7 @@ class ImageDataModule(L.LightningDataModule):
         self.train_limit, self.test_limit = train_limit, test_limit
         self.cache_dir = Path(cache_dir) if cache_dir else Path("data/cache")
         self.skip_bad, self.normalize, self.stats_sample = skip_bad, normalize, stats_sample
-        self.decode_workers = decode_workers
+        self.decode_workers, self.max_pixels = decode_workers, max_pixels
         self.exclude = exclude
         self.augment = augment or BatchAugment()
         self.mean: list[float] | None = None
@@ -128,6 +139,9 @@ class ImageDataModule(L.LightningDataModule):
         if listing.ignored:
             log.info("ignored %d non-image or unplaced files in %s, e.g. %s",
                      len(listing.ignored), self.root, listing.ignored[0])
+        if listing.not_regular:
+            log.warning("skipped %d entries of %s that are not regular files (FIFOs, devices, sockets, broken "
+                        "links), e.g. %s", len(listing.not_regular), self.root, listing.not_regular[0])
         entries = listing.split("train") + listing.split("test") or listing.entries
         by_split: dict[str, list[Entry]] = {}
         for e in entries:
@@ -138,7 +152,8 @@ class ImageDataModule(L.LightningDataModule):
 
     def _cache_folder(self, source: Source) -> Path:
         key = cache_key(source.identity(), self.resolution, self.classes, self.train_limit,
-                        self.test_limit, self.seed if (self.train_limit or self.test_limit) else None)
+                        self.test_limit, self.seed if (self.train_limit or self.test_limit) else None,
+                        self.max_pixels)
         return self.cache_dir / f"{Path(self.root).name}-{self.resolution}px-{key}"
 
     def decoded(self) -> Decoded:
@@ -155,7 +170,8 @@ class ImageDataModule(L.LightningDataModule):
             self.timings["cache_load_s"] = time.perf_counter() - start
             return cached
         listing = self._listing(source)
-        decoded = decode_entries(source, listing.entries, self.resolution, self.decode_workers, self.skip_bad)
+        decoded = decode_entries(source, listing.entries, self.resolution, self.decode_workers, self.skip_bad,
+                                 self.max_pixels)
         self.timings["decode_s"] = time.perf_counter() - start
         log.info("decoded %d images from %s in %.1f s (%d unreadable skipped); cache %s",
                  len(decoded.labels), self.root, self.timings["decode_s"], len(decoded.skipped), folder)
@@ -174,7 +190,9 @@ class ImageDataModule(L.LightningDataModule):
             self.skipped = data.skipped
             labels, split_names, names = data.labels, data.splits, data.names
         else:
-            listing = self._listing(self._source())
+            source = self._source()
+            source.check_streamable()
+            listing = self._listing(source)
             entries = listing.entries
             labels = np.array([e.label for e in entries])
             split_names = np.array([e.split for e in entries])
@@ -186,6 +204,9 @@ class ImageDataModule(L.LightningDataModule):
             kept, carved = stratified_split(labels, self.test_fraction, self.seed)
             train_idx, test_idx = pool[kept], pool[carved]
         if self.exclude:
+            if not Path(self.exclude).is_file():
+                raise ConfigError(f"data.exclude: no such file {self.exclude} (a list of member names, one a line, "
+                                  "e.g. the data audit's exclude_train.txt)")
             dropped = set(Path(self.exclude).read_text().split("\n"))
             before = len(train_idx)
             train_idx = np.array([i for i in train_idx if names[i] not in dropped], dtype=np.int64)
@@ -194,6 +215,7 @@ class ImageDataModule(L.LightningDataModule):
         # A fixed shuffle, so that any prefix of val or test (limit_val_batches, say) holds both classes.
         rng = np.random.default_rng(self.seed)
         index = {"train": train_idx[kept], "val": rng.permutation(train_idx[carved]), "test": rng.permutation(test_idx)}
+        self._check_classes(index, labels, has_splits=bool((split_names != "").any()))
         if self.loader == "memory":
             self.splits = {k: (data.images[v], data.labels[v]) for k, v in index.items()}
         else:
@@ -204,27 +226,57 @@ class ImageDataModule(L.LightningDataModule):
         log.info("splits: %s; mean %s std %s", {k: len(v[1]) for k, v in self.splits.items()},
                  np.round(self.mean, 4).tolist(), np.round(self.std, 4).tolist())
 
+    def _check_classes(self, index: dict[str, np.ndarray], labels: np.ndarray, has_splits: bool) -> None:
+        """Every split must hold every class, after decoding, limits and exclusions: a test split of one class
+        would report a perfect accuracy that means nothing."""
+        for split, idx in index.items():
+            if split == "val" and not self.val_fraction:
+                continue
+            counts = np.bincount(labels[idx], minlength=len(self.classes))
+            for c in np.flatnonzero(counts == 0):
+                cls = self.classes[c]
+                folder = f"{'test' if split == 'test' else 'train'}/{cls}" if has_splits else cls
+                bad = [n for n in self.skipped if PurePosixPath(n).parent.as_posix().lower().endswith(folder.lower())]
+                if bad:
+                    why = (f"its {len(bad)} files in '{folder}' are unreadable (e.g. {bad[0]}); replace them, or "
+                           "list them with python -m fakedetect.data.inspect")
+                elif split == "val":
+                    why = (f"data.val_fraction={self.val_fraction} carves none of the '{folder}' images; raise it, "
+                           "add images, or set data.val_fraction=0 to train without validation")
+                else:
+                    why = (f"none of the '{folder}' images is left after data.train_limit, data.test_limit and "
+                           "data.exclude; add images or relax those")
+                raise DataLayoutError(f"{self.root}: the {split} split has no {cls} images: {why}")
+
     def _stats(self) -> tuple[list[float], list[float]]:
         """Normalization statistics of the train split (never val or test), cached beside the images."""
         if not self.normalize:
             return [0.0] * self.channels, [1.0] * self.channels
         source = self._source()
         key = cache_key(source.identity(), self.resolution, self.channels, self.classes, self.val_fraction,
-                        self.test_fraction, self.train_limit, self.seed, self.exclude,
+                        self.test_fraction, self.train_limit, self.seed, self.exclude, self.max_pixels,
                         self.stats_sample if self.loader == "stream" else None)
         path = self.cache_dir / "stats" / f"{key}.json"
-        if path.exists():
+        try:
             stats = json.loads(path.read_text())
-            return stats["mean"], stats["std"]
+            return [float(m) for m in stats["mean"]], [float(s) for s in stats["std"]]
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("ignoring the unreadable statistics cache %s (%s); computing them again", path, err)
         if self.loader == "memory":
             images = self.splits["train"][0]
         else:
             sample = stratified_sample(self._entries["train"], self.stats_sample, self.seed)
             # Unreadable files are skipped (or raise, with skip_bad=false) as everywhere else, not a crash here.
-            images = decode_entries(source, sample, self.resolution, self.decode_workers, self.skip_bad).images
+            images = decode_entries(source, sample, self.resolution, self.decode_workers, self.skip_bad,
+                                    self.max_pixels).images
+            if not len(images):
+                raise DataLayoutError(f"{self.root}: none of the {len(sample)} train images sampled for the "
+                                      "normalization statistics could be decoded; check them with "
+                                      "python -m fakedetect.data.inspect")
         mean, std = channel_stats(images, self.channels)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"mean": mean, "std": std}))
+        _write_atomic(path, json.dumps({"mean": mean, "std": std}))
         return mean, std
 
     def state_dict(self) -> dict:
@@ -275,8 +327,8 @@ class ImageDataModule(L.LightningDataModule):
             images, labels = self._on_device[(split, str(device))]
             return DeviceBatches(images, labels, batch, shuffle=train, seed=self.seed,
                                  rank=rank, world_size=world, drop_last=drop_last)
-        dataset = StreamDataset(self._source(), self._entries[split], self.resolution)
-        return DataLoader(
+        dataset = StreamDataset(self._source(), self._entries[split], self.resolution, self.max_pixels, self.skip_bad)
+        return StreamLoader(
             dataset, batch_size=batch, shuffle=train, num_workers=self.num_workers,
             collate_fn=collate_skipping, pin_memory=self._device().type == "cuda",
             persistent_workers=self.num_workers > 0, drop_last=drop_last,
@@ -292,3 +344,44 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader("test", train=False)
 
 
+def _check_arguments(args: dict) -> None:
+    """Every data.<key> a run depends on, checked before anything is read: a bad value ends in one line."""
+    classes = args["classes"]
+    require("data.classes", classes, len(classes) == 2 and all(isinstance(c, str) and c for c in classes)
+            and len({c.lower() for c in classes}) == 2, "two distinct class folder names, e.g. [REAL, FAKE]")
+
+    def positive(v: object) -> bool:
+        return is_int(v) and v > 0
+
+    def limit(v: object) -> bool:
+        return v is None or (is_int(v) and v >= len(classes))
+
+    checks = [
+        ("resolution", lambda v: is_int(v) and v >= MIN_RESOLUTION, f"an integer >= {MIN_RESOLUTION} (pixels a side)"),
+        ("channels", lambda v: is_int(v) and v in (1, 3), "1 (greyscale) or 3 (RGB)"),
+        ("val_fraction", lambda v: is_number(v) and 0 <= v < 1,
+         "in [0, 1): the share of train images held out for validation (0: no validation)"),
+        ("test_fraction", lambda v: is_number(v) and 0 < v < 1,
+         "in (0, 1): the share carved as test when the source has no test split"),
+        ("batch_size", positive, "a positive integer"),
+        ("eval_batch_size", positive, "a positive integer"),
+        ("stats_sample", positive, "a positive integer"),
+        ("loader", lambda v: v in ("memory", "stream"), "'memory' or 'stream'"),
+        ("num_workers", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
+        ("train_limit", limit, f"null (every image) or an integer >= {len(classes)} (images in the split)"),
+        ("test_limit", limit, f"null (every image) or an integer >= {len(classes)} (images in the split)"),
+        ("decode_workers", lambda v: v is None or positive(v), "null (every core) or a positive integer"),
+        ("max_pixels", lambda v: v is None or positive(v), "null (no limit) or a positive integer"),
+        ("seed", is_int, "an integer"),
+    ]
+    for key, ok, expected in checks:
+        require(f"data.{key}", args[key], ok(args[key]), expected)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write a small file whole or not at all (a temporary file beside it, renamed over it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

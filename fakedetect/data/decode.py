@@ -10,21 +10,26 @@ import io
 import json
 import logging
 import os
+import shutil
+import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from fakedetect.data.sources import Entry, Source
 from fakedetect.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+# 2: EXIF orientation applied, 16-bit images scaled, folder identity with sizes and mtimes
+CACHE_VERSION = 2
 CHUNK = 2048
+# images above this many pixels are refused before their pixels are decoded (data.max_pixels; None: no limit)
+DEFAULT_MAX_PIXELS = 8192 * 8192
 
 
 class BadImageError(ConfigError):
@@ -42,31 +47,63 @@ class Decoded:
     skipped: list[str]
 
 
-def decode_image(data: bytes, resolution: int | None) -> np.ndarray:
-    """One image of any mode (RGB, L, RGBA, P, CMYK) to RGB uint8, squashed to resolution x resolution."""
+def open_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open and load one image file, upright (its EXIF orientation applied).
+
+    An image over `max_pixels` is an error, raised from its header before the pixels are decoded: Pillow's own
+    decompression-bomb check, with its limit set for this call only (decoding runs in processes, not threads)
+    and its warning made an error instead of silenced.
+    """
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with Image.open(io.BytesIO(data)) as img:
+        warnings.simplefilter("ignore")  # Pillow's notes on odd but readable files (palette transparency, EXIF)
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        default, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+        try:
+            img = Image.open(io.BytesIO(data))
             img.load()
-            rgb = img.convert("RGBA").convert("RGB") if img.mode in ("P", "LA", "PA") else img.convert("RGB")
+            ImageOps.exif_transpose(img, in_place=True)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+            raise ValueError(f"over data.max_pixels={max_pixels}, a possible decompression bomb ({err})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = default
+    return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode (RGB, L, RGBA, P, CMYK, 16-bit greyscale) to 8-bit RGB."""
+    if img.mode.startswith("I"):
+        # 16-bit greyscale (I;16*, or I): 0..65535 scaled to 0..255, where Pillow's convert would clip it to white
+        grey = np.rint(np.asarray(img).astype(np.float64) / 257).clip(0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    return img.convert("RGBA").convert("RGB") if img.mode in ("P", "LA", "PA") else img.convert("RGB")
+
+
+def decode_image(data: bytes, resolution: int | None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """One image file to RGB uint8, upright, squashed to resolution x resolution."""
+    with open_image(data, max_pixels) as img:
+        rgb = to_rgb(img)
     if resolution and rgb.size != (resolution, resolution):
         rgb = rgb.resize((resolution, resolution), Image.Resampling.BICUBIC)
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def _decode_chunk(args: tuple[list[bytes], int | None]) -> list[np.ndarray | str]:
-    blobs, resolution = args
+def _decode_chunk(args: tuple[list[bytes | str], int | None, int | None]) -> list[np.ndarray | str]:
+    blobs, resolution, max_pixels = args
     out: list[np.ndarray | str] = []
     for blob in blobs:
+        if isinstance(blob, str):  # the file could not even be read: the reason, from the source
+            out.append(blob)
+            continue
         try:
-            out.append(decode_image(blob, resolution))
+            out.append(decode_image(blob, resolution, max_pixels))
         except Exception as err:  # noqa: BLE001 - any decoder failure is a bad file, reported by name
             out.append(f"{type(err).__name__}: {err}")
     return out
 
 
 def decode_entries(
-    source: Source, entries: list[Entry], resolution: int, workers: int | None = None, skip_bad: bool = True
+    source: Source, entries: list[Entry], resolution: int, workers: int | None = None, skip_bad: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Decoded:
     """Read entries in the source's fastest order, decode them on every core, return them in entry order."""
     order = {e.name: i for i, e in enumerate(entries)}
@@ -75,7 +112,7 @@ def decode_entries(
         names.append(name)
         blobs.append(data)
     workers = workers or os.cpu_count() or 1
-    chunks = [(blobs[i : i + CHUNK], resolution) for i in range(0, len(blobs), CHUNK)]
+    chunks = [(blobs[i : i + CHUNK], resolution, max_pixels) for i in range(0, len(blobs), CHUNK)]
     if workers > 1 and len(chunks) > 1:
         with ProcessPoolExecutor(workers) as pool:
             results = [r for chunk in pool.map(_decode_chunk, chunks) for r in chunk]
@@ -109,26 +146,43 @@ def cache_key(*parts: object) -> str:
 
 
 def save_cache(folder: Path, decoded: Decoded) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    np.save(tmp / "images.npy", decoded.images)
-    np.save(tmp / "labels.npy", decoded.labels)
-    np.save(tmp / "splits.npy", decoded.splits)
-    (tmp / "meta.json").write_text(json.dumps({"names": decoded.names, "skipped": decoded.skipped}))
-    for f in tmp.iterdir():
-        os.replace(f, folder / f.name)
-    tmp.rmdir()
+    """Write every file into a private folder, then rename that folder into place.
+
+    A reader sees a whole cache or none, whether the writer is killed or another process writes the same key
+    at once (the last rename wins; both hold the same images). A cache that cannot be written is a warning.
+    """
+    tmp = None
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        np.save(tmp / "images.npy", decoded.images)
+        np.save(tmp / "labels.npy", decoded.labels)
+        np.save(tmp / "splits.npy", decoded.splits)
+        (tmp / "meta.json").write_text(json.dumps({"names": decoded.names, "skipped": decoded.skipped}))
+        if folder.exists():  # an unreadable leftover that load_cache refused, or another writer's: set it aside
+            stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}.stale-", dir=folder.parent))
+            os.replace(folder, stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+        os.replace(tmp, folder)
+    except OSError as err:
+        log.warning("could not write the decode cache %s (%s); the next run decodes again", folder, err)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_cache(folder: Path) -> Decoded | None:
-    if not (folder / "meta.json").exists():
+    """The cached decode, or None when there is none or it is unreadable (then it is decoded and written again)."""
+    if not folder.exists():
         return None
-    meta = json.loads((folder / "meta.json").read_text())
-    return Decoded(
-        images=np.load(folder / "images.npy"),
-        labels=np.load(folder / "labels.npy"),
-        splits=np.load(folder / "splits.npy"),
-        names=meta["names"],
-        skipped=meta["skipped"],
-    )
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        # memory-mapped first: a truncated file fails here, from its header, before anything is read
+        arrays = {k: np.load(folder / f"{k}.npy", mmap_mode="r") for k in ("images", "labels", "splits")}
+        if len({len(meta["names"]), *(len(a) for a in arrays.values())}) != 1:
+            raise ValueError("its files disagree on the number of images")
+        return Decoded(images=np.array(arrays["images"]), labels=np.array(arrays["labels"]),
+                       splits=np.array(arrays["splits"]), names=list(meta["names"]), skipped=list(meta["skipped"]))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("ignoring the unreadable decode cache %s (%s: %s); decoding again", folder, type(err).__name__, err)
+        return None

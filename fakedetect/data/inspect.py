@@ -7,8 +7,8 @@ and across train and test. Writes audit.json, audit.md, histograms and an exclus
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import io
 import json
 import logging
 import os
@@ -21,38 +21,44 @@ import hydra
 import imagehash
 import numpy as np
 from omegaconf import DictConfig
-from PIL import Image
 
-from fakedetect.data.sources import Entry, Source
+from fakedetect.data.decode import DEFAULT_MAX_PIXELS, open_image, to_rgb
+from fakedetect.data.sources import DataLayoutError, Entry, Source
+from fakedetect.utils.errors import one_line_errors
 
 log = logging.getLogger(__name__)
 
 
-def describe(blob: bytes) -> dict:
-    """Size, mode, per-channel sums and perceptual hash of one image file, or the reason it is unreadable."""
+def describe(blob: bytes | str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
+    """Size, mode, per-channel sums and perceptual hash of one image file (decoded as training decodes it:
+    upright, 16-bit scaled), or the reason it is unreadable (`blob` is that reason when it could not be read)."""
+    if isinstance(blob, str):
+        return {"error": blob}
     try:
-        with Image.open(io.BytesIO(blob)) as img:
-            img.load()
+        with open_image(blob, max_pixels) as img:
             width, height, mode = img.width, img.height, img.mode
-            rgb = np.asarray(img.convert("RGB"), dtype=np.float64) / 255
-            phash = int(str(imagehash.phash(img.convert("RGB"))), 16)
+            rgb_image = to_rgb(img)
+        rgb = np.asarray(rgb_image, dtype=np.float64) / 255
+        phash = int(str(imagehash.phash(rgb_image)), 16)
     except Exception as err:  # noqa: BLE001 - an unreadable file is reported, not fatal
         return {"error": f"{type(err).__name__}: {err}"}
     return {"w": width, "h": height, "mode": mode, "sum": rgb.sum((0, 1)).tolist(),
             "sq": (rgb**2).sum((0, 1)).tolist(), "phash": phash, "sha1": hashlib.sha1(blob).hexdigest()}
 
 
-def _describe_chunk(blobs: list[bytes]) -> list[dict]:
-    return [describe(b) for b in blobs]
+def _describe_chunk(blobs: list[bytes | str], max_pixels: int | None) -> list[dict]:
+    return [describe(b, max_pixels) for b in blobs]
 
 
-def describe_all(source: Source, entries: list[Entry], workers: int | None = None, chunk: int = 2048) -> list[dict]:
+def describe_all(source: Source, entries: list[Entry], workers: int | None = None, chunk: int = 2048,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[dict]:
     names = [e.name for e in entries]
     blobs = dict(source.read(names))
     ordered = [blobs[n] for n in names]
     chunks = [ordered[i : i + chunk] for i in range(0, len(ordered), chunk)]
     with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        return [d for part in pool.map(_describe_chunk, chunks) for d in part]
+        describe_chunk = functools.partial(_describe_chunk, max_pixels=max_pixels)
+        return [d for part in pool.map(describe_chunk, chunks) for d in part]
 
 
 def iqr_outliers(values: np.ndarray, k: float = 1.5) -> tuple[int, int, tuple[float, float]]:
@@ -122,13 +128,17 @@ def exclusions(groups: Iterable[list[int]], entries: list[Entry]) -> list[str]:
     return sorted(excluded)
 
 
-def audit(root: str, classes: list[str], out: Path, near_distance: int = 0, workers: int | None = None) -> dict:
+def audit(root: str, classes: list[str], out: Path, near_distance: int = 0, workers: int | None = None,
+          max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
     source = Source.open(root)
     listing = source.list(classes)
     entries = listing.entries
-    info = describe_all(source, entries, workers)
+    info = describe_all(source, entries, workers, max_pixels=max_pixels)
     bad = [(e.name, d["error"]) for e, d in zip(entries, info, strict=True) if "error" in d]
     keep = [i for i, d in enumerate(info) if "error" not in d]
+    if not keep:
+        raise DataLayoutError(f"{root}: none of its {len(entries)} image files can be decoded, e.g. {bad[0][0]}: "
+                              f"{bad[0][1]}")
     entries, info = [entries[i] for i in keep], [info[i] for i in keep]
     splits = [e.split or "all" for e in entries]
     w = np.array([d["w"] for d in info], dtype=float)
@@ -150,6 +160,7 @@ def audit(root: str, classes: list[str], out: Path, near_distance: int = 0, work
                             for s in sorted(set(splits)) for c in range(len(classes))},
         "unreadable": [f"{n}: {err}" for n, err in bad],
         "ignored_files": len(listing.ignored),
+        "not_regular_files": listing.not_regular,
         "modes": {m: sum(d["mode"] == m for d in info) for m in sorted({d["mode"] for d in info})},
         "width": _stats(w), "height": _stats(h), "aspect_ratio": _stats(aspect), "area": _stats(area),
         "area_outliers_iqr": {"below": below, "above": above, "fences": fences},
@@ -193,7 +204,8 @@ def _markdown(r: dict) -> str:
         f"# Data audit: {r['root']}",
         "",
         f"{r['images']} readable images ({len(r['unreadable'])} unreadable, {r['ignored_files']} other files "
-        f"ignored); per split/class: {r['per_split_class']}; modes: {r['modes']}.",
+        f"ignored, {len(r['not_regular_files'])} entries that are not regular files skipped); "
+        f"per split/class: {r['per_split_class']}; modes: {r['modes']}.",
         "",
         f"- width {r['width']}, height {r['height']}",
         f"- aspect ratio {r['aspect_ratio']}",
@@ -215,8 +227,10 @@ def _markdown(r: dict) -> str:
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="inspect")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
-    audit(cfg.root, list(cfg.classes), Path(cfg.output_dir), cfg.near_distance, cfg.get("workers"))
+    audit(cfg.root, list(cfg.classes), Path(cfg.output_dir), cfg.near_distance, cfg.get("workers"),
+          cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ large or too high-resolution to hold.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from fakedetect.data.decode import decode_image
+from fakedetect.data.decode import DEFAULT_MAX_PIXELS, BadImageError, decode_image
 from fakedetect.data.sources import Entry, Source
 
 log = logging.getLogger(__name__)
@@ -60,29 +62,63 @@ class DeviceBatches:
             yield self.images[idx], self.labels[idx]
 
 
-class StreamDataset(Dataset):
-    """Decodes one file per item; an unreadable file is logged, counted and dropped by `collate_skipping`."""
+class Unreadable(NamedTuple):
+    """A file a worker could not decode: handed to the main process, which counts it or stops on it."""
 
-    def __init__(self, source: Source, entries: list[Entry], resolution: int) -> None:
+    name: str
+    reason: str
+
+
+class StreamDataset(Dataset):
+    """Decodes one file per item, in DataLoader workers; a bad file comes back as `Unreadable`."""
+
+    def __init__(self, source: Source, entries: list[Entry], resolution: int,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, skip_bad: bool = True) -> None:
         self.source, self.entries, self.resolution = source, entries, resolution
-        self.skipped = 0
+        self.max_pixels, self.skip_bad = max_pixels, skip_bad
+        self.skipped: list[str] = []  # filled by StreamLoader in the main process, across all workers
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
+    def __getitem__(self, i: int) -> tuple[Tensor, int] | Unreadable:
         entry = self.entries[i]
         try:
-            image = decode_image(self.source.read_one(entry.name), self.resolution)
-        except Exception as err:  # noqa: BLE001 - a bad file is skipped, never a crash mid-epoch
-            self.skipped += 1
-            log.warning(
-                "skipping unreadable image %s/%s (%d skipped in this worker): %s",
-                self.source.path, entry.name, self.skipped, err,
-            )
-            return None
+            image = decode_image(self.source.read_one(entry.name), self.resolution, self.max_pixels)
+        except Exception as err:  # noqa: BLE001 - a bad file is skipped or reported by name, never a crash mid-epoch
+            return Unreadable(entry.name, f"{type(err).__name__}: {err}")
         return torch.from_numpy(image).permute(2, 0, 1), entry.label
 
 
-def collate_skipping(items: list[tuple[Tensor, int] | None]) -> tuple[Tensor, Tensor]:
-    return default_collate([item for item in items if item is not None])
+def collate_skipping(items: list[tuple[Tensor, int] | Unreadable]) -> tuple[Tensor, Tensor, list[Unreadable]]:
+    """The readable items as one batch (possibly empty), and the unreadable ones beside it."""
+    good = [item for item in items if not isinstance(item, Unreadable)]
+    bad = [item for item in items if isinstance(item, Unreadable)]
+    if not good:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), bad
+    images, labels = default_collate(good)
+    return images, labels, bad
+
+
+class StreamLoader(DataLoader):
+    """A DataLoader over a StreamDataset that yields (images, labels) and never an empty batch.
+
+    Unreadable files are logged and counted here, in the main process (or, with skip_bad false, stop the run with
+    a BadImageError naming the file: raised in a worker it would arrive wrapped in a traceback); a batch of only
+    unreadable files is skipped.
+    """
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        dataset: StreamDataset = self.dataset
+        for images, labels, bad in super().__iter__():
+            for item in bad:
+                if not dataset.skip_bad:
+                    raise BadImageError(f"cannot decode {dataset.source.path}/{item.name}: {item.reason} "
+                                        "(data.skip_bad=true skips and counts such files)")
+                dataset.skipped.append(item.name)
+                log.warning("skipping unreadable image %s/%s (%d skipped): %s",
+                            dataset.source.path, item.name, len(dataset.skipped), item.reason)
+            if len(labels):
+                yield images, labels
+            else:
+                log.warning("skipping a batch whose %d images are all unreadable", len(bad))

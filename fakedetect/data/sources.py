@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from fakedetect.utils.errors import ConfigError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 SPLIT_NAMES = ("train", "test")
+# what a damaged archive raises while it is read: all mean "re-download or re-create it"
+ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error)
 
 
 class DataLayoutError(ConfigError):
@@ -35,10 +39,12 @@ class Entry:
 
 @dataclass
 class Listing:
-    """Every image entry of a source, plus the files that were ignored for not being images."""
+    """Every image entry of a source, plus the files ignored for not being images, and for not being regular
+    files (FIFOs, devices, sockets, broken links: reading one could hang or never end)."""
 
     entries: list[Entry]
     ignored: list[str]
+    not_regular: list[str] = field(default_factory=list)
 
     def split(self, name: str) -> list[Entry]:
         return [e for e in self.entries if e.split == name]
@@ -51,8 +57,9 @@ class Source:
         self.path = Path(path).expanduser()
         if not self.path.exists():
             raise DataLayoutError(
-                f"data source not found: {self.path} (expected a folder, .zip or .tar.gz in CIFAKE's "
-                "layout train/{REAL,FAKE}, test/{REAL,FAKE}; set data.root=... or the CIFAKE variable)"
+                f"data source not found: {self.path}; get CIFAKE with `python -m fakedetect.data.download cifake`, "
+                "or try the packaged sample with `data=cifake_sample`, or point data.root (root= for data.inspect) "
+                "or $CIFAKE at a folder, .zip or .tar.gz laid out as train/{REAL,FAKE}, test/{REAL,FAKE}"
             )
 
     @staticmethod
@@ -75,37 +82,74 @@ class Source:
     def names(self) -> list[str]:
         raise NotImplementedError
 
-    def read(self, names: Iterable[str]) -> Iterator[tuple[str, bytes]]:
-        """Yield (name, bytes) for the wanted names, in whatever order the source reads fastest."""
-        raise NotImplementedError
+    def read(self, names: Iterable[str]) -> Iterator[tuple[str, bytes | str]]:
+        """Yield (name, bytes) for the wanted names, in whatever order the source reads fastest; a file that
+        cannot be read yields the reason instead, so that it is skipped and counted like an undecodable one."""
+        for name in names:
+            try:
+                yield name, self.read_one(name)
+            except DataLayoutError:
+                raise
+            except Exception as err:  # noqa: BLE001 - any read failure is a bad file, reported by name
+                yield name, f"{type(err).__name__}: {one_line(err)}"
 
     def read_one(self, name: str) -> bytes:
         raise NotImplementedError
+
+    def check_streamable(self) -> None:
+        """Raise unless read_one() works, which the streaming loader needs."""
 
     def list(self, classes: list[str], splits: Iterable[str] = SPLIT_NAMES) -> Listing:
         return layout(self.names(), classes, splits, str(self.path))
 
 
 class FolderSource(Source):
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(path)
+        self._files: dict[str, os.stat_result] | None = None
+        self.not_regular: list[str] = []
+
+    def _scan(self) -> dict[str, os.stat_result]:
+        """Every regular file (links followed) with its stat; anything else is set aside in `not_regular`."""
+        if self._files is None:
+            self._files, self.not_regular = {}, []
+            for dirpath, _, files in os.walk(self.path):
+                rel = Path(dirpath).relative_to(self.path).as_posix()
+                for f in files:
+                    name = f if rel == "." else f"{rel}/{f}"
+                    try:
+                        st = os.stat(os.path.join(dirpath, f))
+                    except OSError:  # a broken link, or a file gone since the walk
+                        self.not_regular.append(name)
+                        continue
+                    if stat.S_ISREG(st.st_mode):
+                        self._files[name] = st
+                    else:
+                        self.not_regular.append(name)
+        return self._files
+
     def identity(self) -> str:
-        # A folder's own mtime misses changes deeper down, so fingerprint the file list instead.
-        digest = hashlib.sha1("\n".join(sorted(self.names())).encode()).hexdigest()
-        return f"{self.path.resolve()}|{digest}"
+        # A folder's own mtime misses changes deeper down, and names alone miss a file replaced under the same
+        # name, so fingerprint every file's name, size and modification time.
+        files = self._scan()
+        listing = "\n".join(f"{n}|{st.st_size}|{st.st_mtime_ns}" for n, st in sorted(files.items()))
+        return f"{self.path.resolve()}|{hashlib.sha1(listing.encode()).hexdigest()}"
 
     def names(self) -> list[str]:
-        root = self.path
-        out = []
-        for dirpath, _, files in os.walk(root):
-            rel = Path(dirpath).relative_to(root).as_posix()
-            out.extend(f if rel == "." else f"{rel}/{f}" for f in files)
-        return out
+        return list(self._scan())
+
+    def list(self, classes: list[str], splits: Iterable[str] = SPLIT_NAMES) -> Listing:
+        listing = super().list(classes, splits)
+        listing.not_regular = sorted(self.not_regular)
+        return listing
 
     def read_one(self, name: str) -> bytes:
-        return (self.path / name).read_bytes()
-
-    def read(self, names: Iterable[str]) -> Iterator[tuple[str, bytes]]:
-        for name in names:
-            yield name, self.read_one(name)
+        # Non-blocking open, then regular files only: a FIFO or device put here after listing must not hang.
+        fd = os.open(self.path / name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(f"{name} is not a regular file")
+            return f.read()
 
 
 class ZipSource(Source):
@@ -116,7 +160,11 @@ class ZipSource(Source):
     def _handle(self) -> zipfile.ZipFile:
         # Opened lazily so that a streaming worker process gets its own file handle.
         if self._zip is None:
-            self._zip = zipfile.ZipFile(self.path)
+            try:
+                self._zip = zipfile.ZipFile(self.path)
+            except ARCHIVE_ERRORS as err:
+                raise DataLayoutError(f"{self.path} is not a readable .zip archive ({one_line(err)}): re-download "
+                                      "it, or point data.root at the extracted folder") from None
         return self._zip
 
     def __getstate__(self) -> dict:
@@ -128,28 +176,43 @@ class ZipSource(Source):
     def read_one(self, name: str) -> bytes:
         return self._handle().read(name)
 
-    def read(self, names: Iterable[str]) -> Iterator[tuple[str, bytes]]:
-        for name in names:
-            yield name, self.read_one(name)
-
 
 class TarSource(Source):
+    def _damaged(self, err: BaseException) -> DataLayoutError:
+        return DataLayoutError(f"{self.path} is not a readable .tar/.tar.gz archive, or is truncated "
+                               f"({type(err).__name__}: {one_line(err)}): re-download or re-create it")
+
     def names(self) -> list[str]:
-        with tarfile.open(self.path) as tar:
-            return [m.name for m in tar if m.isfile()]
+        try:
+            with tarfile.open(self.path) as tar:
+                return [m.name for m in tar if m.isfile()]
+        except ARCHIVE_ERRORS as err:
+            raise self._damaged(err) from None
+
+    def _not_streamable(self) -> DataLayoutError:
+        return DataLayoutError(f"{self.path}: a .tar archive cannot be streamed (no random access): use "
+                               "data.loader=memory, or extract it and point data.root at the folder")
 
     def read_one(self, name: str) -> bytes:
-        raise DataLayoutError(
-            f"{self.path}: a compressed tar has no random access; use data.loader=memory, or extract it "
-            "and point data.root at the folder"
-        )
+        raise self._not_streamable()
 
-    def read(self, names: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+    def check_streamable(self) -> None:
+        raise self._not_streamable()
+
+    def read(self, names: Iterable[str]) -> Iterator[tuple[str, bytes | str]]:
         wanted = set(names)
-        with tarfile.open(self.path, mode="r|*") as tar:
-            for member in tar:
-                if member.isfile() and member.name in wanted:
-                    yield member.name, tar.extractfile(member).read()
+        try:
+            with tarfile.open(self.path, mode="r|*") as tar:
+                for member in tar:
+                    if member.isfile() and member.name in wanted:
+                        yield member.name, tar.extractfile(member).read()
+        except ARCHIVE_ERRORS as err:
+            raise self._damaged(err) from None
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (tarfile's, for one, spans several)."""
+    return " ".join(str(err).split())
 
 
 def layout(names: list[str], classes: list[str], splits: Iterable[str], where: str) -> Listing:

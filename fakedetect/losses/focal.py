@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
+from fakedetect.utils.errors import is_number, require
+
 
 class FocalLoss(nn.Module):
     """BCE scaled by (1 - p_t) ** gamma, so images the net already gets right count less and hard ones more.
@@ -16,10 +18,11 @@ class FocalLoss(nn.Module):
 
     def __init__(self, alpha: float | None = 0.25, gamma: float = 2.0, pos_weight: float | None = None) -> None:
         super().__init__()
-        if alpha is not None and not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1] or null, got {alpha}")
-        if gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        require("loss.alpha", alpha, alpha is None or (is_number(alpha) and 0 <= alpha <= 1),
+                "null (no weighting) or a number in [0, 1]")
+        require("loss.gamma", gamma, is_number(gamma) and gamma >= 0, "a number >= 0")
+        require("loss.pos_weight", pos_weight, pos_weight is None or (is_number(pos_weight) and pos_weight > 0),
+                "null or a number > 0")
         self.alpha, self.gamma, self.pos_weight = alpha, gamma, pos_weight
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from fakedetect.utils.errors import ConfigError
+from fakedetect.utils.errors import ConfigError, require
 
 TRUNKS = {
     "alex": (torchvision.models.alexnet, torchvision.models.AlexNet_Weights.IMAGENET1K_V1),
@@ -34,8 +34,7 @@ class LPIPSLoss(nn.Module):
 
     def __init__(self, net: str = "alex", weights_path: str | None = None) -> None:
         super().__init__()
-        if net not in TRUNKS:
-            raise ValueError(f"LPIPS net must be one of {sorted(TRUNKS)}, got {net!r}")
+        require("model.reconstruction.lpips_net", net, net in TRUNKS, f"one of {sorted(TRUNKS)} (the LPIPS net)")
         self.net, self.weights_path = net, weights_path
         with warnings.catch_warnings():  # lpips builds its trunk with torchvision's deprecated `pretrained=False`
             warnings.simplefilter("ignore")
