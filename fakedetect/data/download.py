@@ -22,7 +22,6 @@ import hydra
 from omegaconf import DictConfig
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from fakedetect.data.datamodule import stratified_sample
 from fakedetect.data.sources import Source
 from fakedetect.utils.errors import ConfigError, one_line_errors
 
@@ -83,8 +82,8 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 1
     else:
         with response:
             _receive(response, part, start, url)
-    verify(part, sha256)
     part.replace(dest)
+    verify(dest, sha256)
     log.info("downloaded %s (%.1f MB)", dest, dest.stat().st_size / 1e6)
     return dest
 
@@ -160,6 +159,8 @@ def build_sample(source: str | os.PathLike, dest: Path = SAMPLE, train_per_class
                  test_per_class: int = 200, classes: tuple[str, ...] = ("REAL", "FAKE"), seed: int = 0) -> Path:
     """A stratified subset of a full CIFAKE as a zip in its layout, identical for the same source and arguments:
     stored (JPEGs are not re-encoded nor recompressed), sorted, with fixed timestamps."""
+    from fakedetect.data.datamodule import stratified_sample  # torch and Lightning: not for a download
+
     listing = Source.open(source).list(list(classes))
     picked = {}
     for split, per_class in (("train", train_per_class), ("test", test_per_class)):
