@@ -18,15 +18,15 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import numpy as np
 import torch
 from hydra import compose
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torchmetrics.functional.classification import binary_accuracy
 
 from fakedetect.data.datamodule import ImageDataModule
-from fakedetect.reporting.predictions import predict_images, split_images
-from fakedetect.utils.builders import build_model, resolve_precision
+from fakedetect.metrics.thresholds import decide
+from fakedetect.reporting.predictions import score
+from fakedetect.utils.builders import build_model, instantiate, resolve_precision
 from fakedetect.utils.errors import one_line_errors
 from fakedetect.utils.records import machine
 
@@ -60,7 +60,6 @@ class EpochTester(L.Callback):
     def __init__(self, targets: list[float]) -> None:
         self.targets, self.train_s, self.start = sorted(targets), 0.0, 0.0
         self.curve: list[dict[str, float]] = []
-        self.test: tuple[torch.Tensor, np.ndarray] | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _sync(trainer.strategy.root_device)
@@ -70,13 +69,10 @@ class EpochTester(L.Callback):
         _sync(trainer.strategy.root_device)
         self.train_s += time.perf_counter() - self.start
         datamodule = trainer.datamodule
-        if self.test is None:  # moved to the device once, not every epoch
-            images, labels = split_images(datamodule, "test")
-            self.test = images.to(pl_module.device), labels
-        images, labels = self.test
-        probs = predict_images(pl_module.net, datamodule, images, datamodule.eval_batch_size, pl_module.device)
-        pl_module.net.train()
-        acc = float(((probs > 0.5) == labels).mean())
+        # the memory loader keeps the test split on the device after the first epoch
+        probs, labels = score(pl_module, datamodule.test_dataloader(), datamodule.preprocess, pl_module.device,
+                              context=trainer.precision_plugin.forward_context)
+        acc = float(binary_accuracy(decide(probs, pl_module.decision_threshold), labels))
         self.curve.append({"epoch": trainer.current_epoch + 1, "train_s": self.train_s, "test_acc": acc})
         log.info("epoch %d: %.1f s of training, test acc %.4f", trainer.current_epoch + 1, self.train_s, acc)
         trainer.should_stop = acc >= self.targets[-1]

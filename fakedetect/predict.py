@@ -1,7 +1,8 @@
 """`python -m fakedetect.predict ckpt_path=... input=<file | folder | glob>`: classify anyone's own images.
 
 Images of any size, format and mode are decoded and resized as the checkpoint's training data was, then
-normalized with its statistics; an unreadable file gets its own row with the error and the run goes on.
+scored by the one scorer eval uses; an unreadable file gets its own row with the error and the run goes on.
+The output is checked (writable, not an existing file unless `overwrite=true`) before anything is scored.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import csv
 import glob
 import json
 import logging
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import hydra
@@ -21,24 +24,44 @@ from torch.utils.data import DataLoader, Dataset
 
 from fakedetect.data.decode import decode_image
 from fakedetect.data.sources import IMAGE_SUFFIXES
+from fakedetect.metrics.thresholds import decide
+from fakedetect.reporting.predictions import score
 from fakedetect.utils.checkpoint import load_trained
-from fakedetect.utils.errors import one_line_errors
+from fakedetect.utils.errors import ConfigError, one_line_errors
 
 log = logging.getLogger(__name__)
 
 FIELDS = ["path", "prob_fake", "label", "threshold", "error"]
 
 
-def expand_input(spec: str) -> list[Path]:
-    """A file as given; a folder's images, recursively; otherwise a glob pattern's images. Sorted."""
+def expand_input(spec: str) -> tuple[list[Path], int]:
+    """(images, number of other files ignored): a file as given; a folder's images, recursively; otherwise a
+    glob pattern's images. Sorted."""
     path = Path(spec).expanduser()
     if path.is_file():
-        return [path]
+        return [path], 0
     found = path.rglob("*") if path.is_dir() else map(Path, glob.glob(str(path), recursive=True))
-    files = sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"no images found for input={spec} (a file, a folder or a glob pattern)")
-    return files
+    files = [p for p in found if p.is_file()]
+    images = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise ConfigError(f"no images found for input={spec} (a file, a folder or a glob pattern of "
+                          f"{', '.join(sorted(IMAGE_SUFFIXES))} files; {len(files)} other files)")
+    return images, len(files) - len(images)
+
+
+def check_output(path: Path, overwrite: bool) -> None:
+    """Fail before scoring, not after: the output must be a new (or, with overwrite, a replaceable) file in a
+    folder this process can write."""
+    if path.is_dir():
+        raise ConfigError(f"output={path} is a folder; name a .csv or .json file")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"output={path} exists; pass overwrite=true to replace it, or name another output=")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as err:
+        raise ConfigError(f"output={path} cannot be written ({err.strerror or err}); name another output=") from None
 
 
 class ImageFiles(Dataset):
@@ -70,30 +93,41 @@ def resolve_device(device: str) -> torch.device:
 
 def predict(cfg: DictConfig) -> list[dict]:
     """Score every input image; writes and returns one row per file, errors included."""
+    output = Path(cfg.output)
+    check_output(output, bool(cfg.get("overwrite")))
+    paths, ignored = expand_input(str(cfg.input))
+    if ignored:
+        log.info("ignored %d files under input=%s that are not images (%s)", ignored, cfg.input,
+                 " ".join(sorted(IMAGE_SUFFIXES)))
     trained = load_trained(cfg.ckpt_path)
-    datamodule, device = trained.datamodule, resolve_device(cfg.device)
-    model = trained.model.to(device)
-    threshold = float(cfg.threshold if cfg.threshold is not None else model.decision_threshold)
-    negative, positive = datamodule.classes
-    paths = expand_input(str(cfg.input))
+    datamodule, model = trained.datamodule, trained.model
+    threshold = model.decision_threshold if cfg.threshold is None else cfg.threshold
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+        raise ConfigError(f"threshold={cfg.threshold} must be a probability in [0, 1], or null for the checkpoint's")
+    threshold = float(threshold)
+    device = resolve_device(cfg.device)
     loader = DataLoader(ImageFiles(paths, datamodule.resolution), batch_size=cfg.batch_size,
                         num_workers=cfg.num_workers, collate_fn=collate, pin_memory=device.type == "cuda")
-    rows: list[dict] = [{} for _ in paths]
-    with torch.inference_mode():
-        for indices, images, errors in track(loader, description=f"predicting {len(paths)} images"):
-            for i, error in errors.items():
-                rows[i] = {"path": str(paths[i]), "prob_fake": None, "label": None, "threshold": threshold,
-                           "error": error}
-            if images is None:
-                continue
-            probs = model(datamodule.preprocess(images.to(device, non_blocking=True))).float().sigmoid()
-            for i, prob in zip(indices, probs.tolist(), strict=True):
-                rows[i] = {"path": str(paths[i]), "prob_fake": prob, "label": positive if prob > threshold
-                           else negative, "threshold": threshold, "error": None}
-    write_rows(rows, Path(cfg.output))
+    rows: list[dict] = [{"path": str(path), "prob_fake": None, "label": None, "threshold": threshold, "error": None}
+                        for path in paths]
+    batches = decoded(track(loader, description=f"predicting {len(paths)} images"), rows)
+    probs, indices = score(model, batches, datamodule.preprocess, device)
+    for i, prob, decision in zip(indices.tolist(), probs.tolist(), decide(probs, threshold).tolist(), strict=True):
+        rows[i].update(prob_fake=prob, label=datamodule.classes[decision])
+    write_rows(rows, output)
     bad = sum(1 for row in rows if row["error"])
-    log.info("%d images scored, %d unreadable; written to %s", len(rows) - bad, bad, cfg.output)
+    log.info("%d images scored, %d unreadable; written to %s", len(rows) - bad, bad, output)
     return rows
+
+
+def decoded(loader: Iterable[tuple[list[int], torch.Tensor | None, dict]], rows: list[dict]
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The scorer's (uint8 NCHW, file indices) batches; each unreadable file's error goes to its row."""
+    for indices, images, errors in loader:
+        for i, error in errors.items():
+            rows[i]["error"] = error
+        if images is not None:
+            yield images, torch.tensor(indices)
 
 
 def write_rows(rows: list[dict], path: Path) -> None:

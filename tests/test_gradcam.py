@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
 from fakedetect.gradcam import gradcam
-from fakedetect.nets import MLP, Backbone, FlexibleCNN
-from fakedetect.reporting.gradcam import cam_layer, pick_examples
+from fakedetect.nets import MLP, Backbone, ConvAutoencoder, FlexibleCNN, TransferAutoencoder
+from fakedetect.reporting.gradcam import FirstOfEachBucket, cam_layer, pick_examples
+from fakedetect.utils.errors import ConfigError
 from tests.conftest import compose_config
 from tests.test_predict import train_tiny
 
@@ -26,17 +26,37 @@ def test_cam_layer_is_the_deepest_with_a_useful_map() -> None:
     assert cam_layer(resnet, x32) is resnet.model.layer2  # layer4 is 1x1 and layer3 2x2 at 32 px
     cifar = Backbone("resnet18.tv_in1k", cifar_stem=True).eval()
     assert cam_layer(cifar, x32) is cifar.model.layer4  # 4x4
-    with pytest.raises(ValueError, match="no Conv2d"):
+    # autoencoders: the encoder, which classifying runs, never the decoder, which it does not
+    transfer = TransferAutoencoder(cifar_stem=True).eval()
+    assert cam_layer(transfer, x32) is transfer.encoder.model.layer4
+    conv_ae = ConvAutoencoder().eval()
+    assert cam_layer(conv_ae, x32) is conv_ae.encoder[4]  # the third stride-2 conv: 4x4; the fourth is 2x2
+    with pytest.raises(ConfigError, match="Grad-CAM needs spatial feature maps and MLP has none"):
         cam_layer(MLP(), x32)
 
 
 def test_examples_cover_hits_and_misses_of_both_classes() -> None:
-    labels = np.array([0, 0, 0, 1, 1, 1, 0, 1])
-    probs = np.array([0.1, 0.2, 0.9, 0.8, 0.7, 0.3, 0.1, 0.9])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 0, 1])
+    probs = torch.tensor([0.1, 0.2, 0.9, 0.8, 0.7, 0.3, 0.1, 0.9])
     # buckets: correct REAL [0, 1, 6], correct FAKE [3, 4, 7], missed REAL [2], missed FAKE [5]
     assert pick_examples(labels, probs, 0.5, 4).tolist() == [0, 3, 2, 5]
     assert pick_examples(labels, probs, 0.5, 6).tolist() == [0, 1, 3, 4, 2, 5]
     assert sorted(pick_examples(labels, probs, 0.5, 100).tolist()) == list(range(8))
+    # a probability equal to the threshold is REAL, as everywhere: image 4 (FAKE, 0.7) becomes a miss at 0.7
+    assert pick_examples(labels, probs, 0.7, 4).tolist() == [0, 3, 2, 4]
+
+
+def test_kept_buckets_are_what_pick_examples_needs() -> None:
+    """Kept while scoring in batches, the first n of each bucket give the same picks as the whole pool."""
+    g = torch.Generator().manual_seed(0)
+    labels, probs = torch.randint(0, 2, (200,), generator=g), torch.rand(200, generator=g)
+    kept = FirstOfEachBucket(0.5, 6)
+    for part in torch.arange(200).split(32):
+        kept(torch.zeros(len(part), 3, 2, 2, dtype=torch.uint8), probs[part], labels[part])
+    k_labels, k_probs = torch.cat(kept.labels), torch.cat(kept.probs)
+    assert len(k_labels) <= 24
+    picked = probs[pick_examples(labels, probs, 0.5, 6)]
+    assert k_probs[pick_examples(k_labels, k_probs, 0.5, 6)].tolist() == picked.tolist()
 
 
 @pytest.mark.parametrize("model", ["cnn", "resnet18"])

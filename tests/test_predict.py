@@ -20,6 +20,7 @@ from PIL import Image
 from fakedetect.predict import expand_input, predict
 from fakedetect.train import train
 from fakedetect.utils.checkpoint import load_checkpoint, load_trained
+from fakedetect.utils.errors import ConfigError
 from tests.conftest import ROOT, SUBSET, compose_config
 
 
@@ -118,10 +119,46 @@ def test_predict_cli_with_a_glob(checkpoint: Path, photos: Path, tmp_path: Path)
 
 
 def test_expand_input(photos: Path) -> None:
-    assert expand_input(str(photos / "notes.txt")) == [photos / "notes.txt"]  # a named file is always tried
-    assert [p.name for p in expand_input(f"{photos}/*.jp*g")] == ["broken.jpg", "photo.jpg"]
-    with pytest.raises(FileNotFoundError, match="no images found for input="):
+    assert expand_input(str(photos / "notes.txt")) == ([photos / "notes.txt"], 0)  # a named file is always tried
+    files, ignored = expand_input(f"{photos}/*.jp*g")
+    assert [p.name for p in files] == ["broken.jpg", "photo.jpg"] and ignored == 0
+    assert expand_input(str(photos))[1] == 1  # notes.txt, counted
+    with pytest.raises(ConfigError, match="no images found for input="):
         expand_input(str(photos / "*.heic"))
+
+
+def test_predict_checks_its_output_before_scoring(checkpoint: Path, photos: Path, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """An existing output is kept unless overwrite=true; an unwritable one stops the run before any scoring; the
+    non-image files of a folder input are counted in the log."""
+    out = tmp_path / "preds.csv"
+    out.write_text("keep me")
+    args = [f"ckpt_path={checkpoint}", f"input={photos}", f"output={out}", "num_workers=0"]
+    with pytest.raises(ConfigError, match="exists; pass overwrite=true"):
+        predict(compose_config("predict", args, tmp_path))
+    assert out.read_text() == "keep me"
+    with caplog.at_level(logging.INFO, logger="fakedetect.predict"):
+        predict(compose_config("predict", [*args, "overwrite=true"], tmp_path))
+    assert out.read_text().startswith("path,prob_fake")
+    assert any("ignored 1 files" in r.getMessage() for r in caplog.records)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for bad, message in ((blocker / "preds.csv", "cannot be written"), (tmp_path, "is a folder")):
+        with pytest.raises(ConfigError, match=message):
+            predict(compose_config("predict", [*args[:2], f"output={bad}"], tmp_path))
+
+
+def test_predict_cli_bad_input_is_one_line(checkpoint: Path, photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "preds.csv"
+    out.write_text("")
+    for args, message in (([f"input={photos}", f"output={out}"], f"error: output={out} exists"),
+                          ([f"input={photos}/*.heic"], "error: no images found for input="),
+                          ([f"input={photos}", "threshold=1.5"], "error: threshold=1.5 must be a probability")):
+        done = subprocess.run([sys.executable, "-m", "fakedetect.predict", f"ckpt_path={checkpoint}", *args,
+                               f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+                              env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+        last = done.stderr.strip().splitlines()[-1]
+        assert done.returncode == 1 and last.startswith(message) and "Traceback" not in done.stderr, done.stderr
 
 
 def test_checkpoint_from_before_val_thresholds(checkpoint: Path, photos: Path, tmp_path: Path,

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import nbclient
@@ -25,6 +26,7 @@ from fakedetect.metrics.thresholds import f1_threshold, youden_threshold
 from fakedetect.reporting.results import collect, table, update_readme
 from fakedetect.reporting.robustness import parse_condition, robustness_table
 from fakedetect.train import train
+from fakedetect.utils.errors import ConfigError
 from tests.conftest import ROOT, compose_config, subset_train_config
 
 
@@ -62,37 +64,46 @@ def test_blur_jpeg_augmentation_changes_about_the_asked_share() -> None:
 
 
 def test_thresholds_on_hand_made_scores() -> None:
-    # negatives 0.1 0.2 0.3 0.6, positives 0.35 0.7 0.8 0.9: J is 0.75 at 0.35 and at 0.7 (the stricter is kept);
-    # F1 is 8/9 at 0.35 (P 4/5, R 1) against 6/7 at 0.7
+    # negatives 0.1 0.2 0.3 0.6, positives 0.35 0.7 0.8 0.9: J is 0.75 calling FAKE above 0.3 and above 0.6 (the
+    # stricter is kept); F1 is 8/9 above 0.3 (P 4/5, R 1) against 6/7 above 0.6
     p = np.array([0.1, 0.2, 0.3, 0.35, 0.6, 0.7, 0.8, 0.9])
     y = np.array([0, 0, 0, 1, 0, 1, 1, 1])
-    assert youden_threshold(p, y) == pytest.approx(0.7)
-    assert f1_threshold(p, y) == pytest.approx(0.35)
-    # a clean separation between 0.4 and 0.45: both pick the lowest positive score
+    assert youden_threshold(p, y) == pytest.approx(0.6)
+    assert f1_threshold(p, y) == pytest.approx(0.3)
+    # a clean separation between 0.4 and 0.45: both keep the highest REAL score as REAL and everything above FAKE
     p, y = np.array([0.1, 0.4, 0.45, 0.5, 0.55, 0.9]), np.array([0, 0, 1, 1, 1, 1])
-    assert youden_threshold(p, y) == pytest.approx(0.45) and f1_threshold(p, y) == pytest.approx(0.45)
+    assert youden_threshold(p, y) == pytest.approx(0.4) and f1_threshold(p, y) == pytest.approx(0.4)
 
 
 def test_robustness_table_with_a_known_scorer() -> None:
     """A scorer that calls an image FAKE when it is bright: blur keeps brightness, noise keeps it on average."""
     x = torch.cat([torch.full((10, 3, 32, 32), 60, dtype=torch.uint8), torch.full((10, 3, 32, 32), 200,
                                                                                     dtype=torch.uint8)])
-    labels = np.array([0] * 10 + [1] * 10)
-    rows = robustness_table(lambda b: (b.float().mean((1, 2, 3)) / 255).numpy(), x, labels,
-                            ["clean", "blur:1.0", "jpeg:50", "noise:0.02"])
+    labels = torch.tensor([0] * 10 + [1] * 10)
+
+    def brightness(transform: Callable[[torch.Tensor], torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = x if transform is None else transform(x)
+        return batch.float().mean((1, 2, 3)) / 255, labels
+
+    rows = robustness_table(brightness, 0.5, ["clean", "blur:1.0", "jpeg:50", "noise:0.02"])
     assert [r["condition"] for r in rows] == ["clean", "blur:1.0", "jpeg:50", "noise:0.02"]
     assert all(r["acc"] == 1.0 and r["auroc"] == 1.0 for r in rows)
+    # the threshold is the caller's: above every brightness, all is REAL and half is right
+    assert robustness_table(brightness, 0.9, ["clean"])[0]["acc"] == 0.5
     assert parse_condition("resize:0.5") == ("resize", 0.5)
-    with pytest.raises(ValueError, match="needs a strength"):
-        parse_condition("jpeg")
+    for bad in ("jpeg", "sharpen:2", "blur:x"):
+        with pytest.raises(ConfigError, match=f"robustness.conditions: '{bad}'"):
+            parse_condition(bad)
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, cifake_path: Path, cache_dir: Path) -> Path:
-    """A real `experiment=cnn_baseline` run on the CIFAKE subset: 1 epoch, under a fresh outputs folder."""
+    """A real `experiment=cnn_baseline` run on the CIFAKE subset: 1 epoch, Youden's threshold, under a fresh
+    outputs folder."""
     outputs = tmp_path_factory.mktemp("outputs")
     run = outputs / "train" / "runs" / "r1"
-    cfg = subset_train_config(cifake_path, cache_dir, run, "experiment=cnn_baseline", "trainer.max_epochs=1")
+    cfg = subset_train_config(cifake_path, cache_dir, run, "experiment=cnn_baseline", "trainer.max_epochs=1",
+                              "model.threshold=youden")
     train(cfg)
     return run
 
@@ -120,11 +131,40 @@ def test_eval_report_files_and_thresholds(eval_run: Path) -> None:
     for m in summary["at_threshold"].values():
         assert {"precision_REAL", "recall_FAKE", "f1_FAKE", "acc"} <= set(m)
     record = json.loads((eval_run / "metrics.json").read_text())
-    assert record["report"]["at_threshold"]["0.5"]["acc"] == pytest.approx(record["metrics"]["test/acc"], abs=1e-6)
+    # one scorer and one decision rule: the selected threshold's row and the clean robustness row are test/acc
+    assert record["thresholds"]["selected"] == "youden" and record["thresholds"]["source"] == "checkpoint"
+    assert record["report"]["at_threshold"]["youden"]["acc"] == record["metrics"]["test/acc"]
     assert [r["condition"] for r in record["robustness"]] == ["clean", "jpeg:50", "blur:1.0"]
-    assert record["robustness"][0]["acc"] == pytest.approx(record["metrics"]["test/acc"], abs=1e-6)
+    assert record["robustness"][0]["acc"] == record["metrics"]["test/acc"]
     assert "| jpeg:50 |" in (report / "robustness.md").read_text()
     assert "| youden |" in (report / "report.md").read_text()
+
+
+def test_eval_reproduces_the_test_metrics_of_training(trained_run: Path, eval_run: Path) -> None:
+    """With the checkpoint's own (Youden) threshold, eval gives the end-of-training test metrics to the last digit,
+    and its stored thresholds are those the training run chose on its validation split."""
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    evaluated = json.loads((eval_run / "metrics.json").read_text())
+    test = {k: v for k, v in trained["metrics"].items() if k.startswith("test/")}
+    assert {"test/acc", "test/auroc", "test/threshold", "test/loss"} <= set(test)
+    assert {k: evaluated["metrics"][k] for k in test} == test
+    assert evaluated["thresholds"]["youden"] == trained["metrics"]["val/threshold_youden"] == test["test/threshold"]
+    assert evaluated["thresholds"]["f1"] == trained["metrics"]["val/threshold_f1"]
+
+
+def test_eval_refit_thresholds(trained_run: Path, tmp_path: Path) -> None:
+    """thresholds=refit fits Youden and F1 again on the validation split, and the test metrics use the refit one;
+    the same data as training's validation gives back the same thresholds. A wrong value is one line."""
+    ckpt = json.loads((trained_run / "metrics.json").read_text())["ckpt_path"]
+    cfg = compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "thresholds=refit", "report=false"], tmp_path)
+    metrics = evaluate(cfg)
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    trained = json.loads((trained_run / "metrics.json").read_text())["metrics"]
+    assert record["thresholds"]["source"] == "refit"
+    assert record["thresholds"]["youden"] == pytest.approx(trained["val/threshold_youden"])
+    assert metrics["test/threshold"] == pytest.approx(record["thresholds"]["youden"])
+    with pytest.raises(ConfigError, match="thresholds=validation: use checkpoint"):
+        evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "thresholds=validation"], tmp_path))
 
 
 def test_results_table_from_run_files(trained_run: Path, tmp_path: Path) -> None:

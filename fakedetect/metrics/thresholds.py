@@ -1,7 +1,8 @@
-"""Decision thresholds chosen on validation scores: Youden's J and best F1 (FAKE = 1 positive).
+"""The decision rule and the decision thresholds chosen on validation scores: Youden's J and best F1 (FAKE = 1).
 
-A threshold is one of the scores, the curves' convention: FAKE when prob >= threshold. torchmetrics' own
-metrics call FAKE at prob > threshold, which differs only for a score exactly equal to it.
+One convention everywhere: FAKE when prob > threshold, as torchmetrics' binary metrics call it (a float32
+comparison). The ROC and PR curves list cuts `score >= s`; the fitted threshold is therefore the next lower
+score, so that `decide` reproduces the chosen point of the curve exactly.
 """
 
 from __future__ import annotations
@@ -13,21 +14,28 @@ from torchmetrics.functional.classification import binary_precision_recall_curve
 from torchmetrics.utilities import dim_zero_cat
 
 
+def decide(probs: np.ndarray | torch.Tensor, threshold: float) -> torch.Tensor:
+    """1 (FAKE) where prob > threshold, else 0, compared in float32 as torchmetrics' BinaryAccuracy does."""
+    return (torch.as_tensor(probs).float() > threshold).long()
+
+
 def _tensors(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.as_tensor(probs).float().flatten(), torch.as_tensor(labels).long().flatten()
 
 
 def youden_threshold(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
-    """The threshold maximizing TPR - FPR on the ROC curve."""
-    fpr, tpr, thresholds = binary_roc(*_tensors(probs, labels))
-    return float(thresholds[torch.argmax(tpr - fpr)].clamp(0, 1))
+    """The threshold whose decisions maximize TPR - FPR (the strictest of equal ones)."""
+    fpr, tpr, cuts = binary_roc(*_tensors(probs, labels))  # cuts descending, led by 1.0 (nothing called FAKE)
+    best = int(torch.argmax(tpr - fpr))
+    return float(cuts[best + 1]) if best + 1 < len(cuts) else 0.0
 
 
 def f1_threshold(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
-    """The threshold maximizing F1 of the FAKE class on the precision-recall curve."""
-    precision, recall, thresholds = binary_precision_recall_curve(*_tensors(probs, labels))
+    """The threshold whose decisions maximize F1 of the FAKE class (the most lenient of equal ones)."""
+    precision, recall, cuts = binary_precision_recall_curve(*_tensors(probs, labels))  # cuts ascending
     f1 = (2 * precision * recall / (precision + recall)).nan_to_num(0)[:-1]
-    return float(thresholds[torch.argmax(f1)])
+    best = int(torch.argmax(f1))
+    return float(cuts[best - 1]) if best > 0 else 0.0
 
 
 class SelectedThresholds(Metric):

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid
 
 from fakedetect.losses.schedule import LossSchedule
+from fakedetect.metrics.thresholds import decide
 from fakedetect.modules.detector import Detector
 from fakedetect.reporting.figures import log_figure
 
@@ -86,7 +87,7 @@ class AutoencoderDetector(Detector):
                       on_step=False, sync_dist=True)
         if stage == "train":
             self.log("train/c_weight", c_weight, on_epoch=True, on_step=False, sync_dist=True)
-        probs = logits.detach().float().sigmoid()
+        probs = self.probabilities(logits)
         self._keep(stage, images, reconstruction.detach(), probs, y)
         return r_weight * recon_loss + c_weight * class_loss, probs, y
 
@@ -105,7 +106,7 @@ class AutoencoderDetector(Detector):
             self._examples[stage] = (images[: self.n_images].cpu(), reconstruction[: self.n_images].float().cpu())
         room = self.n_images - sum(len(m[0]) for m in self._mistakes)
         if stage == "test" and room > 0:
-            wrong = ((probs > self._test_threshold) != labels.bool()).nonzero().squeeze(1)[:room]
+            wrong = (decide(probs, self._test_threshold) != labels).nonzero().squeeze(1)[:room]
             if len(wrong):
                 self._mistakes.append((images[wrong].cpu(), reconstruction[wrong].float().cpu(), labels[wrong].cpu(),
                                        probs[wrong].cpu()))
@@ -125,7 +126,7 @@ class AutoencoderDetector(Detector):
         if self._mistakes:
             images, reconstructions, labels, probs = (torch.cat(t) for t in zip(*self._mistakes, strict=True))
             self._mistakes = []
-            classes = getattr(self.trainer.datamodule, "classes", None) or ["REAL", "FAKE"]
+            classes = self.class_names() or ["0", "1"]
             fig = mistakes_figure(images, reconstructions, labels, probs, self._test_threshold, classes)
             log_figure(self.loggers, "test/misclassified", fig, self.global_step)
 
@@ -146,9 +147,9 @@ def mistakes_figure(
     """Misclassified images over their reconstructions, titled as in the write-up: actual class, predicted
     class and the confidence of that prediction."""
     n = len(images)
+    predictions = decide(probs, threshold).tolist()
     fig, axes = plt.subplots(2, n, figsize=(1.7 * n, 4.2), squeeze=False)
-    for i in range(n):
-        predicted = int(probs[i] > threshold)
+    for i, predicted in enumerate(predictions):
         confidence = float(probs[i] if predicted else 1 - probs[i])
         axes[0, i].set_title(f"Actual: {classes[int(labels[i])]}\nPred: {classes[predicted]}\nConf: {confidence:.2f}",
                              fontsize=8)

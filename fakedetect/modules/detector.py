@@ -22,7 +22,9 @@ from torchmetrics.classification import (
 )
 
 from fakedetect.metrics.thresholds import SelectedThresholds
+from fakedetect.nets.base import DetectorNet
 from fakedetect.reporting.figures import log_figure
+from fakedetect.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +55,15 @@ class Detector(L.LightningModule):
 
     `optimizer` and `scheduler` are factories (e.g. functools.partial) taking the parameters and the
     optimizer; a scheduler that accepts `total_steps` (OneCycleLR, say) is given the run's step count.
-    A net may offer `param_groups()` (groups with an `lr_scale`, e.g. backbone and head) and
-    `load_pretrained()` (its initial weights, fetched when a fit starts from scratch).
+    The net's `param_groups()` (groups with an `lr_scale`, e.g. backbone and head) feed the optimizer, and
+    its `load_pretrained()` runs when a fit starts from scratch (DetectorNet's interface).
 
     `threshold` is a number, or `youden` / `f1`: the Youden's J or best-F1 threshold found after every
     validation pass (kept in the `val_thresholds` buffer, so in checkpoints) decides test metrics and
     `decision_threshold`; validation and training accuracy stay at 0.5 then.
+
+    `predict_step` is the one scorer of a preprocessed batch: test metrics, eval's report, robustness,
+    Grad-CAM, predict and the bench all turn logits into P(FAKE) through it or the same `probabilities`.
     """
 
     # constructor arguments that are modules or factories, kept out of the saved hyperparameters
@@ -66,7 +71,7 @@ class Detector(L.LightningModule):
 
     def __init__(
         self,
-        net: nn.Module,
+        net: DetectorNet,
         loss: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
@@ -75,6 +80,9 @@ class Detector(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
+        if not isinstance(net, DetectorNet):
+            raise ConfigError(f"model.net must be a fakedetect.nets.DetectorNet (FlexibleCNN, MLP, Backbone, ...); "
+                              f"got {type(net).__module__}.{type(net).__name__}")
         if isinstance(threshold, str) and threshold not in NAMED_THRESHOLDS:
             raise ValueError(f"threshold must be a number, 'youden' or 'f1'; got {threshold!r}")
         self.save_hyperparameters(logger=False, ignore=list(self.not_hparams))
@@ -91,6 +99,20 @@ class Detector(L.LightningModule):
         self.register_buffer("val_thresholds", torch.full((len(NAMED_THRESHOLDS),), math.nan))
 
     @property
+    def threshold_name(self) -> str:
+        """The selected threshold's name: youden, f1, or the configured number as text."""
+        name = self.hparams.threshold
+        return name if isinstance(name, str) else str(name)
+
+    def thresholds(self) -> dict[str, float | None]:
+        """Every threshold this detector knows by name: its fixed number (0.5 when it selects a fitted one),
+        and Youden's and best F1's of its last validation (None before any)."""
+        fixed = "0.5" if isinstance(self.hparams.threshold, str) else self.threshold_name
+        named = {n: None if math.isnan(t) else t for n, t in zip(NAMED_THRESHOLDS, self.val_thresholds.tolist(),
+                                                                     strict=True)}
+        return {fixed: float(fixed), **named}
+
+    @property
     def decision_threshold(self) -> float:
         """FAKE when the probability exceeds this: the configured number, or the Youden / F1 one of validation."""
         name = self.hparams.threshold
@@ -98,25 +120,33 @@ class Detector(L.LightningModule):
             return float(name)
         value = float(self.val_thresholds[NAMED_THRESHOLDS.index(name)])
         if math.isnan(value):
-            raise RuntimeError(f"threshold={name} is chosen on the validation split and no validation has run: "
-                               "fit first, or test a checkpoint of a fitted run")
+            raise ConfigError(f"threshold={name} is chosen on the validation split and no validation has run: "
+                              "fit first, use a checkpoint of a fitted run, or give a number")
         return value
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    @staticmethod
+    def probabilities(logits: Tensor) -> Tensor:
+        return logits.detach().float().sigmoid()
+
+    def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int = 0) -> Tensor:
+        """P(FAKE) of a preprocessed batch `(x, ...)`, as the test step computes it."""
+        return self.probabilities(self(batch[0]))
+
     def setup(self, stage: str) -> None:
-        if stage == "fit" and not self.trainer.ckpt_path and hasattr(self.net, "load_pretrained"):
+        if stage == "fit" and not self.trainer.ckpt_path:
             self.net.load_pretrained()
         if self.trainer.strategy.root_device.type == "cuda":
             self.net.to(memory_format=torch.channels_last)
         if self.hparams.compile and stage == "fit":
-            self.net = torch.compile(self.net)
+            self.net.compile()  # in place: the state dict keeps its keys, so checkpoints load uncompiled
 
     def _step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         x, y = batch
         logits = self(x)
-        return self.loss(logits, y), logits.detach().float().sigmoid(), y
+        return self.loss(logits, y), self.probabilities(logits), y
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, probs, y = self._step(batch)
@@ -163,7 +193,7 @@ class Detector(L.LightningModule):
         self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.log("test/threshold", self.decision_threshold, sync_dist=True)
         self.test_metrics.reset()
-        fig, _ = self.test_confusion.plot(labels=["REAL", "FAKE"])
+        fig, _ = self.test_confusion.plot(labels=self.class_names())
         log_figure(self.loggers, "test/confusion_matrix", fig, self.global_step)
         fig, _ = self.test_roc.plot(score=True)
         log_figure(self.loggers, "test/roc", fig, self.global_step)
@@ -172,22 +202,27 @@ class Detector(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """The thresholds as plain numbers too, for readers of the file (None before any validation)."""
-        fixed = "0.5" if isinstance(self.hparams.threshold, str) else str(self.hparams.threshold)
-        named = {n: None if math.isnan(t) else t for n, t in zip(NAMED_THRESHOLDS, self.val_thresholds.tolist(),
-                                                                     strict=True)}
-        thresholds = {fixed: float(fixed), **named}
-        selected = self.hparams.threshold if isinstance(self.hparams.threshold, str) else fixed
-        checkpoint["thresholds"] = {**thresholds, "selected": selected, "value": thresholds[selected]}
+        thresholds = self.thresholds()
+        checkpoint["thresholds"] = {**thresholds, "selected": self.threshold_name,
+                                    "value": thresholds[self.threshold_name]}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Checkpoints written before thresholds were kept load with none chosen, not a missing-key error."""
-        if "val_thresholds" not in checkpoint["state_dict"]:
+        """Older checkpoints load: without thresholds (none chosen, not a missing-key error), or with the
+        `_orig_mod.` keys of a net that `torch.compile` wrapped."""
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if "._orig_mod." in k]:
+            state[key.replace("._orig_mod.", ".", 1)] = state.pop(key)
+        if "val_thresholds" not in state:
             log.warning("checkpoint predates val_thresholds: no youden or f1 threshold is known, a number still works")
-            checkpoint["state_dict"]["val_thresholds"] = torch.full((len(NAMED_THRESHOLDS),), math.nan)
+            state["val_thresholds"] = torch.full((len(NAMED_THRESHOLDS),), math.nan)
+
+    def class_names(self) -> list[str] | None:
+        """The data module's class names (negative first); None when the data comes without one."""
+        classes = getattr(self.trainer.datamodule, "classes", None)
+        return list(classes) if classes else None
 
     def configure_optimizers(self) -> dict:
-        params = self.net.param_groups() if hasattr(self.net, "param_groups") else self.parameters()
-        optimizer = self.optimizer_factory(params=params)
+        optimizer = self.optimizer_factory(params=self.net.param_groups())
         scales = [group.pop("lr_scale", 1.0) for group in optimizer.param_groups]
         for group, scale in zip(optimizer.param_groups, scales, strict=True):
             group["lr"] *= scale

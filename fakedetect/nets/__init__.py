@@ -2,7 +2,9 @@
 
 from fakedetect.nets.autoencoder import ConvAutoencoder, TransferAutoencoder
 from fakedetect.nets.backbone import Backbone, PretrainedWeightsError
+from fakedetect.nets.base import DetectorNet
 from fakedetect.nets.cnn import FlexibleCNN
 from fakedetect.nets.mlp import MLP
 
-__all__ = ["MLP", "Backbone", "ConvAutoencoder", "FlexibleCNN", "PretrainedWeightsError", "TransferAutoencoder"]
+__all__ = ["MLP", "Backbone", "ConvAutoencoder", "DetectorNet", "FlexibleCNN", "PretrainedWeightsError",
+           "TransferAutoencoder"]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fakedetect.nets.backbone import Backbone
+from fakedetect.nets.base import DetectorNet
 
 
 def _upsample(c_in: int, c_out: int, batch_norm: bool) -> list[nn.Module]:
@@ -23,7 +24,7 @@ def _upsample(c_in: int, c_out: int, batch_norm: bool) -> list[nn.Module]:
             *([nn.BatchNorm2d(c_out)] if batch_norm else []), nn.ReLU(inplace=True)]
 
 
-class ConvAutoencoder(nn.Module):
+class ConvAutoencoder(DetectorNet):
     """The autoencoder write-up's model 1: stride-2 convs with ReLU encode (4 with the default `filters`),
     as many transposed convs decode (ReLU, a sigmoid last), and 2 FC layers classify the flattened code."""
 
@@ -63,8 +64,12 @@ class ConvAutoencoder(nn.Module):
         code = self.encoder(x)
         return self.classifier(code).squeeze(1), self.decoder(code)
 
+    def cam_layers(self) -> list[nn.Module]:
+        """The encoder's convolutions: the decoder does not run when classifying."""
+        return [m for m in self.encoder if isinstance(m, nn.Conv2d)]
 
-class TransferAutoencoder(nn.Module):
+
+class TransferAutoencoder(DetectorNet):
     """The write-up's models 2-4: a timm encoder (a Backbone, ResNet-18 by default: `pretrained`,
     `weights_path`, `cifar_stem` and `trainable_stages` as there), the encoder's own head (global average
     pooling, dropout, one FC) as the classifier, and a decoder of size-doubling transposed convs with
@@ -125,5 +130,6 @@ class TransferAutoencoder(nn.Module):
     def load_pretrained(self) -> None:
         self.encoder.load_pretrained()
 
-    def cam_layer(self) -> nn.Module:
-        return self.encoder.cam_layer()
+    def cam_layers(self) -> list[nn.Module]:
+        """The encoder's stages: the decoder does not run when classifying."""
+        return self.encoder.cam_layers()

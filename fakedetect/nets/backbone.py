@@ -14,6 +14,7 @@ from timm.models import adapt_input_conv, group_modules, group_parameters, load_
 from timm.utils import freeze as freeze_modules
 from torch import nn
 
+from fakedetect.nets.base import DetectorNet
 from fakedetect.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ class PretrainedWeightsError(ConfigError):
     """Pretrained weights were asked for and cannot be had: the run stops rather than start from random ones."""
 
 
-class Backbone(nn.Module):
+class Backbone(DetectorNet):
     """A timm model (`name`, e.g. `resnet18.tv_in1k`) whose classifier is replaced by one logit.
 
     - `pretrained` weights come from `weights_path` if given, else from timm's cache, or a download when

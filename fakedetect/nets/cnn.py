@@ -7,8 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from fakedetect.nets.base import DetectorNet
 
-class FlexibleCNN(nn.Module):
+
+class FlexibleCNN(DetectorNet):
     """n_layers of conv -> [BatchNorm] -> ReLU -> max-pool, then FC(fc_size) -> ReLU -> dropout -> 1 logit.
 
     `filters` and `kernel_sizes` may be longer than n_layers and only their first n_layers entries are
@@ -54,3 +56,6 @@ class FlexibleCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x)).squeeze(1)
+
+    def cam_layers(self) -> list[nn.Module]:
+        return [m for m in self.features if isinstance(m, nn.Conv2d)]

@@ -7,9 +7,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from fakedetect.nets.base import DetectorNet
 
-class MLP(nn.Module):
-    """`hidden` lists the hidden widths: one entry is the 2-layer net, three the 4-layer one."""
+
+class MLP(DetectorNet):
+    """`hidden` lists the hidden widths: one entry is the 2-layer net, three the 4-layer one. No spatial maps,
+    so no `cam_layers`."""
 
     def __init__(
         self, hidden: Sequence[int] = (256,), dropout: float = 0.0, in_channels: int = 3, resolution: int = 32

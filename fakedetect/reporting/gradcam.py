@@ -13,21 +13,31 @@ from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import Tensor, nn
 
 from fakedetect.data.datamodule import ImageDataModule
+from fakedetect.metrics.thresholds import decide
+from fakedetect.modules.detector import Detector
+from fakedetect.nets.base import DetectorNet
 from fakedetect.reporting.figures import plt
+from fakedetect.reporting.predictions import score
+from fakedetect.utils.errors import ConfigError
 
 MIN_CAM_SIZE = 4
 
 
-def cam_layer(net: nn.Module, inputs: Tensor) -> nn.Module:
-    """The deepest of the net's candidate layers (a backbone's stages, else its last convolution) whose output
-    is still at least MIN_CAM_SIZE pixels wide for these inputs: ResNet-18's layer4 is 1x1 on 32 px images,
-    and a map of one pixel says nothing about where the net looks."""
-    if hasattr(net, "cam_layers"):
-        candidates = net.cam_layers()
-    else:
-        candidates = [m for m in net.modules() if isinstance(m, nn.Conv2d)][-1:]
+def explainable_layers(net: DetectorNet) -> list[nn.Module]:
+    """The net's `cam_layers`; a net without any (an MLP) is a one-line refusal, before anything is scored."""
+    candidates = net.cam_layers()
     if not candidates:
-        raise ValueError(f"Grad-CAM needs a convolutional net; {type(net).__name__} has no Conv2d layer")
+        raise ConfigError(f"Grad-CAM needs spatial feature maps and {type(net).__name__} has none (it sees "
+                          "flattened pixels): explain a convolutional model (cnn, resnet18, timm, autoencoder, "
+                          "ae_transfer)")
+    return candidates
+
+
+def cam_layer(net: DetectorNet, inputs: Tensor) -> nn.Module:
+    """The deepest of the net's `cam_layers` whose output is still at least MIN_CAM_SIZE pixels wide for these
+    inputs: ResNet-18's layer4 is 1x1 on 32 px images, and a map of one pixel says nothing about where the net
+    looks."""
+    candidates = explainable_layers(net)
     widths: dict[int, int] = {}
 
     def record(module: nn.Module, _: tuple, out: Tensor) -> None:
@@ -38,36 +48,50 @@ def cam_layer(net: nn.Module, inputs: Tensor) -> nn.Module:
         net(inputs[:1])
     for hook in hooks:
         hook.remove()
-    return next((m for m in reversed(candidates) if widths.get(id(m), 0) >= MIN_CAM_SIZE), candidates[0])
+    ran = [m for m in candidates if id(m) in widths]
+    if not ran:
+        raise RuntimeError(f"none of {type(net).__name__}'s cam_layers ran in its forward")
+    return next((m for m in reversed(ran) if widths[id(m)] >= MIN_CAM_SIZE), ran[0])
 
 
-def pick_examples(labels: np.ndarray, probs: np.ndarray, threshold: float, n: int) -> np.ndarray:
-    """Up to n indices, shared as evenly as there are images among correct REAL, correct FAKE, misclassified
-    REAL and misclassified FAKE, grouped in that order."""
-    correct = (probs > threshold).astype(labels.dtype) == labels
-    buckets = [np.flatnonzero((labels == c) & (correct == ok)) for ok in (True, False) for c in (0, 1)]
-    take = [0] * len(buckets)
-    while sum(take) < n and any(t < len(b) for t, b in zip(take, buckets, strict=True)):
-        for k, bucket in enumerate(buckets):
+def buckets(labels: Tensor, probs: Tensor, threshold: float) -> Tensor:
+    """0 correct negative, 1 correct positive, 2 misclassified negative, 3 misclassified positive."""
+    wrong = (decide(probs, threshold) != labels).long()
+    return 2 * wrong + labels.long()
+
+
+def pick_examples(labels: Tensor, probs: Tensor, threshold: float, n: int) -> Tensor:
+    """Up to n indices, shared as evenly as there are images among the four buckets, grouped in their order."""
+    groups = buckets(labels, probs, threshold)
+    members = [torch.nonzero(groups == b).squeeze(1) for b in range(4)]
+    take = [0] * len(members)
+    while sum(take) < n and any(t < len(b) for t, b in zip(take, members, strict=True)):
+        for k, bucket in enumerate(members):
             if take[k] < len(bucket) and sum(take) < n:
                 take[k] += 1
-    return np.concatenate([b[:t] for b, t in zip(buckets, take, strict=True)]).astype(int)
+    return torch.cat([b[:t] for b, t in zip(members, take, strict=True)])
 
 
-@torch.inference_mode()
-def score_test_images(
-    net: nn.Module, datamodule: ImageDataModule, pool: int, device: torch.device
-) -> tuple[Tensor, np.ndarray, np.ndarray]:
-    """The first `pool` test images as uint8 NCHW on the CPU, their labels and P(FAKE)."""
-    datamodule.setup("test")
-    images, labels, probs = [], [], []
-    for x, y in datamodule.test_dataloader():
-        probs.append(net(datamodule.preprocess(x.to(device))).float().sigmoid().cpu())
-        images.append(x.cpu())
-        labels.append(y.cpu())
-        if sum(len(b) for b in labels) >= pool:
-            break
-    return torch.cat(images)[:pool], torch.cat(labels)[:pool].numpy(), torch.cat(probs)[:pool].numpy()
+class FirstOfEachBucket:
+    """The first n scored images of each bucket (all that `pick_examples` can choose), kept while scoring."""
+
+    def __init__(self, threshold: float, n: int) -> None:
+        self.threshold, self.n = threshold, n
+        self.images: list[Tensor] = []
+        self.labels: list[Tensor] = []
+        self.probs: list[Tensor] = []
+        self.counts = torch.zeros(4, dtype=torch.long)
+
+    def __call__(self, images: Tensor, probs: Tensor, labels: Tensor) -> None:
+        groups = buckets(labels, probs, self.threshold)
+        keep = torch.zeros(len(labels), dtype=torch.bool)
+        for b in range(4):
+            idx = torch.nonzero(groups == b).squeeze(1)[: max(self.n - int(self.counts[b]), 0)]
+            keep[idx] = True
+            self.counts[b] += len(idx)
+        self.images.append(images[keep])
+        self.labels.append(labels[keep])
+        self.probs.append(probs[keep])
 
 
 def gradcam_maps(net: nn.Module, layer: nn.Module, inputs: Tensor, targets: list[int]) -> np.ndarray:
@@ -79,7 +103,7 @@ def gradcam_maps(net: nn.Module, layer: nn.Module, inputs: Tensor, targets: list
 
 
 def gradcam_figure(
-    images: Tensor, maps: np.ndarray, labels: np.ndarray, probs: np.ndarray, threshold: float,
+    images: Tensor, maps: np.ndarray, labels: Tensor, probs: Tensor, threshold: float,
     classes: list[str], layer_name: str, cols: int = 4,
 ) -> Figure:
     """Image and overlay side by side; titles give the true class and P(FAKE), green if right, red if wrong."""
@@ -88,9 +112,11 @@ def gradcam_figure(
                              layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
-    for k, (image, cam, label, prob) in enumerate(zip(images, maps, labels, probs, strict=True)):
+    predictions = decide(probs, threshold)
+    for k, (image, cam, label, prob, predicted) in enumerate(zip(images, maps, labels, probs, predictions,
+                                                                  strict=True)):
         rgb = image.permute(1, 2, 0).numpy().astype(np.float32) / 255
-        right = int(prob > threshold) == int(label)
+        right = int(predicted) == int(label)
         left, over = axes[k // cols, 2 * (k % cols)], axes[k // cols, 2 * (k % cols) + 1]
         left.imshow(rgb, interpolation="nearest")
         left.set_title(f"{classes[int(label)]} p={prob:.2f}", color="green" if right else "red", fontsize=9)
@@ -102,19 +128,22 @@ def gradcam_figure(
 
 
 def explain_test_images(
-    net: nn.Module, datamodule: ImageDataModule, threshold: float, n: int = 16, pool: int = 1000,
+    model: Detector, datamodule: ImageDataModule, threshold: float, n: int = 16, pool: int = 1000,
     device: torch.device | None = None,
 ) -> Figure:
     """Score `pool` test images, pick n hits and misses of both classes, return their Grad-CAM grid."""
+    explainable_layers(model.net)
     device = device or torch.device("cpu")
-    net = net.to(device).eval()
-    images, labels, probs = score_test_images(net, datamodule, pool, device)
+    datamodule.setup("test")
+    kept = FirstOfEachBucket(threshold, n)
+    score(model, datamodule.test_dataloader(), datamodule.preprocess, device, limit=pool, keep=kept)
+    if not kept.images:
+        raise ConfigError("no test images to explain: the test split is empty (data.root, data.test_limit)")
+    images, labels, probs = torch.cat(kept.images), torch.cat(kept.labels), torch.cat(kept.probs)
     picked = pick_examples(labels, probs, threshold, n)
-    if not len(picked):
-        raise ValueError("no test images to explain")
-    predicted = [int(p > threshold) for p in probs[picked]]
+    net = model.net.eval()
     inputs = datamodule.preprocess(images[picked].to(device))
     layer = cam_layer(net, inputs)
-    maps = gradcam_maps(net, layer, inputs, predicted)
+    maps = gradcam_maps(net, layer, inputs, decide(probs[picked], threshold).tolist())
     name = next(n for n, m in net.named_modules() if m is layer)
     return gradcam_figure(images[picked], maps, labels[picked], probs[picked], threshold, datamodule.classes, name)

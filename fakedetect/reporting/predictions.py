@@ -1,31 +1,66 @@
-"""Scores of a trained net over a data split, for reports that need every prediction at once."""
+"""The one scorer: P(FAKE) of a trained detector over any iterable of (uint8 NCHW, labels) batches.
+
+eval, its report and robustness table, Grad-CAM, predict and the bench all score through `score`, which runs
+the Detector's own `predict_step` on batches preprocessed as in testing, so a split scored here gives the
+probabilities of the test step bit for bit (same batches, same precision context).
+"""
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-from torch import nn
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 
-from fakedetect.data.datamodule import ImageDataModule
+import torch
+from torch import Tensor
+
+from fakedetect.modules.detector import Detector
+
+Batches = Iterable[tuple[Tensor, Tensor]]
 
 
 @torch.no_grad()
-def predict_images(net: nn.Module, datamodule: ImageDataModule, images: torch.Tensor, batch_size: int = 1024,
-                   device: torch.device | str = "cpu") -> np.ndarray:
-    """Probability of FAKE for uint8 NCHW images, preprocessed exactly as in evaluation."""
-    net = net.eval().to(device)
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = datamodule.preprocess(images[start : start + batch_size].to(device))
-        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16,
-                            enabled=torch.device(device).type == "cuda"):
-            out.append(net(x).float().sigmoid().cpu())
-    return torch.cat(out).numpy()
+def score(
+    model: Detector,
+    batches: Batches,
+    preprocess: Callable[[Tensor], Tensor],
+    device: torch.device | str = "cpu",
+    *,
+    transform: Callable[[Tensor], Tensor] | None = None,
+    limit: int | None = None,
+    keep: Callable[[Tensor, Tensor, Tensor], None] | None = None,
+    context: Callable[[], AbstractContextManager] = nullcontext,
+) -> tuple[Tensor, Tensor]:
+    """(P(FAKE) float32, labels) on the CPU for every image of `batches`, in order.
 
-
-def split_images(datamodule: ImageDataModule, split: str) -> tuple[torch.Tensor, np.ndarray]:
-    """A split's uint8 NCHW images and labels (memory loader), for scoring and for showing mistakes."""
-    images, labels = datamodule.splits[split]
-    if not images.size:
-        raise ValueError("reports need data.loader=memory (images held in memory); set it for eval")
-    return torch.from_numpy(images).permute(0, 3, 1, 2), labels
+    - `transform` changes each uint8 batch before preprocessing (a degradation, for the robustness table).
+    - `keep(images, probs, labels)` sees every scored batch on the CPU, so a caller can hold the few images it
+      shows (the most confident mistakes, Grad-CAM examples) without holding the split.
+    - `limit` stops after that many images; `context` is the precision context of the forward pass (a
+      Trainer's `precision_plugin.forward_context`, to match its test step).
+    The model is scored in eval mode and left in the mode it came in.
+    """
+    training = model.training
+    model.eval().to(device)
+    probs: list[Tensor] = []
+    labels: list[Tensor] = []
+    seen = 0
+    try:
+        for images, y in batches:
+            if limit is not None:
+                if seen >= limit:
+                    break
+                images, y = images[: limit - seen], y[: limit - seen]
+            if transform is not None:
+                images = transform(images)
+            with context():
+                p = model.predict_step((preprocess(images.to(device, non_blocking=True)),)).cpu()
+            probs.append(p)
+            labels.append(y.cpu())
+            if keep is not None:
+                keep(images.cpu(), p, labels[-1])
+            seen += len(y)
+    finally:
+        model.train(training)
+    if not probs:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return torch.cat(probs), torch.cat(labels)

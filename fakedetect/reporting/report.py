@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,23 +24,45 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
+from fakedetect.metrics.thresholds import decide
 from fakedetect.reporting.figures import log_figure, plt
 
-CLASSES = ("REAL", "FAKE")
 
-
-def threshold_metrics(probs: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[str, float]:
-    """Accuracy and per-class precision, recall and F1 when FAKE is called at probs >= threshold."""
-    preds = (probs >= threshold).long()
+def threshold_metrics(probs: torch.Tensor, labels: torch.Tensor, threshold: float, classes: Sequence[str]
+                      ) -> dict[str, float]:
+    """Accuracy and per-class precision, recall and F1 of the decisions at `threshold`."""
+    preds = decide(probs, threshold)
     out = {"threshold": threshold, "acc": float(binary_accuracy(preds, labels))}
     for name, fn in (("precision", multiclass_precision), ("recall", multiclass_recall), ("f1", multiclass_f1_score)):
         values = fn(preds, labels, num_classes=2, average=None)
-        out.update({f"{name}_{cls}": float(v) for cls, v in zip(CLASSES, values, strict=True)})
+        out.update({f"{name}_{cls}": float(v) for cls, v in zip(classes, values, strict=True)})
     return out
 
 
-def reliability_figure(probs: np.ndarray, labels: np.ndarray, ece: float, bins: int = 15) -> Figure:
-    """Observed frequency of FAKE against predicted probability, per bin (the diagonal is calibrated)."""
+class ConfidentMistakes:
+    """The `per_kind` most confident mistakes of each true class at `threshold`, kept while scoring (a `keep`
+    of `score`), so the report never holds the split's images."""
+
+    def __init__(self, threshold: float, per_kind: int = 8) -> None:
+        self.threshold, self.per_kind = threshold, per_kind
+        self.images: list[torch.Tensor | None] = [None, None]
+        self.probs: list[torch.Tensor] = [torch.empty(0), torch.empty(0)]
+
+    def __call__(self, images: torch.Tensor, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        wrong = decide(probs, self.threshold) != labels
+        for c in (0, 1):
+            idx = (wrong & (labels == c)).nonzero().squeeze(1)
+            kept = self.images[c]
+            pool = images[idx] if kept is None else torch.cat([kept, images[idx]])
+            p = torch.cat([self.probs[c], probs[idx]])
+            # the surest wrong call first: highest P(FAKE) for a REAL image, lowest for a FAKE one
+            top = (p if c == 0 else -p).argsort(descending=True, stable=True)[: self.per_kind]
+            self.images[c], self.probs[c] = pool[top], p[top]
+
+
+def reliability_figure(probs: np.ndarray, labels: np.ndarray, ece: float, positive: str, bins: int = 15) -> Figure:
+    """Observed frequency of the positive class against its predicted probability, per bin (the diagonal is
+    calibrated)."""
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(probs, edges) - 1, 0, bins - 1)
     counts = np.bincount(which, minlength=bins)
@@ -49,61 +71,61 @@ def reliability_figure(probs: np.ndarray, labels: np.ndarray, ece: float, bins: 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.bar(centres[counts > 0], observed[counts > 0], width=1 / bins, edgecolor="black", alpha=0.7, label="observed")
     ax.plot([0, 1], [0, 1], "k--", label="calibrated")
-    ax.set(xlabel="predicted probability of FAKE", ylabel="fraction FAKE", title=f"Reliability (ECE {ece:.4f})",
-           xlim=(0, 1), ylim=(0, 1))
+    ax.set(xlabel=f"predicted probability of {positive}", ylabel=f"fraction {positive}",
+           title=f"Reliability (ECE {ece:.4f})", xlim=(0, 1), ylim=(0, 1))
     ax.legend()
     return fig
 
 
-def mistakes_figure(images: torch.Tensor, probs: np.ndarray, labels: np.ndarray, per_kind: int = 8) -> Figure:
-    """The most confident false positives (REAL called FAKE) and false negatives (FAKE called REAL)."""
-    wrong_real = np.flatnonzero((labels == 0) & (probs >= 0.5))
-    wrong_fake = np.flatnonzero((labels == 1) & (probs < 0.5))
-    rows = [("REAL called FAKE", wrong_real[np.argsort(-probs[wrong_real])][:per_kind]),
-            ("FAKE called REAL", wrong_fake[np.argsort(probs[wrong_fake])][:per_kind])]
+def mistakes_figure(mistakes: ConfidentMistakes, classes: Sequence[str]) -> Figure:
+    """The most confident false positives and false negatives."""
+    per_kind = mistakes.per_kind
     fig, axes = plt.subplots(2, per_kind, figsize=(1.6 * per_kind, 4), squeeze=False)
-    for r, (title, idx) in enumerate(rows):
-        for c in range(per_kind):
-            ax = axes[r][c]
+    for c, (images, probs) in enumerate(zip(mistakes.images, mistakes.probs, strict=True)):
+        for k in range(per_kind):
+            ax = axes[c][k]
             ax.axis("off")
-            if c < len(idx):
-                ax.imshow(images[idx[c]].permute(1, 2, 0).squeeze().numpy(), cmap="gray")
-                ax.set_title(f"p(FAKE)={probs[idx[c]]:.3f}", fontsize=8)
-        axes[r][0].text(-0.1, 0.5, title, transform=axes[r][0].transAxes, rotation=90, va="center", ha="right")
-    fig.suptitle("Most confident mistakes")
+            if images is not None and k < len(images):
+                ax.imshow(images[k].permute(1, 2, 0).squeeze().numpy(), cmap="gray")
+                ax.set_title(f"p({classes[1]})={probs[k]:.3f}", fontsize=8)
+        axes[c][0].text(-0.1, 0.5, f"{classes[c]} called {classes[1 - c]}", transform=axes[c][0].transAxes,
+                        rotation=90, va="center", ha="right")
+    fig.suptitle(f"Most confident mistakes at threshold {mistakes.threshold:.4f}")
     return fig
 
 
 def write_report(
     folder: Path,
-    probs: np.ndarray,
-    labels: np.ndarray,
-    images: torch.Tensor,
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    mistakes: ConfidentMistakes,
     thresholds: dict[str, float],
+    classes: Sequence[str],
     loggers: Iterable[object] = (),
 ) -> dict:
     """Write metrics.json, report.md and PNG figures to `folder`; the same figures go to the loggers.
 
-    `thresholds` maps a name (0.5, youden, f1) to a value chosen on the validation split.
+    `thresholds` maps a name (0.5, youden, f1) to a value; `classes` names label 0 and 1.
     """
     folder.mkdir(parents=True, exist_ok=True)
     loggers = list(loggers)
-    p, y = torch.from_numpy(probs).float(), torch.from_numpy(labels).long()
+    p, y = probs.float(), labels.long()
     ece = float(BinaryCalibrationError(n_bins=15)(p, y))
     summary = {
         "n": len(y),
+        "classes": list(classes),
         "auroc": float(binary_auroc(p, y)),
         "average_precision": float(BinaryAveragePrecision()(p, y)),
         "ece": ece,
-        "at_threshold": {name: threshold_metrics(p, y, t) for name, t in thresholds.items()},
+        "at_threshold": {name: threshold_metrics(p, y, t, classes) for name, t in thresholds.items()},
     }
     figures: dict[str, Figure] = {}
-    for name, metric in (("confusion_matrix", BinaryConfusionMatrix()), ("roc", BinaryROC()),
-                         ("precision_recall", BinaryPrecisionRecallCurve())):
+    for name, metric in (("confusion_matrix", BinaryConfusionMatrix(threshold=mistakes.threshold)),
+                         ("roc", BinaryROC()), ("precision_recall", BinaryPrecisionRecallCurve())):
         metric.update(p, y)
-        figures[name] = metric.plot(**({"labels": list(CLASSES)} if name == "confusion_matrix" else {"score": True}))[0]
-    figures["reliability"] = reliability_figure(probs, labels, ece)
-    figures["mistakes"] = mistakes_figure(images, probs, labels)
+        figures[name] = metric.plot(**({"labels": list(classes)} if name == "confusion_matrix" else {"score": True}))[0]
+    figures["reliability"] = reliability_figure(p.numpy(), y.numpy(), ece, classes[1])
+    figures["mistakes"] = mistakes_figure(mistakes, classes)
     for name, fig in figures.items():
         fig.savefig(folder / f"{name}.png", dpi=120, bbox_inches="tight")
         log_figure(loggers, f"report/{name}", fig, 0)
@@ -113,19 +135,17 @@ def write_report(
 
 
 def _markdown(summary: dict, figures: list[str]) -> str:
+    keys = ["acc", *(f"{m}_{c}" for c in summary["classes"] for m in ("precision", "recall", "f1"))]
     lines = [
         "# Evaluation report",
         "",
         f"{summary['n']} images; AUROC {summary['auroc']:.4f}, average precision {summary['average_precision']:.4f}, "
         f"expected calibration error {summary['ece']:.4f}.",
         "",
-        "| threshold | value | accuracy | precision REAL | recall REAL | F1 REAL | precision FAKE | recall FAKE "
-        "| F1 FAKE |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| threshold | value | " + " | ".join(k.replace("_", " ").replace("acc", "accuracy") for k in keys) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in keys) + " |",
     ]
     for name, m in summary["at_threshold"].items():
-        cells = [m[k] for k in ("acc", "precision_REAL", "recall_REAL", "f1_REAL", "precision_FAKE", "recall_FAKE",
-                                "f1_FAKE")]
-        lines.append(f"| {name} | {m['threshold']:.4f} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
+        lines.append(f"| {name} | {m['threshold']:.4f} | " + " | ".join(f"{m[k]:.4f}" for k in keys) + " |")
     lines += ["", *[f"![{name}]({name}.png)" for name in figures], ""]
     return "\n".join(lines)

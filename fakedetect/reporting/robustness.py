@@ -4,49 +4,50 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_accuracy, binary_auroc
 
-from fakedetect.data.degrade import degrade
+from fakedetect.data.degrade import DEGRADATIONS, degrade
+from fakedetect.metrics.thresholds import decide
 from fakedetect.reporting.figures import log_figure, plt
+from fakedetect.utils.errors import ConfigError
 
 DEFAULT_CONDITIONS = ("clean", "jpeg:95", "jpeg:75", "jpeg:50", "resize:0.5", "resize:0.25", "blur:0.5", "blur:1.0",
                       "noise:0.02", "noise:0.05")
 
 
 def parse_condition(condition: str) -> tuple[str, float | None]:
-    """'jpeg:75' -> ('jpeg', 75.0); 'clean' -> ('clean', None)."""
+    """'jpeg:75' -> ('jpeg', 75.0); 'clean' -> ('clean', None); anything else is a one-line config error."""
     if condition == "clean":
         return "clean", None
     kind, _, strength = condition.partition(":")
-    if not strength:
-        raise ValueError(f"robustness condition '{condition}' needs a strength, e.g. jpeg:75 or blur:1.0")
-    return kind, float(strength)
+    try:
+        value = float(strength)
+    except ValueError:
+        value = None
+    if kind not in DEGRADATIONS or value is None:
+        raise ConfigError(f"robustness.conditions: '{condition}' is not clean or kind:strength with a kind of "
+                          f"{sorted(DEGRADATIONS)} and a number, e.g. jpeg:75 or blur:1.0")
+    return kind, value
 
 
 def robustness_table(
-    score: Callable[[torch.Tensor], np.ndarray],
-    images: torch.Tensor,
-    labels: np.ndarray,
+    score: Callable[[Callable[[torch.Tensor], torch.Tensor] | None], tuple[torch.Tensor, torch.Tensor]],
+    threshold: float,
     conditions: Iterable[str] = DEFAULT_CONDITIONS,
-    threshold: float = 0.5,
-    chunk: int = 4096,
 ) -> list[dict]:
-    """One row per condition: the degraded test images scored by `score` (uint8 NCHW -> p(FAKE))."""
-    y = torch.from_numpy(labels).long()
+    """One row per condition: accuracy at `threshold` and AUROC of `score(transform)` -> (P(FAKE), labels),
+    where `transform` degrades each uint8 NCHW test batch (None for the clean one)."""
+    parsed = {condition: parse_condition(condition) for condition in conditions}  # all checked before scoring
     rows = []
-    for condition in conditions:
-        kind, strength = parse_condition(condition)
-        probs = np.concatenate([
-            score(batch if strength is None else degrade(batch, kind, strength))
-            for batch in images.split(chunk)
-        ])
-        p = torch.from_numpy(probs).float()
-        rows.append({"condition": condition, "acc": float(binary_accuracy(p, y, threshold=threshold)),
-                     "auroc": float(binary_auroc(p, y))})
+    for condition, (kind, strength) in parsed.items():
+        probs, labels = score(None if strength is None else partial(degrade, kind=kind, strength=strength))
+        rows.append({"condition": condition, "acc": float(binary_accuracy(decide(probs, threshold), labels)),
+                     "auroc": float(binary_auroc(probs, labels))})
     return rows
 
 
