@@ -25,7 +25,7 @@ from fakedetect.data.decode import (
     load_cache,
     save_cache,
 )
-from fakedetect.data.loaders import DeviceBatches, StreamDataset, StreamLoader, collate_skipping
+from fakedetect.data.loaders import DeviceBatches, StreamDataset, StreamLoader, StreamTrainLoader, collate_skipping
 from fakedetect.data.sources import DataLayoutError, Entry, Listing, Source
 from fakedetect.utils.errors import ConfigError, is_int, is_number, require
 
@@ -300,7 +300,10 @@ class ImageDataModule(L.LightningDataModule):
         x = (x - mean) / std
         return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
 
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor] | None,
+                                dataloader_idx: int) -> tuple[Tensor, Tensor] | None:
+        if batch is None:  # a streamed training batch of only unreadable files, which Lightning skips
+            return None
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
         return self.preprocess(images, train=training), labels
@@ -328,7 +331,7 @@ class ImageDataModule(L.LightningDataModule):
             return DeviceBatches(images, labels, batch, shuffle=train, seed=self.seed,
                                  rank=rank, world_size=world, drop_last=drop_last)
         dataset = StreamDataset(self._source(), self._entries[split], self.resolution, self.max_pixels, self.skip_bad)
-        return StreamLoader(
+        return (StreamTrainLoader if train else StreamLoader)(
             dataset, batch_size=batch, shuffle=train, num_workers=self.num_workers,
             collate_fn=collate_skipping, pin_memory=self._device().type == "cuda",
             persistent_workers=self.num_workers > 0, drop_last=drop_last,

@@ -151,7 +151,7 @@ def save_cache(folder: Path, decoded: Decoded) -> None:
     A reader sees a whole cache or none, whether the writer is killed or another process writes the same key
     at once (the last rename wins; both hold the same images). A cache that cannot be written is a warning.
     """
-    tmp = None
+    tmp = stale = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
@@ -162,13 +162,13 @@ def save_cache(folder: Path, decoded: Decoded) -> None:
         if folder.exists():  # an unreadable leftover that load_cache refused, or another writer's: set it aside
             stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}.stale-", dir=folder.parent))
             os.replace(folder, stale / "old")
-            shutil.rmtree(stale, ignore_errors=True)
         os.replace(tmp, folder)
-    except OSError as err:
-        log.warning("could not write the decode cache %s (%s); the next run decodes again", folder, err)
+    except OSError as err:  # a read-only cache folder, or another writer renamed its copy in at the same moment
+        log.warning("decode cache %s not written by this run: %s", folder, err)
     finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, stale):
+            if leftover is not None:
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def load_cache(folder: Path) -> Decoded | None:

@@ -104,11 +104,15 @@ class StreamLoader(DataLoader):
     """A DataLoader over a StreamDataset that yields (images, labels) and never an empty batch.
 
     Unreadable files are logged and counted here, in the main process (or, with skip_bad false, stop the run with
-    a BadImageError naming the file: raised in a worker it would arrive wrapped in a traceback); a batch of only
-    unreadable files is skipped.
+    a BadImageError naming the file: raised in a worker it would arrive wrapped in a traceback). A batch of only
+    unreadable files is left out, or, from `StreamTrainLoader`, is None.
     """
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    # None in place of an all-unreadable batch: Lightning skips a None training batch, and the epoch keeps the
+    # length it announced, by which Lightning decides when to validate
+    keeps_batch_count = False
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor] | None]:
         dataset: StreamDataset = self.dataset
         for images, labels, bad in super().__iter__():
             for item in bad:
@@ -120,5 +124,11 @@ class StreamLoader(DataLoader):
                             dataset.source.path, item.name, len(dataset.skipped), item.reason)
             if len(labels):
                 yield images, labels
-            else:
-                log.warning("skipping a batch whose %d images are all unreadable", len(bad))
+                continue
+            log.warning("skipping a batch whose %d images are all unreadable", len(bad))
+            if self.keeps_batch_count:
+                yield None
+
+
+class StreamTrainLoader(StreamLoader):
+    keeps_batch_count = True
