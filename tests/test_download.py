@@ -24,12 +24,15 @@ DIGEST = hashlib.sha256(BLOB).hexdigest()
 
 
 class RangeHandler(BaseHTTPRequestHandler):
-    """Serves BLOB, honouring `Range: bytes=N-`; the server's `cut` bytes end the first response early."""
+    """Serves BLOB, honouring `Range: bytes=N-` unless told not to; the server's `cut` bytes end the first
+    response early."""
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         server = self.server
         wanted = self.headers.get("Range")
         server.ranges.append(wanted)
+        if not server.honour_range:
+            wanted = None
         start = int(wanted.removeprefix("bytes=").split("-")[0]) if wanted else 0
         if start >= len(BLOB):
             self.send_response(416)
@@ -52,7 +55,7 @@ class RangeHandler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[ThreadingHTTPServer]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
-    httpd.ranges, httpd.cut = [], None
+    httpd.ranges, httpd.cut, httpd.honour_range = [], None, True
     httpd.url = f"http://127.0.0.1:{httpd.server_port}/archive.zip"
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -140,3 +143,18 @@ def test_kaggle_credentials_without_the_package_fall_back_to_url(
         fetch_cifake(tmp_path / "archive.zip", server.url, DIGEST, "owner/dataset", 5)
     assert "kaggle package is not installed" in caplog.text
     assert (tmp_path / "archive.zip").read_bytes() == BLOB
+
+
+def test_server_without_range_starts_over(server: ThreadingHTTPServer, tmp_path: Path) -> None:
+    """A partial file is never extended with a whole body sent from the first byte."""
+    server.honour_range = False
+    (tmp_path / "archive.zip.part").write_bytes(BLOB[:1000])
+    download(server.url, tmp_path / "archive.zip", DIGEST)
+    assert (tmp_path / "archive.zip").read_bytes() == BLOB
+
+
+def test_bad_dest_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    for dest, message in ((tmp_path, "is a folder"), (tmp_path / "file" / "archive.zip", "cannot create")):
+        with pytest.raises(DownloadError, match=message):
+            fetch_cifake(dest, "http://cifake.invalid/archive.zip", None, None, 1)

@@ -100,7 +100,11 @@ def _receive(response: http.client.HTTPResponse, part: Path, start: int, url: st
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
     try:
-        with part.open("ab" if start else "wb") as out, Progress(*columns) as progress:
+        out = part.open("ab" if start else "wb")
+    except OSError as err:
+        raise DownloadError(f"cannot write {part} ({err.strerror}); choose another dest=...") from None
+    try:
+        with out, Progress(*columns) as progress:
             task = progress.add_task(part.name.removesuffix(".part"), total=total, completed=start)
             while block := response.read(CHUNK):
                 out.write(block)
@@ -142,11 +146,16 @@ def kaggle_download(dataset: str, dest: Path) -> bool:
 
 def fetch_cifake(dest: Path, url: str | None, sha256: str | None, kaggle: str | None, timeout: float) -> Path:
     """CIFAKE at `dest`, fetched only when it is not there yet."""
+    if dest.is_dir():
+        raise DownloadError(f"dest={dest} is a folder; name the file to write, e.g. dest={dest / 'archive.zip'}")
     if dest.exists():
         log.info("%s is already there (remove it to download again)", dest)
         verify(dest, sha256)
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DownloadError(f"cannot create the folder of dest={dest} ({err.strerror}); choose another") from None
     if kaggle and kaggle_credentials() and kaggle_download(kaggle, dest):
         verify(dest, sha256)
         return dest
