@@ -44,13 +44,13 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify(path: Path, expected: str | None) -> None:
+def verify(path: Path, expected: str | int | None) -> None:
     """Remove `path` and stop when its SHA-256 is not `expected` (None: only log it, so that it can be pinned)."""
     got = sha256_of(path)
     if expected is None:
         log.info("%s: sha256 %s (pin it with sha256=...)", path, got)
         return
-    if got != expected.lower():
+    if got != str(expected).lower():
         path.unlink()
         raise DownloadError(f"{path}: SHA-256 {got} is not the expected sha256={expected}; the file was removed "
                             "(run again, or check url and sha256)")
