@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from fakedetect.data import decode as decode_mod
+from fakedetect.data.augment import BatchAugment
 from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.data.decode import Decoded, decode_image, load_cache, save_cache
 from fakedetect.data.inspect import audit
@@ -102,6 +103,15 @@ def test_val_fraction_that_carves_no_class_is_an_error(tmp_path: Path) -> None:
 def test_data_arguments_checked_at_construction(key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=rf"^data\.{key} must be .*, got {re.escape(repr(value))}$"):
         ImageDataModule("never/read", **{key: value})
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("translate", -1), ("blur_prob", 1.5), ("jpeg_quality", [100, 30]), ("jpeg_quality", [0, 100]), ("flip", "yes"),
+    ("resize_scale", [0.0, 1.0]), ("rotate", "10"),
+])
+def test_augment_arguments_checked_at_construction(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=rf"^data\.augment\.{key} must be .*, got {re.escape(repr(value))}$"):
+        BatchAugment(**{key: value})
 
 
 @pytest.mark.parametrize(("build", "key"), [
@@ -260,6 +270,16 @@ def test_stream_batch_of_only_unreadable_files_is_skipped_and_counted(tmp_path: 
     batches = list(StreamLoader(dataset, batch_size=2, collate_fn=collate_skipping))
     assert [tuple(images.shape) for images, _ in batches] == [(1, 3, 16, 16)]
     assert dataset.skipped == ["train/REAL/a.png", "train/REAL/b.png"]
+
+
+def test_stream_class_with_only_unreadable_files_stops_after_the_pass(tmp_path: Path) -> None:
+    root = _tree(tmp_path / "data")
+    for f in (root / "test" / "FAKE").iterdir():
+        f.write_bytes(GARBAGE)
+    dm = _module(root, tmp_path, loader="stream", num_workers=0)
+    with pytest.raises(DataLayoutError, match=r"every image of class 1 read from 'test/FAKE' in this split is "
+                                              r"unreadable \(4 files, e\.g\. test/FAKE/"):
+        list(dm.test_dataloader())
 
 
 def test_stream_skip_bad_false_names_the_file_in_one_line(tmp_path: Path) -> None:

@@ -7,12 +7,14 @@ crop every image the same way; these draw one per image, with no per-sample Pyth
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fakedetect.data.degrade import blur, jpeg, shrink
+from fakedetect.utils.errors import is_int, is_number, require
 
 
 def random_flip(x: Tensor) -> Tensor:
@@ -107,6 +109,7 @@ class BatchAugment(nn.Module):
         resize_scale: tuple[float, float] = (0.25, 1.0),
     ) -> None:
         super().__init__()
+        _check_arguments(locals())
         self.flip, self.translate, self.rotate = flip, translate, rotate
         self.jitter = (brightness, contrast, saturation)
         self.blur_jpeg = (blur_prob, blur_sigma, jpeg_prob, tuple(jpeg_quality))
@@ -127,3 +130,30 @@ class BatchAugment(nn.Module):
         if any(self.jitter):
             x = colour_jitter(x, *self.jitter)
         return x
+
+
+def _check_arguments(args: dict) -> None:
+    """Every data.augment.<key>, checked at construction: out of range, a stage would fail mid-epoch or mean nothing."""
+
+    def share(v: object) -> bool:
+        return is_number(v) and 0 <= v <= 1
+
+    def pair(v: object, ok: Callable[[object], bool]) -> bool:
+        return isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2 and all(map(ok, v)) and v[0] <= v[1]
+
+    checks = [
+        ("flip", lambda v: isinstance(v, bool), "true or false"),
+        ("translate", lambda v: is_int(v) and v >= 0, "an integer >= 0 (pixels)"),
+        ("rotate", lambda v: is_number(v) and 0 <= v <= 180, "a number of degrees in [0, 180]"),
+        ("brightness", share, "a number in [0, 1]"),
+        ("contrast", share, "a number in [0, 1]"),
+        ("saturation", share, "a number in [0, 1]"),
+        ("blur_prob", share, "a probability in [0, 1]"),
+        ("blur_sigma", lambda v: is_number(v) and v >= 0, "a number >= 0 (pixels)"),
+        ("jpeg_prob", share, "a probability in [0, 1]"),
+        ("jpeg_quality", lambda v: pair(v, lambda q: is_int(q) and 1 <= q <= 100), "[low, high] qualities in 1..100"),
+        ("resize_prob", share, "a probability in [0, 1]"),
+        ("resize_scale", lambda v: pair(v, lambda f: is_number(f) and 0 < f <= 1), "[low, high] factors in (0, 1]"),
+    ]
+    for key, ok, expected in checks:
+        require(f"data.augment.{key}", args[key], ok(args[key]), expected)

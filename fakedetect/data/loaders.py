@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import PurePosixPath
 from typing import NamedTuple
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from fakedetect.data.decode import DEFAULT_MAX_PIXELS, BadImageError, decode_image
-from fakedetect.data.sources import Entry, Source
+from fakedetect.data.sources import DataLayoutError, Entry, Source
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class Unreadable(NamedTuple):
     """A file a worker could not decode: handed to the main process, which counts it or stops on it."""
 
     name: str
+    label: int
     reason: str
 
 
@@ -86,7 +88,7 @@ class StreamDataset(Dataset):
         try:
             image = decode_image(self.source.read_one(entry.name), self.resolution, self.max_pixels)
         except Exception as err:  # noqa: BLE001 - a bad file is skipped or reported by name, never a crash mid-epoch
-            return Unreadable(entry.name, f"{type(err).__name__}: {err}")
+            return Unreadable(entry.name, entry.label, f"{type(err).__name__}: {err}")
         return torch.from_numpy(image).permute(2, 0, 1), entry.label
 
 
@@ -114,20 +116,32 @@ class StreamLoader(DataLoader):
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor] | None]:
         dataset: StreamDataset = self.dataset
+        seen: set[int] = set()
+        unreadable: dict[int, list[str]] = {}
         for images, labels, bad in super().__iter__():
             for item in bad:
                 if not dataset.skip_bad:
                     raise BadImageError(f"cannot decode {dataset.source.path}/{item.name}: {item.reason} "
                                         "(data.skip_bad=true skips and counts such files)")
                 dataset.skipped.append(item.name)
+                unreadable.setdefault(item.label, []).append(item.name)
                 log.warning("skipping unreadable image %s/%s (%d skipped): %s",
                             dataset.source.path, item.name, len(dataset.skipped), item.reason)
+            seen.update(labels.tolist())
             if len(labels):
                 yield images, labels
                 continue
             log.warning("skipping a batch whose %d images are all unreadable", len(bad))
             if self.keeps_batch_count:
                 yield None
+        # A whole pass (not one cut short by limit_*_batches) in which a class was only ever unreadable: its
+        # metrics would describe the other class alone.
+        for label in sorted(set(unreadable) - seen):
+            names = unreadable[label]
+            raise DataLayoutError(f"{dataset.source.path}: every image of class {label} read from "
+                                  f"'{PurePosixPath(names[0]).parent}' in this split is unreadable ({len(names)} "
+                                  f"files, e.g. {names[0]}); replace them, or list them with "
+                                  "python -m fakedetect.data.inspect")
 
 
 class StreamTrainLoader(StreamLoader):
