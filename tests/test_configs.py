@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from fakedetect.modules import Detector
@@ -49,7 +50,9 @@ def test_fakefinder_best_matches_the_write_up(tmp_path: Path) -> None:
 def test_loggers_and_callbacks_instantiate(logger: str, tmp_path: Path) -> None:
     cfg = compose_config("train", [f"logger={logger}", "data.root=x"], tmp_path)
     assert len(build_list(cfg.logger)) == (2 if logger == "many" else 1)
-    assert len(build_list(cfg.callbacks)) == 4
+    callbacks = build_list(cfg.callbacks)
+    checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    assert len(callbacks) == 5 and [c.monitor for c in checkpoints] == ["val/acc", None], "best, then latest"
 
 
 @pytest.mark.parametrize(
