@@ -20,7 +20,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from fakedetect.losses import BCEWithLogits
 from fakedetect.modules import Detector
-from fakedetect.nets import Backbone, PretrainedWeightsError
+from fakedetect.nets import MLP, Backbone, PretrainedWeightsError
 from fakedetect.train import train
 from tests.conftest import ROOT, SUBSET
 
@@ -90,7 +90,8 @@ def test_backbone_and_head_learning_rates_reach_the_optimizer() -> None:
 
 
 def test_nets_without_groups_keep_one_group() -> None:
-    model = Detector(torch.nn.Linear(4, 1), BCEWithLogits(), functools.partial(torch.optim.SGD, lr=0.1))
+    model = Detector(MLP(hidden=[], in_channels=1, resolution=2), BCEWithLogits(),
+                     functools.partial(torch.optim.SGD, lr=0.1))
     optimizer = model.configure_optimizers()["optimizer"]
     assert len(optimizer.param_groups) == 1 and optimizer.param_groups[0]["lr"] == 0.1
 

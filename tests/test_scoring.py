@@ -1,0 +1,129 @@
+"""One scorer and one decision rule through every command: train -> checkpoint -> eval -> predict -> gradcam for
+every `model=` option and for a compiled net, on tiny trainings over the shared CIFAKE subset."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+
+from fakedetect.eval import evaluate
+from fakedetect.gradcam import gradcam
+from fakedetect.metrics.thresholds import decide
+from fakedetect.modules import Detector
+from fakedetect.nets import MLP
+from fakedetect.predict import predict
+from fakedetect.reporting.predictions import score
+from fakedetect.train import train
+from fakedetect.utils.checkpoint import load_checkpoint, load_trained
+from fakedetect.utils.errors import ConfigError
+from tests.conftest import ROOT, compose_config, subset_train_config
+
+# model option -> extra overrides; ae_transfer gets timm's tiny test ResNet as its encoder and an MSE reconstruction
+# (no LPIPS weights needed), to stay fast: the code paths are those of the default ResNet-18
+PIPELINES = {
+    "cnn": ["model=cnn"],
+    "ae_transfer": ["model=ae_transfer", "model.net.name=test_resnet", "loss@model.reconstruction=mse"],
+    "compile": ["model=cnn", "model.compile=true"],
+    "mlp": ["model=mlp"],
+    "resnet18": ["model=resnet18"],
+    "timm": ["model=timm", "model.net.name=test_resnet"],
+    "autoencoder": ["model=autoencoder"],
+}
+DEFAULT_RUN = ("cnn", "ae_transfer", "compile")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few images of other sizes and modes, and one file that is not an image."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i, (size, mode) in enumerate([((48, 40), "RGB"), ((32, 32), "L"), ((20, 64), "RGBA")]):
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).convert(mode).save(root / f"{i}.png")
+    (root / "readme.txt").write_text("not an image")
+    return root
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in DEFAULT_RUN else pytest.mark.slow)
+                                  for n in PIPELINES])
+def test_train_eval_predict_gradcam(name: str, tmp_path: Path, cifake_path: Path, cache_dir: Path,
+                                    photos: Path) -> None:
+    run = tmp_path / "train"
+    trained_metrics = train(subset_train_config(
+        cifake_path, cache_dir, run, *PIPELINES[name], "model.threshold=youden", "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2", "callbacks.early_stopping=null"))
+    ckpt = json.loads((run / "metrics.json").read_text())["ckpt_path"]
+    assert not any("_orig_mod" in key for key in load_checkpoint(ckpt)["state_dict"])
+
+    # eval with the stored threshold: the test metrics of training (to the last digit, unless training ran the
+    # compiled kernels, whose float results differ from eager ones), and the report agrees with them exactly
+    out = tmp_path / "eval"
+    metrics = evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "robustness.enabled=true",
+                                               "robustness.conditions=[clean]"], out))
+    test = {k: v for k, v in trained_metrics.items() if k.startswith("test/")}
+    assert {k: metrics[k] for k in test} == (pytest.approx(test, rel=1e-4) if name == "compile" else test)
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["report"]["at_threshold"]["youden"]["acc"] == metrics["test/acc"]
+    assert record["robustness"][0]["acc"] == metrics["test/acc"]
+    assert record["report"]["classes"] == ["REAL", "FAKE"]
+
+    # predict: the checkpoint's threshold and class names, the non-image file counted, not scored
+    rows = predict(compose_config("predict", [f"ckpt_path={ckpt}", f"input={photos}", "num_workers=0",
+                                              "device=cpu"], tmp_path / "predict"))
+    assert [Path(r["path"]).name for r in rows] == ["0.png", "1.png", "2.png"]
+    threshold = metrics["test/threshold"]
+    for row in rows:
+        assert row["threshold"] == threshold and not row["error"]
+        assert row["label"] == ("FAKE" if decide(torch.tensor([row["prob_fake"]]), threshold).item() else "REAL")
+
+    # gradcam: a grid for every net with feature maps; one clear refusal for the MLP
+    args = [f"ckpt_path={ckpt}", "n=4", "pool=64", "device=cpu"]
+    if name == "mlp":
+        with pytest.raises(ConfigError, match="Grad-CAM needs spatial feature maps and MLP has none"):
+            gradcam(compose_config("gradcam", args, tmp_path / "gradcam"))
+    else:
+        png = gradcam(compose_config("gradcam", args, tmp_path / "gradcam"))
+        assert png.stat().st_size > 10_000
+
+
+def test_score_is_the_test_step(cifake_path: Path, cache_dir: Path, tmp_path: Path) -> None:
+    """The scorer on the test loader gives the test step's probabilities; `limit`, `transform` and `keep` see the
+    batches as documented, and the model's mode is left as it was."""
+    datamodule = instantiate(subset_train_config(cifake_path, cache_dir, tmp_path).data)
+    datamodule.setup("test")
+    model = Detector(MLP(hidden=[8]), torch.nn.BCEWithLogitsLoss(), torch.optim.Adam).train()
+    seen: list[int] = []
+    probs, labels = score(model, datamodule.test_dataloader(), datamodule.preprocess, limit=700,
+                          keep=lambda images, p, y: seen.append(len(images)))
+    assert model.training and len(probs) == len(labels) == 700 and sum(seen) == 700
+    assert probs.dtype == torch.float32 and labels.tolist() == datamodule.splits["test"][1][:700].tolist()
+    with torch.no_grad():
+        x = datamodule.preprocess(torch.from_numpy(datamodule.splits["test"][0][:700]).permute(0, 3, 1, 2))
+        expected = model.eval().probabilities(model(x))
+    assert torch.allclose(probs, expected, atol=1e-6)
+    dark, _ = score(model, datamodule.test_dataloader(), datamodule.preprocess, limit=10,
+                    transform=torch.zeros_like)
+    assert torch.allclose(dark, dark[0].expand(10))
+
+
+def test_mlp_gradcam_cli_is_one_line(tmp_path: Path, cifake_path: Path, cache_dir: Path) -> None:
+    """The command itself: exit 1, one line naming the fix, no traceback, nothing scored."""
+    run = tmp_path / "train"
+    train(subset_train_config(cifake_path, cache_dir, run, "model=mlp", "trainer.max_epochs=1",
+                              "+trainer.limit_train_batches=1", "test=false"))
+    ckpt = next((run / "checkpoints").glob("*.ckpt"))
+    done = subprocess.run([sys.executable, "-m", "fakedetect.gradcam", f"ckpt_path={ckpt}", "device=cpu",
+                           f"hydra.run.dir={tmp_path / 'gc'}"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: Grad-CAM needs spatial feature maps")
+    assert load_trained(ckpt).model.net.cam_layers() == []
