@@ -10,12 +10,11 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fakedetect.search.pruning import OptunaTrialCallback
-from fakedetect.utils.builders import build_list, build_model, build_trainer, count_parameters
-from fakedetect.utils.checkpoint import StoreConfig
+from fakedetect.utils.builders import build_list, build_model, build_trainer, count_parameters, instantiate
+from fakedetect.utils.checkpoint import StoreConfig, resume_path
 from fakedetect.utils.errors import one_line_errors
 from fakedetect.utils.records import log_hparams, machine, print_config, scalars, write_metrics
 
@@ -41,7 +40,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics: dict[str, float] = {"params": float(record["params"])}
     if cfg.get("train"):
         start = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_path(cfg.get("ckpt_path"), model), weights_only=True)
         record["train_time_s"] = time.perf_counter() - start
         record["epochs"] = trainer.current_epoch
         record["ckpt_path"] = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -50,7 +49,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         best = record.get("ckpt_path")
         if not best:
             log.warning("no best checkpoint; testing the current weights")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(scalars(trainer.callback_metrics))
     record["metrics"] = metrics
     record["images"] = {split: len(labels) for split, (_, labels) in datamodule.splits.items()}

@@ -11,13 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 from omegaconf import DictConfig
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
 from fakedetect.eval import evaluate
 from fakedetect.train import metric_value, train
-from fakedetect.utils.checkpoint import CONFIG_KEY, checkpoint_config, load_checkpoint
+from fakedetect.utils.checkpoint import checkpoint_config, load_checkpoint
 from tests.conftest import ROOT, SUBSET, compose_config, subset_train_config
 
 
@@ -88,15 +87,6 @@ def test_tensorboard_has_scalars_hparams_and_figures(trained: tuple[DictConfig, 
 def test_missing_optimized_metric_is_named() -> None:
     with pytest.raises(KeyError, match="val/nope"):
         metric_value({"val/acc": 1.0}, "val/nope")
-
-
-def test_checkpoint_without_config_is_a_clear_error(tmp_path: Path) -> None:
-    path = tmp_path / "plain.ckpt"
-    torch.save({"state_dict": {}}, path)
-    with pytest.raises(KeyError, match=CONFIG_KEY):
-        checkpoint_config(load_checkpoint(path), path)
-    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
-        load_checkpoint(tmp_path / "missing.ckpt")
 
 
 def test_cli_train_then_eval(cifake_path: Path, cache_dir: Path, tmp_path: Path) -> None:

@@ -1,15 +1,88 @@
-"""Instantiate the run's parts from a composed config; the only code that reads config groups."""
+"""Instantiate the run's parts from a composed config; the only code that reads config groups.
+
+Every `instantiate` of the package goes through `instantiate` here, which hands Hydra an execution allow-list:
+a config (and above all one stored in a checkpoint, which anyone may have written) can only name the classes
+fakedetect builds, never an arbitrary callable such as `shutil.copyfile` or `os.system`.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
+from typing import Any
 
+import hydra.utils
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
+from fakedetect.utils.errors import ConfigError, user_error
+
 log = logging.getLogger(__name__)
+
+# What a checkpoint's (or an exported detector's) config may build: fakedetect's data module, nets, modules and
+# losses, and the component libraries a config names for them. Narrower than whole packages on purpose: torch.save,
+# torch.hub, torchvision.utils.save_image, torchvision.datasets, timm.create_model(pretrained=True), lpips.LPIPS or
+# torchmetrics' CLIP and LPIPS metrics would write files or download from a config alone (LPIPS is reached through
+# fakedetect.losses, which loads local weights).
+MODEL_TARGETS = (
+    "fakedetect.data.datamodule.*",
+    "fakedetect.data.augment.*",
+    "fakedetect.modules.*",
+    "fakedetect.nets.*",
+    "fakedetect.losses.*",
+    "torch.nn.*",
+    "torch.optim.*",
+    "torchvision.ops.*",
+    "torchvision.transforms.*",
+    "timm.layers.*",
+    "timm.loss.*",
+    "timm.optim.*",
+    "timm.scheduler.*",
+    "torchmetrics.classification.*",
+    "torchmetrics.aggregation.*",
+    "torchmetrics.regression.*",
+    "pytorch_msssim.*",
+)
+# What a run's own config (conf/ and the command line) may build besides: Lightning's trainer and its parts.
+RUN_TARGETS = (
+    *MODEL_TARGETS,
+    "lightning.pytorch.trainer.*",
+    "lightning.pytorch.callbacks.*",
+    "lightning.pytorch.loggers.*",
+    "lightning.pytorch.strategies.*",
+    "lightning.pytorch.plugins.*",
+    "lightning.pytorch.profilers.*",
+    "lightning.pytorch.accelerators.*",
+)
+
+
+def instantiate(config: Any, *args: Any, allow: Sequence[str] = RUN_TARGETS, source: str = "config",
+                **kwargs: Any) -> Any:
+    """Hydra's instantiate under the `allow` list; a refused or unknown target is one ConfigError naming `source`."""
+    try:
+        return hydra.utils.instantiate(config, *args, _execution_whitelist_=list(allow), **kwargs)
+    except InstantiationException as err:
+        if user_error(err) is not None:
+            raise
+        raise ConfigError(f"{source}: {refusal(err, allow)}") from err
+
+
+def refusal(err: InstantiationException, allow: Sequence[str]) -> str:
+    """Hydra's multi-line refusal as one line: the target, its key and which list it is not on."""
+    text = str(err)
+    target = re.search(r"target '([^']*)'", text, re.IGNORECASE)
+    key = re.search(r"^full_key: (.*)$", text, re.MULTILINE)
+    where = f" at {key.group(1)}" if key else ""
+    if target is None:
+        return " ".join(text.split()) + where
+    named = {MODEL_TARGETS: "MODEL_TARGETS", RUN_TARGETS: "RUN_TARGETS"}.get(tuple(allow))
+    listed = f"fakedetect.utils.builders.{named}" if named else ", ".join(allow)
+    if isinstance(err.__cause__, ImportError):
+        return f"_target_ '{target.group(1)}'{where} cannot be imported: no such class or function"
+    return f"_target_ '{target.group(1)}'{where} is refused: fakedetect builds only targets on its allow-list: {listed}"
 
 
 def resolve_precision(trainer_cfg: DictConfig) -> str:
@@ -31,8 +104,9 @@ def build_list(cfg: DictConfig | None) -> list:
     return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
-def build_model(cfg: DictConfig) -> L.LightningModule:
-    return instantiate(cfg.model, loss=instantiate(cfg.loss))
+def build_model(cfg: DictConfig, allow: Sequence[str] = RUN_TARGETS, source: str = "config") -> L.LightningModule:
+    loss = instantiate(cfg.loss, allow=allow, source=source)
+    return instantiate(cfg.model, loss=loss, allow=allow, source=source)
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:

@@ -1,10 +1,19 @@
-"""Self-contained checkpoints: the resolved run config travels inside, so eval and predict need nothing else.
+"""Self-contained checkpoints and exported detectors: the resolved run config travels inside, so eval, predict and
+gradcam need nothing else. Normalization statistics and the class mapping travel too, as the data module's state.
 
-Normalization statistics and the class mapping travel too, as the data module's own state.
+Checkpoints are untrusted input. They are unpickled with `weights_only=True`: torch's own allow-list of tensors and
+plain containers is all that fakedetect writes (checkpoints of every `model=` option, with their optimizer,
+scheduler and callback states, hold no other global), so nothing is added to it and nothing in a file can run. The
+stored config is rebuilt only through `MODEL_TARGETS`. An exported detector (`python -m fakedetect.export`) is a
+folder of `model.safetensors` and `detector.json`, which involve no pickle at all.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +21,19 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from fakedetect.data.datamodule import ImageDataModule
-from fakedetect.utils.builders import build_model
+from fakedetect.utils.builders import MODEL_TARGETS, build_model, instantiate
+from fakedetect.utils.errors import ConfigError
 
 CONFIG_KEY = "fakedetect_config"
+DETECTOR_JSON, WEIGHTS_FILE = "detector.json", "model.safetensors"
+DETECTOR_FORMAT = "fakedetect.detector/1"
+WHERE = ("give a .ckpt from a training run (outputs/train/runs/<run>/checkpoints/) or a folder written by "
+         "`python -m fakedetect.export`")
 
 
 class StoreConfig(L.Callback):
@@ -30,17 +45,39 @@ class StoreConfig(L.Callback):
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's contents, unpickled with `weights_only=True`; any other file is a one-line ConfigError."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    # The checkpoint holds plain config dicts and hyperparameters, written by this framework.
-    return torch.load(path, map_location="cpu", weights_only=False)
+        raise ConfigError(f"ckpt_path={path}: no such file; {WHERE}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only names the first global outside its allow-list: what unpickling would have called
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        if found is None:
+            raise ConfigError(f"ckpt_path={path}: not a PyTorch checkpoint (unpickling failed); {WHERE}") from None
+        raise ConfigError(f"ckpt_path={path}: refused: unpickling it would call '{found.group(1)}', which no "
+                          "fakedetect checkpoint holds (nothing was run); load checkpoints only from sources you "
+                          "trust") from None
+    except Exception as err:  # noqa: BLE001 - torch.load fails on a foreign or damaged file with any exception type
+        raise ConfigError(f"ckpt_path={path}: not a PyTorch checkpoint, or a damaged or incomplete one "
+                          f"({type(err).__name__}); {WHERE}") from None
+    if not isinstance(checkpoint, dict):
+        raise ConfigError(f"ckpt_path={path}: holds a {type(checkpoint).__name__}, not a checkpoint; {WHERE}")
+    return checkpoint
 
 
-def checkpoint_config(checkpoint: dict[str, Any], path: str | Path = "") -> DictConfig:
-    if CONFIG_KEY not in checkpoint:
-        raise KeyError(f"{path}: no '{CONFIG_KEY}' in this checkpoint; was it written by fakedetect.train?")
-    return OmegaConf.create(checkpoint[CONFIG_KEY])
+def checkpoint_config(checkpoint: Mapping[str, Any], path: str | Path = "") -> DictConfig:
+    """The run config stored in a checkpoint, checked for the parts a detector is rebuilt from."""
+    stored = checkpoint.get(CONFIG_KEY)
+    if not isinstance(stored, dict):
+        raise ConfigError(f"ckpt_path={path}: no fakedetect config in it (key '{CONFIG_KEY}'), so its model cannot "
+                          "be rebuilt; use a checkpoint written by `python -m fakedetect.train`")
+    cfg = OmegaConf.create(stored)
+    missing = [key for key in ("data", "model", "loss") if not isinstance(cfg.get(key), DictConfig)]
+    if missing:
+        raise ConfigError(f"ckpt_path={path}: its fakedetect config has no {', '.join(missing)} section")
+    return cfg
 
 
 @dataclass
@@ -51,18 +88,120 @@ class Trained:
     datamodule: ImageDataModule
     config: DictConfig
     global_step: int
+    # the thresholds the checkpoint recorded (0.5, youden, f1, selected, value); None in older checkpoints
+    thresholds: dict | None = None
 
 
 def load_trained(ckpt_path: str | Path, data: Mapping[str, Any] | None = None) -> Trained:
-    """Rebuild model and data module from a checkpoint alone; `data` values (not None) replace its data config."""
-    checkpoint = load_checkpoint(ckpt_path)
-    cfg = checkpoint_config(checkpoint, ckpt_path)
+    """Rebuild model and data module from a checkpoint or an exported detector folder alone; `data` values (not
+    None) replace its data config."""
+    path = Path(ckpt_path)
+    checkpoint = read_detector(path) if path.is_dir() else load_checkpoint(path)
+    cfg = checkpoint_config(checkpoint, path)
     for key, value in (data or {}).items():
         if value is not None:
             cfg.data[key] = value
-    datamodule = instantiate(cfg.data)
-    datamodule.load_state_dict(checkpoint[type(datamodule).__qualname__])
-    model = build_model(cfg)
+    datamodule = instantiate(cfg.data, allow=MODEL_TARGETS, source=f"ckpt_path={path}")
+    data_state = checkpoint.get(type(datamodule).__qualname__)
+    try:
+        datamodule.load_state_dict(data_state)
+    except (KeyError, TypeError) as err:
+        raise ConfigError(f"ckpt_path={path}: no usable '{type(datamodule).__qualname__}' state (normalization "
+                          f"statistics and classes) in it ({type(err).__name__}: {err})") from None
+    model = build_model(cfg, allow=MODEL_TARGETS, source=f"ckpt_path={path}")
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"ckpt_path={path}: no state dict of tensors in it; {WHERE}")
     model.on_load_checkpoint(checkpoint)  # as Lightning would: lets the module upgrade older checkpoints
-    model.load_state_dict(checkpoint["state_dict"])
-    return Trained(model.eval(), datamodule, cfg, int(checkpoint.get("global_step", 0)))
+    load_weights(model, state, path)
+    step = checkpoint.get("global_step", 0)
+    return Trained(model.eval(), datamodule, cfg, step if isinstance(step, int) else 0, checkpoint.get("thresholds"))
+
+
+def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    check_weights(model, state, path)
+    model.load_state_dict(state)
+
+
+def check_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """A state dict that does not fit `model` is told in one line rather than load_state_dict's list of keys."""
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    reshaped = sorted(k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape)
+    problems = [f"{len(keys)} {what} (e.g. {keys[0]})" for what, keys in
+                (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)) if keys]
+    if problems:
+        raise ConfigError(f"ckpt_path={path}: its weights do not fit the model its config builds: "
+                          f"{', '.join(problems)} of {len(expected)} keys; it was written for another model or altered")
+
+
+def resume_path(path: str | Path | None, model: L.LightningModule) -> str | None:
+    """A checkpoint to resume from, checked before Lightning reads it (weights_only too): one line if it is missing,
+    not a checkpoint, refused, or written for another model."""
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise ConfigError(f"ckpt_path={path}: no checkpoint file there to resume from; give a run's "
+                          "checkpoints/last.ckpt (an exported detector folder holds no training state)")
+    checkpoint = load_checkpoint(path)
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict) or "loops" not in checkpoint:
+        raise ConfigError(f"ckpt_path={path}: not a training checkpoint Lightning can resume from (no state dict "
+                          "or loop state); resume from a run's checkpoints/last.ckpt")
+    model.on_load_checkpoint(checkpoint)
+    check_weights(model, state, path)
+    return str(path)
+
+
+def export_detector(trained: Trained, output: str | Path, source: str | Path = "") -> Path:
+    """Write `output`/model.safetensors and `output`/detector.json (no pickle): the format to hand to others."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    weights = output / WEIGHTS_FILE
+    # clones: safetensors refuses tensors that share memory, and writes contiguous ones only
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in trained.model.state_dict().items()}, weights)
+    detector = {
+        "format": DETECTOR_FORMAT,
+        "exported_from": str(source),
+        "weights": {"file": WEIGHTS_FILE, "sha256": sha256(weights)},
+        "global_step": trained.global_step,
+        # the data module's state, under the key a checkpoint keeps it: classes, resolution, channels, mean, std
+        type(trained.datamodule).__qualname__: trained.datamodule.state_dict(),
+        "thresholds": trained.thresholds,
+        CONFIG_KEY: OmegaConf.to_container(trained.config, resolve=True),
+    }
+    (output / DETECTOR_JSON).write_text(json.dumps(detector, indent=1, allow_nan=True))
+    return output
+
+
+def read_detector(folder: Path) -> dict[str, Any]:
+    """An exported detector folder as the checkpoint-like dict `load_trained` rebuilds from."""
+    spec = folder / DETECTOR_JSON
+    if not spec.is_file():
+        raise ConfigError(f"ckpt_path={folder}: a folder without {DETECTOR_JSON}, so not an exported detector; {WHERE}")
+    try:
+        detector = json.loads(spec.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{spec}: not valid JSON ({err}); export the checkpoint again") from None
+    if not isinstance(detector, dict) or detector.get("format") != DETECTOR_FORMAT:
+        raise ConfigError(f"{spec}: not a {DETECTOR_FORMAT} file; export the checkpoint again")
+    weights = folder / WEIGHTS_FILE
+    expected = (detector.get("weights") or {}).get("sha256")
+    if not weights.is_file() or sha256(weights) != expected:
+        raise ConfigError(f"{weights}: missing, or not the file {DETECTOR_JSON} was written with (SHA-256 differs); "
+                          "copy the whole exported folder again")
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError) as err:
+        raise ConfigError(f"{weights}: not a readable safetensors file ({err})") from None
+    return {**detector, "state_dict": state}
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+

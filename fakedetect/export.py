@@ -1,0 +1,36 @@
+"""`python -m fakedetect.export ckpt_path=... [output=DIR]`: a checkpoint as a shareable detector folder."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from fakedetect.utils.checkpoint import DETECTOR_JSON, WEIGHTS_FILE, export_detector, load_trained
+from fakedetect.utils.errors import ConfigError, one_line_errors
+
+log = logging.getLogger(__name__)
+
+
+def export(cfg: DictConfig) -> Path:
+    """Rebuild the detector as eval would (so a checkpoint that does not load is not exported), then write it."""
+    output = Path(cfg.output)
+    taken = [name for name in (DETECTOR_JSON, WEIGHTS_FILE) if (output / name).exists()]
+    if taken and not cfg.overwrite:
+        raise ConfigError(f"output={output} already holds {', '.join(taken)}; pass overwrite=true or another output")
+    trained = load_trained(cfg.ckpt_path)
+    export_detector(trained, output, source=cfg.ckpt_path)
+    log.info("detector exported to %s (%s, %s)", output, WEIGHTS_FILE, DETECTOR_JSON)
+    return output
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@one_line_errors
+def main(cfg: DictConfig) -> None:
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()
