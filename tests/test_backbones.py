@@ -184,6 +184,6 @@ def test_cli_without_weights_ends_with_one_line(cifake_path: Path, cache_dir: Pa
     assert run.returncode != 0
     assert "Traceback" not in run.stderr and "Retrying" not in run.stdout + run.stderr
     last = run.stderr.strip().splitlines()[-1]
-    assert last.startswith("no pretrained weights for resnet18")
+    assert last.startswith("error: no pretrained weights for resnet18")
     assert "model.net.weights_path=" in last and "model.net.pretrained=false" in last
     assert time.perf_counter() - start < 60  # the hub's retries alone would take ~50 s
