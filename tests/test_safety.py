@@ -226,3 +226,7 @@ def test_run_config_targets_are_allow_listed_too(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="MODEL_TARGETS"):
         instantiate(cfg.trainer, allow=MODEL_TARGETS)
     assert not marker.exists()
+
+
+def test_forgotten_ckpt_path_is_one_line(tmp_path: Path) -> None:
+    assert_one_line(run_cli("export", cwd=tmp_path), "ckpt_path is required: add ckpt_path=... to the command")

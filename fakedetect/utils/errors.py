@@ -11,6 +11,7 @@ from typing import TypeVar
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
+from omegaconf.errors import MissingMandatoryValue
 
 T = TypeVar("T")
 
@@ -38,6 +39,8 @@ def user_error(err: BaseException) -> ConfigError | None:
     while err is not None:
         if isinstance(err, ConfigError):
             return err
+        if isinstance(err, MissingMandatoryValue):  # a `???` key of the command's config left out
+            return ConfigError(f"{err.full_key} is required: add {err.full_key}=... to the command")
         if not isinstance(err, InstantiationException):
             return None
         err = err.__cause__
