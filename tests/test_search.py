@@ -261,11 +261,12 @@ def test_a_killed_sweep_leaves_a_report_and_its_running_trial_is_failed_and_reru
     command, env = sweep_command(tmp_path, cifake_path, cache_dir, "killed", "hydra.sweeper.n_trials=3",
                                  "hydra.sweeper.report.test_best=false", "trainer.max_epochs=2")
     sweep = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = tmp_path / "optuna" / "fakefinder.db"
     deadline = time.monotonic() + 300
     while sweep.poll() is None and time.monotonic() < deadline:
-        try:
-            trials = load(tmp_path, "fakefinder").trials
-        except KeyError:  # the sweep has not created its study yet
+        try:  # not before the sweep has made the file: two schema creations at once collide
+            trials = load(tmp_path, "fakefinder").trials if db.exists() else []
+        except KeyError:  # the file is there, the study not yet
             trials = []
         if len(trials) >= 2 and trials[1].state is TrialState.RUNNING:
             break
