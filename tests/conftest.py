@@ -28,9 +28,12 @@ def cifake_path() -> Path:
     return CIFAKE
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
+    """One decode cache for the session; also `paths.cache_dir` (eval's) and every subprocess's, via the variable."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["FAKEDETECT_CACHE"] = str(path)
+    return path
 
 
 def compose_config(name: str, overrides: list[str], out: Path) -> DictConfig:
