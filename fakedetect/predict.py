@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from fakedetect.data.decode import decode_image
 from fakedetect.data.sources import IMAGE_SUFFIXES
 from fakedetect.metrics.thresholds import decide
-from fakedetect.reporting.predictions import score
+from fakedetect.reporting.predictions import choose_tta, score
 from fakedetect.utils.checkpoint import load_trained
 from fakedetect.utils.errors import ConfigError, one_line_errors
 
@@ -101,6 +101,7 @@ def predict(cfg: DictConfig) -> list[dict]:
                  " ".join(sorted(IMAGE_SUFFIXES)))
     trained = load_trained(cfg.ckpt_path)
     datamodule, model = trained.datamodule, trained.model
+    choose_tta(model, cfg.get("tta"))
     threshold = model.decision_threshold if cfg.threshold is None else cfg.threshold
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
         raise ConfigError(f"threshold={cfg.threshold} must be a probability in [0, 1], or null for the checkpoint's")

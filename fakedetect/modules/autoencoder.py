@@ -49,8 +49,9 @@ class AutoencoderDetector(Detector):
         c_freeze: float = 0.1,
         c_ramp: float = 0.0,
         n_images: int = 8,
+        tta: str | None = None,
     ) -> None:
-        super().__init__(net, loss, optimizer, scheduler, scheduler_interval, threshold, compile)
+        super().__init__(net, loss, optimizer, scheduler, scheduler_interval, threshold, compile, tta)
         self.reconstruction = reconstruction
         self.schedule = LossSchedule(r_weight, c_weight, c_freeze, c_ramp)
         self.n_images = n_images

@@ -20,6 +20,7 @@ from torchmetrics.classification import (
     BinaryRecall,
     BinaryROC,
 )
+from torchvision.transforms.v2.functional import horizontal_flip
 
 from fakedetect.metrics.thresholds import SelectedThresholds
 from fakedetect.nets.base import DetectorNet
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # thresholds chosen on the validation split, in the order of the `val_thresholds` buffer
 NAMED_THRESHOLDS = ("youden", "f1")
+# test-time augmentations: None (off), or flip (P(FAKE) averaged over the image and its horizontal mirror)
+TTA = (None, "flip")
 
 
 # Inputs are sigmoid probabilities and 0/1 labels by construction; torchmetrics' checks of them would read the
@@ -64,6 +67,8 @@ class Detector(L.LightningModule):
 
     `predict_step` is the one scorer of a preprocessed batch: test metrics, eval's report, robustness,
     Grad-CAM, predict and the bench all turn logits into P(FAKE) through it or the same `probabilities`.
+    `tta` (test-time augmentation) applies there and to validation and test steps alike, so thresholds are
+    fitted on the scores they decide; eval and predict may set another `tta` on a trained detector.
     """
 
     # constructor arguments that are modules or factories, kept out of the saved hyperparameters
@@ -78,6 +83,7 @@ class Detector(L.LightningModule):
         scheduler_interval: str = "epoch",
         threshold: float | str = 0.5,
         compile: bool = False,
+        tta: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(net, DetectorNet):
@@ -87,6 +93,7 @@ class Detector(L.LightningModule):
             raise ValueError(f"threshold must be a number, 'youden' or 'f1'; got {threshold!r}")
         self.save_hyperparameters(logger=False, ignore=list(self.not_hparams))
         self.net, self.loss = net, loss
+        self.tta = tta
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         fixed = 0.5 if isinstance(threshold, str) else float(threshold)
         self.train_acc = BinaryAccuracy(threshold=fixed, **UNCHECKED)
@@ -97,6 +104,17 @@ class Detector(L.LightningModule):
         self.val_acc_best = MaxMetric()
         self.val_scores = SelectedThresholds()
         self.register_buffer("val_thresholds", torch.full((len(NAMED_THRESHOLDS),), math.nan))
+
+    @property
+    def tta(self) -> str | None:
+        return self._tta
+
+    @tta.setter
+    def tta(self, value: str | None) -> None:
+        if value not in TTA:
+            raise ConfigError(f"tta={value!r} (model.tta, or tta= of eval and predict): use flip (P(FAKE) averaged "
+                              "over each image and its horizontal mirror) or null (off)")
+        self._tta = value
 
     @property
     def threshold_name(self) -> str:
@@ -133,7 +151,15 @@ class Detector(L.LightningModule):
 
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int = 0) -> Tensor:
         """P(FAKE) of a preprocessed batch `(x, ...)`, as the test step computes it."""
-        return self.probabilities(self(batch[0]))
+        x = batch[0]
+        return self.augmented(x, self.probabilities(self(x)))
+
+    def augmented(self, x: Tensor, probs: Tensor) -> Tensor:
+        """`probs` (of `x` as it is) merged with the test-time augmentation's: with flip, the mean of P(FAKE) of
+        the image and of its mirror, which a detector of generated images should score alike."""
+        if self.tta == "flip":
+            return (probs + self.probabilities(self(horizontal_flip(x)))) / 2
+        return probs
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and not self.trainer.ckpt_path:
@@ -160,6 +186,7 @@ class Detector(L.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, probs, y = self._step(batch)
+        probs = self.augmented(batch[0], probs)
         self.val_metrics.update(probs, y)
         self.val_scores.update(probs, y)
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
@@ -184,6 +211,7 @@ class Detector(L.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, probs, y = self._step(batch)
+        probs = self.augmented(batch[0], probs)
         self.test_metrics.update(probs, y)
         self.test_confusion.update(probs, y)
         self.test_roc.update(probs, y)

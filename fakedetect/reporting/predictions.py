@@ -16,6 +16,15 @@ from torch import Tensor
 from fakedetect.modules.detector import Detector
 
 Batches = Iterable[tuple[Tensor, Tensor]]
+# `tta=checkpoint` (eval's and predict's default) keeps the test-time augmentation the detector was trained with
+CHECKPOINT_TTA = "checkpoint"
+
+
+def choose_tta(model: Detector, tta: str | None) -> None:
+    """Give a trained detector the test-time augmentation asked for on the command line (flip, null), or keep its
+    own; every score of it, test metrics included, then uses that one."""
+    if tta != CHECKPOINT_TTA:
+        model.tta = tta
 
 
 @torch.no_grad()
