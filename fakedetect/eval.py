@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from fakedetect.metrics.thresholds import SelectedThresholds
-from fakedetect.reporting.predictions import score
+from fakedetect.reporting.predictions import choose_tta, score
 from fakedetect.reporting.report import ConfidentMistakes, write_report
 from fakedetect.reporting.robustness import parse_condition, robustness_table, write_robustness
 from fakedetect.utils.builders import build_list, build_trainer
@@ -43,6 +43,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed)
     trained = load_trained(cfg.ckpt_path, cfg.get("data"))
     model, datamodule, run_cfg = trained.model, trained.datamodule, trained.config
+    choose_tta(model, cfg.get("tta"))
     trainer = build_trainer(cfg, callbacks=[], loggers=build_list(cfg.get("logger")))
 
     def scores(split: str, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,7 +63,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     known = {"0.5": 0.5, **{name: t for name, t in model.thresholds().items() if t is not None}}
     out = Path(cfg.paths.output_dir)
     record = {"task": "eval", "ckpt_path": str(cfg.ckpt_path), "data_root": run_cfg.data.root,
-              "machine": machine(), "metrics": metrics,
+              "machine": machine(), "metrics": metrics, "tta": model.tta,
               "thresholds": {**known, "selected": model.threshold_name, "value": threshold, "source": cfg.thresholds}}
     if cfg.get("report") or robustness:
         mistakes = ConfidentMistakes(threshold)
