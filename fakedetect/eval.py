@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from fakedetect.metrics.thresholds import SelectedThresholds
+from fakedetect.reporting.dedup import dedup_metrics
 from fakedetect.reporting.predictions import choose_tta, score
 from fakedetect.reporting.report import ConfidentMistakes, write_report
 from fakedetect.reporting.robustness import parse_condition, robustness_table, write_robustness
@@ -58,7 +59,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         fitted.update(*scores("val"))
         model.val_thresholds.copy_(fitted.compute())
     trainer.test(model, datamodule=datamodule)
-    metrics = scalars(trainer.callback_metrics)
+    metrics = {**scalars(trainer.callback_metrics), **dedup_metrics(model, datamodule, trainer)}
     threshold = model.decision_threshold
     known = {"0.5": 0.5, **{name: t for name, t in model.thresholds().items() if t is not None}}
     out = Path(cfg.paths.output_dir)

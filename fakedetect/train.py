@@ -12,6 +12,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from fakedetect.reporting.dedup import dedup_metrics
 from fakedetect.search.pruning import OptunaTrialCallback
 from fakedetect.utils.builders import build_list, build_model, build_trainer, count_parameters, instantiate
 from fakedetect.utils.checkpoint import StoreConfig, resume_path
@@ -51,6 +52,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.warning("no best checkpoint; testing the current weights")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(scalars(trainer.callback_metrics))
+        metrics.update(dedup_metrics(model, datamodule, trainer))
     record["metrics"] = metrics
     record["images"] = {split: len(labels) for split, (_, labels) in datamodule.splits.items()}
     if trainer.is_global_zero:

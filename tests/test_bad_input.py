@@ -214,7 +214,8 @@ def _write_many(folder: Path, decoded: Decoded, times: int) -> None:
 def test_concurrent_cache_writers_leave_a_whole_cache(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     decoded = Decoded(images=rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), labels=np.arange(64) % 2,
-                      splits=np.array(["train"] * 64), names=[f"{i}.png" for i in range(64)], skipped=[])
+                      splits=np.array(["train"] * 64), names=[f"{i}.png" for i in range(64)], skipped=[],
+                      digests=np.array([f"{i:040x}" for i in range(64)], dtype="S40"))
     folder = tmp_path / "cache" / "key"
     fork = multiprocessing.get_context("fork")
     writers = [fork.Process(target=_write_many, args=(folder, decoded, 30)) for _ in range(2)]

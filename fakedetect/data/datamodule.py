@@ -18,10 +18,12 @@ from torch.utils.data import DataLoader
 from fakedetect.data.augment import BatchAugment
 from fakedetect.data.decode import (
     DEFAULT_MAX_PIXELS,
+    DIGEST,
     BadImageError,
     Decoded,
     cache_key,
     decode_entries,
+    digest_entries,
     load_cache,
     save_cache,
 )
@@ -79,11 +81,19 @@ def channel_stats(images: np.ndarray, channels: int, chunk: int = 8192) -> tuple
     return mean.tolist(), std.tolist()
 
 
+def copies_of(digests: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """Which of `digests` also occur in `pool` (files byte for byte the same); an unread file's b"" matches none."""
+    return np.isin(digests, pool[pool != b""]) & (digests != b"")
+
+
 class ImageDataModule(L.LightningDataModule):
     """Binary real/fake images with FAKE = 1 the positive class (the order of `classes`).
 
     Batches are (uint8 images NCHW, int64 labels) from either loader; conversion to float,
     greyscale, augmentation and normalization happen in `preprocess` on the training device.
+
+    `test_duplicates` marks, in the order of `test_names`, the test images byte-identical to a file of this run's
+    train or val split (CIFAKE has hundreds); `dedup_test_dataloader` leaves them out, for `test/acc_dedup`.
     """
 
     def __init__(
@@ -128,6 +138,9 @@ class ImageDataModule(L.LightningDataModule):
         self.skipped: list[str] = []
         self.timings: dict[str, float] = {}
         self.splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.test_names: list[str] = []
+        self.test_duplicates: np.ndarray | None = None
+        self.duplicate_groups = 0
         self._entries: dict[str, list[Entry]] = {}
         self._on_device: dict[tuple[str, str], tuple[Tensor, Tensor]] = {}
 
@@ -188,7 +201,7 @@ class ImageDataModule(L.LightningDataModule):
         if self.loader == "memory":
             data = self.decoded()
             self.skipped = data.skipped
-            labels, split_names, names = data.labels, data.splits, data.names
+            labels, split_names, names, digests = data.labels, data.splits, data.names, data.digests
         else:
             source = self._source()
             source.check_streamable()
@@ -197,6 +210,7 @@ class ImageDataModule(L.LightningDataModule):
             labels = np.array([e.label for e in entries])
             split_names = np.array([e.split for e in entries])
             names = [e.name for e in entries]
+            digests = self._stream_digests(source, entries)
         test_idx = np.flatnonzero(split_names == "test")
         train_idx = np.flatnonzero(split_names == "train")
         if not len(train_idx):
@@ -216,6 +230,8 @@ class ImageDataModule(L.LightningDataModule):
         rng = np.random.default_rng(self.seed)
         index = {"train": train_idx[kept], "val": rng.permutation(train_idx[carved]), "test": rng.permutation(test_idx)}
         self._check_classes(index, labels, has_splits=bool((split_names != "").any()))
+        self.test_names = [names[i] for i in index["test"]]
+        self._mark_duplicates(digests[index["test"]], digests[np.concatenate([index["train"], index["val"]])])
         if self.loader == "memory":
             self.splits = {k: (data.images[v], data.labels[v]) for k, v in index.items()}
         else:
@@ -225,6 +241,36 @@ class ImageDataModule(L.LightningDataModule):
             self.mean, self.std = self._stats()
         log.info("splits: %s; mean %s std %s", {k: len(v[1]) for k, v in self.splits.items()},
                  np.round(self.mean, 4).tolist(), np.round(self.std, 4).tolist())
+
+    def _mark_duplicates(self, test: np.ndarray, pool: np.ndarray) -> None:
+        self.test_duplicates = copies_of(test, pool)
+        self.duplicate_groups = len(np.unique(test[self.test_duplicates]))
+        if self.duplicate_groups:
+            log.info("%d test images (%d distinct files) are byte-identical to train or val images; "
+                     "test/acc_dedup leaves them out", self.test_duplicates.sum(), self.duplicate_groups)
+
+    def _stream_digests(self, source: Source, entries: list[Entry]) -> np.ndarray:
+        """The files' digests for the stream loader: one pass over the source's bytes, cached beside the decode
+        caches under the source's identity (which changes with any file's size or modification time)."""
+        key = cache_key("digests", source.identity(), self.classes, self.train_limit, self.test_limit,
+                        self.seed if (self.train_limit or self.test_limit) else None)
+        path = self.cache_dir / "digests" / f"{key}.json"
+        names = [e.name for e in entries]
+        try:
+            cached = json.loads(path.read_text())
+            if cached["names"] == names:
+                return np.array(cached["digests"], dtype=DIGEST)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("ignoring the unreadable digest cache %s (%s); reading the files again", path, err)
+        start = time.perf_counter()
+        digests = digest_entries(source, entries)
+        self.timings["digest_s"] = time.perf_counter() - start
+        log.info("hashed %d files of %s in %.1f s, to find test images duplicated in train", len(entries),
+                 self.root, self.timings["digest_s"])
+        _write_atomic(path, json.dumps({"names": names, "digests": digests.astype(str).tolist()}))
+        return digests
 
     def _check_classes(self, index: dict[str, np.ndarray], labels: np.ndarray, has_splits: bool) -> None:
         """Every split must hold every class, after decoding, limits and exclusions: a test split of one class
@@ -314,9 +360,10 @@ class ImageDataModule(L.LightningDataModule):
     def _rank(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
 
-    def _loader(self, split: str, train: bool) -> DeviceBatches | DataLoader:
+    def _loader(self, split: str, train: bool, keep: np.ndarray | None = None) -> DeviceBatches | DataLoader:
+        """The split's loader for this process; with `keep` (a mask of the split), that part of it, whole."""
         batch = self.batch_size if train else self.eval_batch_size
-        rank, world = self._rank()
+        rank, world = self._rank() if keep is None else (0, 1)
         n = len(self.splits[split][1])
         drop_last = train and n >= batch * world
         if self.loader == "memory":
@@ -328,9 +375,15 @@ class ImageDataModule(L.LightningDataModule):
                     torch.from_numpy(labels).to(device),
                 )
             images, labels = self._on_device[(split, str(device))]
+            if keep is not None:
+                index = torch.from_numpy(np.flatnonzero(keep)).to(device)
+                images, labels = images[index], labels[index]
             return DeviceBatches(images, labels, batch, shuffle=train, seed=self.seed,
                                  rank=rank, world_size=world, drop_last=drop_last)
-        dataset = StreamDataset(self._source(), self._entries[split], self.resolution, self.max_pixels, self.skip_bad)
+        entries = self._entries[split]
+        if keep is not None:
+            entries = [e for e, k in zip(entries, keep, strict=True) if k]
+        dataset = StreamDataset(self._source(), entries, self.resolution, self.max_pixels, self.skip_bad)
         return (StreamTrainLoader if train else StreamLoader)(
             dataset, batch_size=batch, shuffle=train, num_workers=self.num_workers,
             collate_fn=collate_skipping, pin_memory=self._device().type == "cuda",
@@ -345,6 +398,14 @@ class ImageDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DeviceBatches | DataLoader:
         return self._loader("test", train=False)
+
+    def dedup_test_dataloader(self, first: int | None = None) -> DeviceBatches | DataLoader:
+        """The test images without a byte-identical copy in train or val, in test order, among the `first` test
+        images only when given (those a test cut short by limit_test_batches saw); never split across processes."""
+        keep = ~self.test_duplicates
+        if first is not None:
+            keep[first:] = False
+        return self._loader("test", train=False, keep=keep)
 
 
 def _check_arguments(args: dict) -> None:

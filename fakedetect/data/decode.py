@@ -25,8 +25,8 @@ from fakedetect.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# 2: EXIF orientation applied, 16-bit images scaled, folder identity with sizes and mtimes
-CACHE_VERSION = 2
+# 2: EXIF orientation applied, 16-bit images scaled, folder identity with sizes and mtimes; 3: files' digests
+CACHE_VERSION = 3
 CHUNK = 2048
 # images above this many pixels are refused before their pixels are decoded (data.max_pixels; None: no limit)
 DEFAULT_MAX_PIXELS = 8192 * 8192
@@ -38,13 +38,32 @@ class BadImageError(ConfigError):
 
 @dataclass
 class Decoded:
-    """Images as (N, H, W, 3) uint8 with their labels and split names, and the files that failed."""
+    """Images as (N, H, W, 3) uint8 with their labels, split names and files' digests, and the files that failed."""
 
     images: np.ndarray
     labels: np.ndarray
     splits: np.ndarray
     names: list[str]
     skipped: list[str]
+    digests: np.ndarray  # file_digest of each image's encoded bytes, as DIGEST ASCII
+
+
+# the dtype of an array of file digests (SHA-1 in hex); b"" marks a file that could not be read
+DIGEST = "S40"
+
+
+def file_digest(data: bytes) -> str:
+    """The byte identity of an encoded file: the data audit's duplicate groups and the test split's duplicate
+    mask both compare files by it, so the two always agree."""
+    return hashlib.sha1(data).hexdigest()
+
+
+def digest_entries(source: Source, entries: list[Entry]) -> np.ndarray:
+    """The digests of entries' bytes in entry order, in one pass over the source (for the stream loader, whose
+    decoding never holds every file's bytes at once); an unreadable file gets b""."""
+    found = {name: file_digest(data) if isinstance(data, bytes) else ""
+             for name, data in source.read([e.name for e in entries])}
+    return np.array([found.get(e.name, "") for e in entries], dtype=DIGEST)
 
 
 def open_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -107,10 +126,11 @@ def decode_entries(
 ) -> Decoded:
     """Read entries in the source's fastest order, decode them on every core, return them in entry order."""
     order = {e.name: i for i, e in enumerate(entries)}
-    names, blobs = [], []
+    names, blobs, digests = [], [], []
     for name, data in source.read(order):
         names.append(name)
         blobs.append(data)
+        digests.append(file_digest(data) if isinstance(data, bytes) else "")
     workers = workers or os.cpu_count() or 1
     chunks = [(blobs[i : i + CHUNK], resolution, max_pixels) for i in range(0, len(blobs), CHUNK)]
     if workers > 1 and len(chunks) > 1:
@@ -121,8 +141,9 @@ def decode_entries(
     position = [order[n] for n in names]
     images = np.empty((len(entries), resolution, resolution, 3), dtype=np.uint8)
     keep = np.zeros(len(entries), dtype=bool)
+    in_order = np.empty(len(entries), dtype=DIGEST)
     skipped = []
-    for i, name, result in zip(position, names, results, strict=True):
+    for i, name, result, digest in zip(position, names, results, digests, strict=True):
         if isinstance(result, str):
             if not skip_bad:
                 raise BadImageError(f"cannot decode {source.path}/{name}: {result}")
@@ -130,6 +151,7 @@ def decode_entries(
             skipped.append(name)
             continue
         images[i] = result
+        in_order[i] = digest
         keep[i] = True
     kept = [e for e, k in zip(entries, keep, strict=True) if k]
     return Decoded(
@@ -138,6 +160,7 @@ def decode_entries(
         splits=np.array([e.split for e in kept]),
         names=[e.name for e in kept],
         skipped=sorted(skipped),
+        digests=in_order[keep],
     )
 
 
@@ -158,6 +181,7 @@ def save_cache(folder: Path, decoded: Decoded) -> None:
         np.save(tmp / "images.npy", decoded.images)
         np.save(tmp / "labels.npy", decoded.labels)
         np.save(tmp / "splits.npy", decoded.splits)
+        np.save(tmp / "digests.npy", decoded.digests.astype(DIGEST))
         (tmp / "meta.json").write_text(json.dumps({"names": decoded.names, "skipped": decoded.skipped}))
         if folder.exists():  # an unreadable leftover that load_cache refused, or another writer's: set it aside
             stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}.stale-", dir=folder.parent))
@@ -178,11 +202,12 @@ def load_cache(folder: Path) -> Decoded | None:
     try:
         meta = json.loads((folder / "meta.json").read_text())
         # memory-mapped first: a truncated file fails here, from its header, before anything is read
-        arrays = {k: np.load(folder / f"{k}.npy", mmap_mode="r") for k in ("images", "labels", "splits")}
+        arrays = {k: np.load(folder / f"{k}.npy", mmap_mode="r") for k in ("images", "labels", "splits", "digests")}
         if len({len(meta["names"]), *(len(a) for a in arrays.values())}) != 1:
             raise ValueError("its files disagree on the number of images")
         return Decoded(images=np.array(arrays["images"]), labels=np.array(arrays["labels"]),
-                       splits=np.array(arrays["splits"]), names=list(meta["names"]), skipped=list(meta["skipped"]))
+                       splits=np.array(arrays["splits"]), names=list(meta["names"]), skipped=list(meta["skipped"]),
+                       digests=np.array(arrays["digests"]).astype(DIGEST))
     except (OSError, ValueError, KeyError, TypeError) as err:
         log.warning("ignoring the unreadable decode cache %s (%s: %s); decoding again", folder, type(err).__name__, err)
         return None

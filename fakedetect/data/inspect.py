@@ -8,7 +8,6 @@ and across train and test. Writes audit.json, audit.md, histograms and an exclus
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ import imagehash
 import numpy as np
 from omegaconf import DictConfig
 
-from fakedetect.data.decode import DEFAULT_MAX_PIXELS, open_image, to_rgb
+from fakedetect.data.decode import DEFAULT_MAX_PIXELS, file_digest, open_image, to_rgb
 from fakedetect.data.sources import DataLayoutError, Entry, Source
 from fakedetect.utils.errors import one_line_errors
 
@@ -43,7 +42,7 @@ def describe(blob: bytes | str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> 
     except Exception as err:  # noqa: BLE001 - an unreadable file is reported, not fatal
         return {"error": f"{type(err).__name__}: {err}"}
     return {"w": width, "h": height, "mode": mode, "sum": rgb.sum((0, 1)).tolist(),
-            "sq": (rgb**2).sum((0, 1)).tolist(), "phash": phash, "sha1": hashlib.sha1(blob).hexdigest()}
+            "sq": (rgb**2).sum((0, 1)).tolist(), "phash": phash, "sha1": file_digest(blob)}
 
 
 def _describe_chunk(blobs: list[bytes | str], max_pixels: int | None) -> list[dict]:
@@ -103,8 +102,10 @@ def hamming_groups(hashes: np.ndarray, max_distance: int) -> list[list[int]]:
 
 
 def duplicate_summary(groups: Iterable[list[int]], splits: list[str]) -> dict:
-    """How many groups and surplus copies lie within each split, and how many groups span train and test."""
-    out = {"groups": 0, "surplus_copies": 0, "within": defaultdict(int), "train_test_groups": 0}
+    """How many groups and surplus copies lie within each split, how many groups span train and test, and how many
+    test images those hold (what a test without train copies leaves out)."""
+    out = {"groups": 0, "surplus_copies": 0, "within": defaultdict(int), "train_test_groups": 0,
+           "train_test_test_images": 0}
     for g in groups:
         out["groups"] += 1
         out["surplus_copies"] += len(g) - 1
@@ -114,6 +115,7 @@ def duplicate_summary(groups: Iterable[list[int]], splits: list[str]) -> dict:
             out["within"][s] += members - 1 if members > 1 else 0
         if {"train", "test"} <= names:
             out["train_test_groups"] += 1
+            out["train_test_test_images"] += sum(splits[i] == "test" for i in g)
     out["within"] = dict(out["within"])
     return out
 
@@ -170,6 +172,10 @@ def audit(root: str, classes: list[str], out: Path, near_distance: int = 0, work
     }
     out.mkdir(parents=True, exist_ok=True)
     excluded = exclusions(near + exact, entries)
+    # the test files byte-identical to a train file: those a run's test/acc_dedup leaves out
+    shared = sorted(entries[i].name for g in exact if {splits[j] for j in g} >= {"train", "test"}
+                    for i in g if splits[i] == "test")
+    (out / "test_copies_of_train.txt").write_text("".join(f"{n}\n" for n in shared))
     (out / "exclude_train.txt").write_text("\n".join(sorted(set(excluded))) + "\n")
     result["exclude_train"] = len(set(excluded))
     (out / "audit.json").write_text(json.dumps(result, indent=2))
@@ -212,14 +218,16 @@ def _markdown(r: dict) -> str:
         f"- area {r['area']}; IQR outliers: {r['area_outliers_iqr']}",
         f"- channel mean {np.round(r['channel_mean'], 4).tolist()}, std {np.round(r['channel_std'], 4).tolist()}",
         "",
-        "| duplicates | groups | surplus copies | within splits | groups across train and test |",
-        "| --- | --- | --- | --- | --- |",
-        f"| byte-identical | {b['groups']} | {b['surplus_copies']} | {b['within']} | {b['train_test_groups']} |",
+        "| duplicates | groups | surplus copies | within splits | groups across train and test | their test images |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| byte-identical | {b['groups']} | {b['surplus_copies']} | {b['within']} | {b['train_test_groups']} | "
+        f"{b['train_test_test_images']} |",
         f"| near-identical (pHash, Hamming <= {n['max_hamming']}) | {n['groups']} | {n['surplus_copies']} | "
-        f"{n['within']} | {n['train_test_groups']} |",
+        f"{n['within']} | {n['train_test_groups']} | {n['train_test_test_images']} |",
         "",
         f"{r['exclude_train']} train files are listed in exclude_train.txt (train copies of test images and "
-        "repeats within train); train with `data.exclude=<that file>` to leave them out.",
+        "repeats within train); train with `data.exclude=<that file>` to leave them out. The byte-identical test "
+        "copies of train files are listed in test_copies_of_train.txt: the images test/acc_dedup leaves out.",
         "",
         "![sizes](sizes.png)",
         "",

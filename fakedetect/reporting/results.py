@@ -3,7 +3,8 @@
 Every `metrics.json` of a training run of an `experiment=` config under the outputs folder gives a row (the
 newest run of each experiment and machine); the write-ups' figures come from the experiment files'
 `reference` field. Nothing is typed by hand. A run on the packaged sample (`data=cifake_sample`) is never shown as
-a CIFAKE result: its row says "sample".
+a CIFAKE result: its row says "sample". `test acc (dedup)` is the accuracy on the test images without a
+byte-identical copy in the run's train or val images (`test/acc_dedup`); runs older than that metric show n/a.
 """
 
 from __future__ import annotations
@@ -47,14 +48,17 @@ def reference(experiment: str) -> str:
 
 def table(records: list[dict]) -> str:
     lines = [
-        "| experiment | test acc | test AUROC | params | epochs | training time | train images | machine | write-up |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| experiment | test acc | test acc (dedup) | test AUROC | params | epochs | training time | train images "
+        "| machine | write-up |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in records:
         m = r["metrics"]
         sample = " (sample)" if r.get("data") == SAMPLE else ""
+        dedup = f"{100 * m['test/acc_dedup']:.2f}%" if "test/acc_dedup" in m else "n/a"
         lines.append(
-            f"| `{r['experiment']}`{sample} | {100 * m['test/acc']:.2f}% | {m.get('test/auroc', float('nan')):.4f} | "
+            f"| `{r['experiment']}`{sample} | {100 * m['test/acc']:.2f}% | {dedup} | "
+            f"{m.get('test/auroc', float('nan')):.4f} | "
             f"{r['params']:,} | {r.get('epochs', '')} | {r.get('train_time_s', 0) / 60:.1f} min | "
             f"{r['train_images']}{sample} | {r['machine']} | {reference(r['experiment'])} |"
         )
