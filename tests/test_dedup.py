@@ -67,6 +67,14 @@ def test_planted_copies_are_masked_and_left_out(loader: str, tmp_path: Path) -> 
     assert _removed(again) == COPIES
 
 
+def test_decode_cache_without_digests_is_decoded_again(tmp_path: Path) -> None:
+    root = _planted(tmp_path / "data")
+    dm = _module(root, tmp_path / "cache")
+    (dm._cache_folder(dm._source()) / "digests.npy").unlink()  # as a cache of an older version would lack it
+    again = _module(root, tmp_path / "cache")
+    assert "decode_s" in again.timings and _removed(again) == COPIES
+
+
 def test_mask_matches_the_audit_and_its_exclusions_empty_it(tmp_path: Path) -> None:
     root = _planted(tmp_path / "data")
     result = audit(str(root), list(CLASSES), tmp_path / "audit", workers=1)
@@ -106,6 +114,15 @@ def test_without_copies_acc_dedup_is_test_acc(tmp_path: Path) -> None:
     assert metrics["test/n_dedup_removed"] == 0 and metrics["test/n_dedup_groups"] == 0
     assert metrics["test/acc_dedup"] == metrics["test/acc"]
     assert metrics["test/auroc_dedup"] == metrics["test/auroc"]
+
+
+def test_a_test_split_of_copies_only_has_no_acc_dedup(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(2)
+    files = {f"train/{cls}/{i}.png": _random_png(rng) for cls in CLASSES for i in range(8)}
+    root = _write_tree(tmp_path / "data", {**files, **{n.replace("train/", "test/"): b for n, b in files.items()}})
+    metrics = _folder_train(root, tmp_path / "run", tmp_path / "cache")
+    assert metrics["test/n_dedup_removed"] == 16 and "test/acc_dedup" not in metrics and "test/acc" in metrics
+    assert "every test image has a byte-identical copy in train or val" in caplog.text
 
 
 def test_planted_copies_change_acc_dedup_as_scored_by_hand(tmp_path: Path) -> None:
