@@ -160,9 +160,10 @@ def bench(cfg: DictConfig) -> dict:
         log.info("decode: %s", result["decode"])
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
     for name in cfg.models:
-        model_cfg = compose("bench", overrides=[f"model={name}", *_data_overrides(cfg)])
-        steps = {"warmup_steps": cfg.warmup_steps, "timed_steps": cfg.timed_steps,
-                 **cfg.steps_override.get(name, {})}
+        own = {"warmup_steps": cfg.warmup_steps, "timed_steps": cfg.timed_steps, **cfg.per_model.get(name, {})}
+        batch = [f"data.batch_size={own['batch_size']}"] if "batch_size" in own else []
+        model_cfg = compose("bench", overrides=[f"model={name}", *_data_overrides(cfg), *batch])
+        steps = {k: own[k] for k in ("warmup_steps", "timed_steps")}
         datamodule = instantiate(model_cfg.data)
         datamodule.prepare_data()
         datamodule.setup("fit")
@@ -193,8 +194,8 @@ def _data_overrides(cfg: DictConfig, limits: bool = True) -> list[str]:
         f"trainer.accelerator={cfg.trainer.accelerator}", f"trainer.precision={cfg.trainer.precision}"]
 
 
-def markdown(result: dict) -> str:
-    lines = [f"# fakedetect benchmark: {result['machine']}", "", f"Precision: {result['precision']}.", ""]
+def markdown(result: dict, heading: str = "#") -> str:
+    lines = [f"{heading} fakedetect benchmark: {result['machine']}", "", f"Precision: {result['precision']}.", ""]
     if "decode" in result:
         d = result["decode"]
         lines += [f"Decode of {d['images']:,} images: cold {d['cold_decode_s']:.1f} s, warm cache load "
@@ -209,20 +210,29 @@ def markdown(result: dict) -> str:
     lines += ["", f"Steps timed per model after warm-up: {timed}; images/s are the median of "
               f"{result['repeats']} alternated runs of each loop.", ""]
     if "time_to_accuracy" in result:
-        t = result["time_to_accuracy"]
-        reached = ", ".join(f"{float(k):.1%}: " + (f"{v:.1f} s" if v is not None else "not reached")
-                            for k, v in t["reached_s"].items())
-        lines += [f"## Time to accuracy: experiment={t['experiment']} {' '.join(t['overrides'])}", "",
-                  f"{t['train_images']:,} training images, tested on {t['test_images']:,} after every epoch (not "
-                  f"timed); training time to test accuracy {reached}. Whole run {t['wall_s']:.1f} s.", "",
-                  "| epoch | training time (s) | test accuracy |", "| --- | --- | --- |",
-                  *(f"| {p['epoch']} | {p['train_s']:.1f} | {p['test_acc']:.4f} |" for p in t["curve"]), ""]
+        lines += [f"#{heading} Time to accuracy: experiment={result['time_to_accuracy']['experiment']} "
+                  f"{' '.join(result['time_to_accuracy']['overrides'])}", "",
+                  accuracy_markdown(result["time_to_accuracy"]), ""]
     return "\n".join(lines)
+
+
+def accuracy_markdown(t: dict) -> str:
+    reached = ", ".join(f"{float(k):.1%}: " + (f"{v:.1f} s" if v is not None else "not reached")
+                        for k, v in t["reached_s"].items())
+    return "\n".join([f"{t['train_images']:,} training images, tested on {t['test_images']:,} after every epoch (not "
+                      f"timed); training time to test accuracy {reached}. Whole run {t['wall_s']:.1f} s.", "",
+                      "| epoch | training time (s) | test accuracy |", "| --- | --- | --- |",
+                      *(f"| {p['epoch']} | {p['train_s']:.1f} | {p['test_acc']:.4f} |" for p in t["curve"])])
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    if cfg.get("suite"):
+        from fakedetect.suite import run_suite  # the suite builds on this module's functions
+
+        run_suite(cfg)
+        return
     result = bench(cfg)
     folder = Path(cfg.report_dir or cfg.paths.output_dir)
     folder.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -34,3 +36,53 @@ def test_bench_reports_throughput_ratio_and_time_to_accuracy(cifake_path: Path, 
     assert tta["reached_s"] == {"0.000": first["train_s"], "1.010": None}
     markdown = (tmp_path / "bench-cpu.md").read_text()
     assert "| mlp | 32 | 128 |" in markdown and "101.0%: not reached" in markdown
+
+
+def test_gpu_suite_runs_every_stage_at_tiny_scale(cifake_path: Path, cache_dir: Path, tmp_path: Path) -> None:
+    """Every stage of `suite=gpu` end to end on CPU at scale=tiny, so a GPU session spends no minutes on a crash."""
+    command = [sys.executable, "-m", "fakedetect.bench", "suite=gpu", "suite.scale=tiny", "stage=open",
+               "suite.deadline_s=3600", f"suite.report={tmp_path / 'bench-gpu'}", f"suite.run_dir={tmp_path / 'runs'}",
+               f"data.root={cifake_path}", "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {**os.environ, "FAKEDETECT_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "bench-gpu.json").read_text())
+    stages = {s["stage"]: s for s in record["stages"]}
+    assert list(stages) == ["1", "2", "3a", "3b", "4", "5"] and {s["scale"] for s in stages.values()} == {"tiny"}
+    assert all(s["machine"] and s["date"] and s["commit"] for s in stages.values())
+    for row in stages["1"]["runs"]["throughput"]["models"].values():
+        assert row["time_ratio"] == row["plain_img_s"] / row["fakedetect_img_s"] > 0
+    assert [p["epoch"] for p in stages["2"]["runs"]["resnet18_fast"]["curve"]] == [1]
+    for stage, name in (("2", "cnnv3"), ("3a", "cifake_top"), ("3b", "cifake_top_scratch"), ("4", "ae_youden")):
+        run = stages[stage]["runs"][name]
+        assert "error" not in run and 0.0 <= run["metrics"]["test/acc"] <= 1.0 and Path(run["ckpt_path"]).exists()
+    assert [r["condition"] for r in stages["3a"]["runs"]["cifake_top"]["robustness"]["rows"]] == ["clean", "jpeg:50"]
+    search = stages["4"]["runs"]["fakefinder_search"]
+    assert "error" not in search and search["states"] == {"COMPLETE": 2}, "2 workers stop at the study's 2 trials"
+    tables = stages["5"]["runs"]["robustness"]["tables"]
+    assert {n: t["checkpoint"] for n, t in tables.items()} == {
+        "cifake_top": "earlier run", "cifake_top_scratch": "earlier run", "cnnv3": "earlier run",
+        "resnet18_fast": "trained again"}, "time to accuracy keeps no checkpoint: stage 5 trains it"
+    assert all(len(t["rows"]) == 2 for t in tables.values())
+    markdown = (tmp_path / "bench-gpu.md").read_text()
+    assert "## Stage 5" in markdown
+    assert "| condition | cifake_top | cifake_top_scratch | cnnv3 | resnet18_fast |" in markdown
+
+
+def test_gpu_suite_unknown_stage_is_one_line(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "fakedetect.bench", "suite=gpu", "stage=9",
+                             f"suite.report={tmp_path / 'bench-gpu'}", f"hydra.run.dir={tmp_path}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == "error: stage=9: give a stage of suite gpu (1, 2, 3a, 3b, 4, 5), next or open"
+
+
+def test_gpu_suite_record_that_is_not_one_is_a_config_error(tmp_path: Path) -> None:
+    from fakedetect.suite import load
+    from fakedetect.utils.errors import ConfigError
+
+    path = tmp_path / "bench-gpu.json"
+    path.write_text('{"stages": 3}')
+    with pytest.raises(ConfigError, match="not a suite record .* move it away"):
+        load(path)
