@@ -35,7 +35,7 @@ def test_bench_reports_throughput_ratio_and_time_to_accuracy(cifake_path: Path, 
     assert [p["epoch"] for p in tta["curve"]] == [1, 2], "101% is never reached: every epoch runs"
     assert tta["reached_s"] == {"0.000": first["train_s"], "1.010": None}
     markdown = (tmp_path / "bench-cpu.md").read_text()
-    assert "| mlp | 32 | 128 |" in markdown and "101.0%: not reached" in markdown
+    assert "| mlp | 32 | 512 |" in markdown and "101.0%: not reached" in markdown
 
 
 def test_gpu_suite_runs_every_stage_at_tiny_scale(cifake_path: Path, cache_dir: Path, tmp_path: Path) -> None:
