@@ -4,6 +4,7 @@
 # half precision (9 MiB instead of 18) so that .device/ and the checkout stay under the tool's 64 MiB.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
+mkdir -p "$(git rev-parse --git-dir)/info"  # prepare.sh appends its ignore line there
 ../shared/device/prepare.sh data
 mkdir -p .device/weights
 python - <<'PY'
