@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +35,16 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cache")
     os.environ["FAKEDETECT_CACHE"] = str(path)
     return path
+
+
+def assert_one_line(done: subprocess.CompletedProcess, *expected: str) -> str:
+    """A command that failed as users should see it: exit 1, no traceback, a last line `error: ...` holding every
+    `expected` text. Returns that line."""
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and all(e in last for e in expected), last
+    return last
 
 
 def compose_config(name: str, overrides: list[str], out: Path) -> DictConfig:

@@ -29,7 +29,7 @@ from fakedetect.data.loaders import StreamDataset, StreamLoader, collate_skippin
 from fakedetect.data.sources import DataLayoutError, Entry, FolderSource, Source
 from fakedetect.losses import BCEWithLogits, FocalLoss, HybridLoss, LossSchedule
 from fakedetect.utils.errors import ConfigError
-from tests.conftest import compose_config
+from tests.conftest import assert_one_line, compose_config
 
 CLASSES = ("REAL", "FAKE")
 GARBAGE = b"\x00not an image at all" * 30
@@ -387,7 +387,4 @@ def test_commands_end_in_one_line(command: str, make_args: Callable[[Path], list
         f"hydra.run.dir={tmp_path / 'run'}"]
     run = subprocess.run([sys.executable, "-m", f"fakedetect.{command}", *make_args(tmp_path), *args],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 1, run.stderr
-    assert "Traceback" not in run.stderr + run.stdout
-    last = run.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and expected in last, last
+    assert_one_line(run, expected)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from fakedetect.data.download import SAMPLE, DownloadError, download, fetch_cifake
+from tests.conftest import assert_one_line
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOB = SAMPLE.read_bytes()
@@ -71,12 +72,6 @@ def run_download(*overrides: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
 
 
-def last_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr, result.stderr
-    return result.stderr.strip().splitlines()[-1]
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -87,7 +82,7 @@ def test_interrupted_download_resumes(server: ThreadingHTTPServer, tmp_path: Pat
     dest, cut = tmp_path / "archive.zip", 600_000
     server.cut = cut
     args = [f"url={server.url}", f"dest={dest}", f"sha256={DIGEST}", "timeout=5"]
-    line = last_line(run_download(*args))
+    line = assert_one_line(run_download(*args))
     assert line.startswith("error: download of") and "run the same command again to resume" in line
     assert not dest.exists() and (tmp_path / "archive.zip.part").stat().st_size == cut
     resumed = run_download(*args)
@@ -98,7 +93,7 @@ def test_interrupted_download_resumes(server: ThreadingHTTPServer, tmp_path: Pat
 
 def test_checksum_mismatch_removes_the_file(server: ThreadingHTTPServer, tmp_path: Path) -> None:
     dest = tmp_path / "archive.zip"
-    line = last_line(run_download(f"url={server.url}", f"dest={dest}", f"sha256={'0' * 64}"))
+    line = assert_one_line(run_download(f"url={server.url}", f"dest={dest}", f"sha256={'0' * 64}"))
     assert line.startswith("error: ") and "is not the expected sha256=" in line and "removed" in line
     assert list(tmp_path.iterdir()) == []
 
@@ -106,7 +101,7 @@ def test_checksum_mismatch_removes_the_file(server: ThreadingHTTPServer, tmp_pat
 def test_offline_fails_fast_in_one_line(tmp_path: Path) -> None:
     for host in (f"127.0.0.1:{free_port()}", "cifake.invalid"):  # a closed port; a name that never resolves
         start = time.perf_counter()
-        line = last_line(run_download(f"url=http://{host}/archive.zip", f"dest={tmp_path / 'a.zip'}"))
+        line = assert_one_line(run_download(f"url=http://{host}/archive.zip", f"dest={tmp_path / 'a.zip'}"))
         assert time.perf_counter() - start < 30  # mostly the interpreter's start
         assert line.startswith(f"error: cannot reach http://{host}/") and "data=cifake_sample" in line
     assert list(tmp_path.iterdir()) == []

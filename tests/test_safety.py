@@ -30,7 +30,7 @@ from fakedetect.utils.checkpoint import (
     resume_path,
 )
 from fakedetect.utils.errors import ConfigError
-from tests.conftest import ROOT, compose_config
+from tests.conftest import ROOT, assert_one_line, compose_config
 from tests.test_predict import train_tiny
 
 WHITELIST_WARNING = "execution whitelist"
@@ -80,14 +80,6 @@ def command_args(command: str, tmp_path: Path) -> list[str]:
         return ["trainer=cpu"]
     Image.new("RGB", (32, 32)).save(tmp_path / "image.png")
     return [f"input={tmp_path / 'image.png'}"]
-
-
-def assert_one_line(done: subprocess.CompletedProcess, *expected: str) -> str:
-    assert done.returncode == 1, done.stderr
-    assert "Traceback" not in done.stderr + done.stdout
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and all(e in last for e in expected), last
-    return last
 
 
 def test_training_and_checkpoints_need_nothing_beyond_the_allow_lists(run: tuple[Path, list[str]]) -> None:
