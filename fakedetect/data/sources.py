@@ -13,41 +13,13 @@ import tarfile
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from fakedetect.utils.errors import ConfigError
+from fakedetect.data.layouts import IMAGE_SUFFIXES, DataLayoutError, Entry, Listing
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 SPLIT_NAMES = ("train", "test")
 # what a damaged archive raises while it is read: all mean "re-download or re-create it"
 ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error)
-
-
-class DataLayoutError(ConfigError):
-    """The source is missing, or its folders are not laid out as `[split/]class/image`."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One image file: its member name inside the source, its split and its class index."""
-
-    name: str
-    split: str
-    label: int
-
-
-@dataclass
-class Listing:
-    """Every image entry of a source, plus the files ignored for not being images, and for not being regular
-    files (FIFOs, devices, sockets, broken links: reading one could hang or never end)."""
-
-    entries: list[Entry]
-    ignored: list[str]
-    not_regular: list[str] = field(default_factory=list)
-
-    def split(self, name: str) -> list[Entry]:
-        return [e for e in self.entries if e.split == name]
 
 
 class Source:
@@ -237,7 +209,7 @@ def layout(names: list[str], classes: list[str], splits: Iterable[str], where: s
         if label is None:
             ignored.append(name)
             continue
-        entries.append(Entry(name, split, label))
+        entries.append(Entry(name, split, label, classes[label]))
     if not entries:
         raise DataLayoutError(
             f"{where}: no images found in class folders {classes} (expected split/class/image, e.g. "
