@@ -12,12 +12,12 @@ import stat
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
-from pathlib import Path, PurePosixPath
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 
-from fakedetect.data.layouts import IMAGE_SUFFIXES, DataLayoutError, Entry, Listing
+from fakedetect.data import layouts
+from fakedetect.data.layouts import IMAGE_SUFFIXES, DataLayoutError, Entry, Listing  # noqa: F401 - until importers move
 
-SPLIT_NAMES = ("train", "test")
 # what a damaged archive raises while it is read: all mean "re-download or re-create it"
 ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error)
 
@@ -71,8 +71,35 @@ class Source:
     def check_streamable(self) -> None:
         """Raise unless read_one() works, which the streaming loader needs."""
 
-    def list(self, classes: list[str], splits: Iterable[str] = SPLIT_NAMES) -> Listing:
-        return layout(self.names(), classes, splits, str(self.path))
+    def list(self, classes: list[str], aliases: Mapping[str, Iterable[str]] | None = None, layout: str = "auto",
+             manifest: str | os.PathLike | None = None) -> Listing:
+        """Entries by `layout` (see data/layouts.py); with a manifest, the rows whose file this source holds."""
+        layouts.check_layout(layout, manifest)
+        if manifest is None:
+            root_name = self.path.name.split(".")[0] if self.path.is_file() else self.path.name
+            return layouts.match(self.names(), classes, aliases, layout, str(self.path), root_name)
+        where, text = self._manifest(manifest)
+        return layouts.from_manifest(text, where, self.names(), classes, aliases)
+
+    def _manifest(self, manifest: str | os.PathLike) -> tuple[str, str]:
+        """(where, text) of a manifest: an absolute path on disk, or a member of this source."""
+        path = Path(manifest).expanduser()
+        if path.is_absolute():
+            where = str(path)
+            try:
+                blob: bytes | str | None = path.read_bytes()
+            except OSError as err:
+                blob = one_line(err)
+        else:
+            where = f"{self.path}/{path.as_posix()}"
+            blob = dict(self.read([path.as_posix()])).get(path.as_posix(), "not in the source")
+        if not isinstance(blob, bytes):
+            raise DataLayoutError(f"data.manifest: cannot read {where} ({blob}); give a CSV path relative to "
+                                  "data.root, or an absolute one")
+        try:
+            return where, blob.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise DataLayoutError(f"{where}: the manifest is not UTF-8 text; save it as a UTF-8 CSV") from None
 
 
 class FolderSource(Source):
@@ -110,8 +137,9 @@ class FolderSource(Source):
     def names(self) -> list[str]:
         return list(self._scan())
 
-    def list(self, classes: list[str], splits: Iterable[str] = SPLIT_NAMES) -> Listing:
-        listing = super().list(classes, splits)
+    def list(self, classes: list[str], aliases: Mapping[str, Iterable[str]] | None = None, layout: str = "auto",
+             manifest: str | os.PathLike | None = None) -> Listing:
+        listing = super().list(classes, aliases, layout, manifest)
         listing.not_regular = sorted(self.not_regular)
         return listing
 
@@ -185,51 +213,3 @@ class TarSource(Source):
 def one_line(err: BaseException) -> str:
     """An exception's message on one line (tarfile's, for one, spans several)."""
     return " ".join(str(err).split())
-
-
-def layout(names: list[str], classes: list[str], splits: Iterable[str], where: str) -> Listing:
-    """Match member names to `[prefix/]split/class/file` or `[prefix/]class/file`, case-insensitively.
-
-    Class folder names are matched without regard to case; the class index is the position in
-    `classes`, so with the default ["REAL", "FAKE"] FAKE is 1, the positive class.
-    """
-    splits = list(splits)
-    class_index = {c.lower(): i for i, c in enumerate(classes)}
-    entries: list[Entry] = []
-    ignored: list[str] = []
-    for name in sorted(names):
-        parts = PurePosixPath(name).parts
-        if any(p.startswith(".") or p == "__MACOSX" for p in parts):
-            continue
-        if PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
-            ignored.append(name)
-            continue
-        lowered = [p.lower() for p in parts[:-1]]
-        split, label = _place(lowered, class_index, splits)
-        if label is None:
-            ignored.append(name)
-            continue
-        entries.append(Entry(name, split, label, classes[label]))
-    if not entries:
-        raise DataLayoutError(
-            f"{where}: no images found in class folders {classes} (expected split/class/image, e.g. "
-            "train/REAL/x.jpg, or class/image)"
-        )
-    has_splits = any(e.split != "" for e in entries)
-    if has_splits:
-        entries = [e for e in entries if e.split]
-    for split in splits if has_splits else [""]:
-        for i, cls in enumerate(classes):
-            if not any(e.split == split and e.label == i for e in entries):
-                missing = f"{split}/{cls}" if split else cls
-                raise DataLayoutError(f"{where}: split or class folder '{missing}' is missing or has no images")
-    return Listing(entries, ignored)
-
-
-def _place(dirs: list[str], class_index: dict[str, int], splits: list[str]) -> tuple[str, int | None]:
-    if not dirs or dirs[-1] not in class_index:
-        return "", None
-    label = class_index[dirs[-1]]
-    if len(dirs) >= 2 and dirs[-2] in splits:
-        return dirs[-2], label
-    return "", label
