@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from fakedetect.reporting.dedup import dedup_metrics
+from fakedetect.reporting.per_source import per_source_metrics
 from fakedetect.search.pruning import OptunaTrialCallback
 from fakedetect.utils.builders import build_list, build_model, build_trainer, count_parameters, instantiate
 from fakedetect.utils.checkpoint import StoreConfig, resume_path
@@ -53,8 +54,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(scalars(trainer.callback_metrics))
         metrics.update(dedup_metrics(model, datamodule, trainer))
+        record["per_source"], source_metrics = per_source_metrics(model, datamodule, trainer)
+        metrics.update(source_metrics)
     record["metrics"] = metrics
-    record["images"] = {split: len(labels) for split, (_, labels) in datamodule.splits.items()}
+    record["images"] = datamodule.split_sizes
     if trainer.is_global_zero:
         write_metrics(Path(cfg.paths.output_dir) / "metrics.json", record)
         log_hparams(trainer.loggers, cfg, {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))})

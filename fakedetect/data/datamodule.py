@@ -1,4 +1,8 @@
-"""One LightningDataModule for every model: CIFAKE or any image folder, held on the device or streamed."""
+"""One LightningDataModule for every model and dataset: it plans the splits and hands each to a loader.
+
+Listing and labels live in `layouts.py`, decoding in `decode.py`, the decoded cache in `cache.py`, batches in
+`loaders.py`; this module decides which image belongs to which split and wires the loader `data.loader` names.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +11,33 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import fsspec
 import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from fakedetect.data.augment import BatchAugment
-from fakedetect.data.decode import (
-    DEFAULT_MAX_PIXELS,
-    DIGEST,
-    BadImageError,
-    Decoded,
-    cache_key,
-    decode_entries,
-    digest_entries,
-    load_cache,
-    save_cache,
+from fakedetect.data.cache import Decoded, cache_key, decode_entries, digest_entries, load_cache
+from fakedetect.data.decode import DEFAULT_MAX_PIXELS, DIGEST, FITS, BadImageError
+from fakedetect.data.layouts import LAYOUTS, DataLayoutError, Entry, Listing
+from fakedetect.data.loaders import (
+    CachedBatches,
+    CacheRows,
+    DeviceBatches,
+    EpochOrder,
+    KeptBatches,
+    StreamDataset,
+    StreamLoader,
+    StreamTrainLoader,
+    collate_skipping,
+    litdata_loader,
 )
-from fakedetect.data.loaders import DeviceBatches, StreamDataset, StreamLoader, StreamTrainLoader, collate_skipping
-from fakedetect.data.sources import DataLayoutError, Entry, Listing, Source
+from fakedetect.data.sources import Source
 from fakedetect.utils.errors import ConfigError, is_int, is_number, require
 
 log = logging.getLogger(__name__)
@@ -36,12 +45,18 @@ log = logging.getLogger(__name__)
 LUMA = (0.299, 0.587, 0.114)
 # the smallest side length in pixels a run may decode to; below it no net here has anything to learn from
 MIN_RESOLUTION = 8
+LOADERS = ("memory", "cached", "stream", "litdata")
+SPLITS = ("train", "val", "test")
+# what pack writes beside the chunks: the planned splits, their files and the normalization statistics
+PACK_META = "fakedetect_pack.json"
+# rows moved to the device at a time: the memory loader never copies a whole split into RAM first
+DEVICE_CHUNK = 8192
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (kept, carved) with `fraction` of every class carved out, reproducibly for a seed."""
     rng = np.random.default_rng(seed)
-    kept, carved = [], []
+    kept, carved = [np.empty(0, dtype=np.int64)], [np.empty(0, dtype=np.int64)]
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         k = int(round(fraction * len(idx)))
@@ -64,13 +79,38 @@ def stratified_sample(entries: list[Entry], limit: int | None, seed: int) -> lis
     return [entries[i] for i in np.sort(picked)]
 
 
-def channel_stats(images: np.ndarray, channels: int, chunk: int = 8192) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] of (N, H, W, 3) uint8 images, in chunks to bound memory."""
+def plan_splits(labels: np.ndarray, split_names: np.ndarray, val_fraction: float, test_fraction: float, seed: int,
+                excluded: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Row indices of train, val and test: `val/` and `test/` folders as given; what is missing is carved,
+    stratified, from the train rows (or from every row of a source without split folders): test by
+    `test_fraction` (1.0: all of it), then val by `val_fraction` after the `excluded` rows leave train."""
+    pool = np.flatnonzero((split_names == "train") | (split_names == ""))
+    test = np.flatnonzero(split_names == "test")
+    if not len(test):
+        kept, carved = stratified_split(labels[pool], test_fraction, seed)
+        pool, test = pool[kept], pool[carved]
+    if excluded is not None:
+        pool = pool[~excluded[pool]]
+    val = np.flatnonzero(split_names == "val")
+    if not len(val):
+        kept, carved = stratified_split(labels[pool], val_fraction, seed)
+        pool, val = pool[kept], pool[carved]
+    # A fixed shuffle, so that any prefix of val or test (limit_val_batches, say) holds both classes.
+    rng = np.random.default_rng(seed)
+    return {"train": pool, "val": rng.permutation(val), "test": rng.permutation(test)}
+
+
+def channel_stats(images: np.ndarray, channels: int, index: np.ndarray | None = None,
+                  chunk: int = 8192) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] of (N, H, W, 3) uint8 images (the `index` rows of them), in chunks:
+    memory stays bounded, and a memory-mapped cache is read once, in file order."""
+    rows = np.sort(index) if index is not None else None
+    n = len(rows) if rows is not None else len(images)
     total = np.zeros(channels)
     squares = np.zeros(channels)
     count = 0
-    for i in range(0, len(images), chunk):
-        x = images[i : i + chunk].astype(np.float64) / 255.0
+    for i in range(0, n, chunk):
+        x = (images[rows[i : i + chunk]] if rows is not None else images[i : i + chunk]).astype(np.float64) / 255.0
         if channels == 1:
             x = (x @ np.array(LUMA))[..., None]
         total += x.sum(axis=(0, 1, 2))
@@ -86,11 +126,35 @@ def copies_of(digests: np.ndarray, pool: np.ndarray) -> np.ndarray:
     return np.isin(digests, pool[pool != b""]) & (digests != b"")
 
 
+@dataclass
+class Split:
+    """One split: its rows in the decoded cache (memory, cached), the listing (stream) or the packed chunks
+    (litdata), with their labels and source indices (into `ImageDataModule.source_names`)."""
+
+    index: np.ndarray
+    labels: np.ndarray
+    sources: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Rows:
+    """Every image the splits are planned from, in one order."""
+
+    labels: np.ndarray
+    splits: np.ndarray
+    names: list[str]
+    sources: np.ndarray  # source names (str)
+    digests: np.ndarray
+
+
 class ImageDataModule(L.LightningDataModule):
     """Binary real/fake images with FAKE = 1 the positive class (the order of `classes`).
 
-    Batches are (uint8 images NCHW, int64 labels) from either loader; conversion to float,
-    greyscale, augmentation and normalization happen in `preprocess` on the training device.
+    Batches are (uint8 images NCHW, int64 labels, int64 sources) from every loader; `on_after_batch_transfer`
+    turns them into (normalized float images, labels) on the training device, with greyscale and augmentation.
 
     `test_duplicates` marks, in the order of `test_names`, the test images byte-identical to a file of this run's
     train or val split (CIFAKE has hundreds); `dedup_test_dataloader` leaves them out, for `test/acc_dedup`.
@@ -119,11 +183,17 @@ class ImageDataModule(L.LightningDataModule):
         decode_workers: int | None = None,
         exclude: str | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        fit: str = "squash",
+        aliases: Mapping[str, Iterable[str]] | None = None,
+        layout: str = "auto",
+        manifest: str | None = None,
+        train_sources: Iterable[str] | None = None,
+        litdata_dir: str | None = None,
     ) -> None:
         super().__init__()
         _check_arguments(locals())
         self.root, self.classes = str(root), list(classes)
-        self.resolution, self.channels = resolution, channels
+        self.resolution, self.channels, self.fit = resolution, channels, fit
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.loader, self.num_workers = loader, num_workers
@@ -132,45 +202,63 @@ class ImageDataModule(L.LightningDataModule):
         self.skip_bad, self.normalize, self.stats_sample = skip_bad, normalize, stats_sample
         self.decode_workers, self.max_pixels = decode_workers, max_pixels
         self.exclude = exclude
+        self.aliases = {str(k): [str(a) for a in v] for k, v in aliases.items()} if aliases is not None else None
+        self.layout, self.manifest = layout, manifest
+        self.train_sources = sorted(str(s) for s in train_sources) if train_sources is not None else None
+        self.litdata_dir = litdata_dir
         self.augment = augment or BatchAugment()
         self.mean: list[float] | None = None
         self.std: list[float] | None = None
         self.skipped: list[str] = []
         self.timings: dict[str, float] = {}
-        self.splits: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.splits: dict[str, Split] = {}
+        self.source_names: list[str] = []
         self.test_names: list[str] = []
         self.test_duplicates: np.ndarray | None = None
         self.duplicate_groups = 0
-        self._entries: dict[str, list[Entry]] = {}
-        self._on_device: dict[tuple[str, str], tuple[Tensor, Tensor]] = {}
+        self._data: Decoded | None = None
+        self._entries: list[Entry] = []
+        self._on_device: dict[tuple[str, str], tuple[Tensor, Tensor, Tensor]] = {}
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.splits.items()}
+
+    def split_images(self, split: str) -> np.ndarray:
+        """A split's decoded images (N, H, W, 3) in split order, read into RAM: for small data and tests."""
+        if self._data is None:
+            raise ConfigError(f"a split's images in memory need data.loader=memory or cached, not {self.loader}")
+        return np.asarray(self._data.images[self.splits[split].index])
 
     def _source(self) -> Source:
         return Source.open(self.root)
 
     def _listing(self, source: Source) -> Listing:
-        listing = source.list(self.classes)
+        listing = source.list(self.classes, aliases=self.aliases, layout=self.layout, manifest=self.manifest)
         if listing.ignored:
             log.info("ignored %d non-image or unplaced files in %s, e.g. %s",
                      len(listing.ignored), self.root, listing.ignored[0])
         if listing.not_regular:
             log.warning("skipped %d entries of %s that are not regular files (FIFOs, devices, sockets, broken "
                         "links), e.g. %s", len(listing.not_regular), self.root, listing.not_regular[0])
-        entries = listing.split("train") + listing.split("test") or listing.entries
         by_split: dict[str, list[Entry]] = {}
-        for e in entries:
+        for e in listing.entries:
             by_split.setdefault(e.split, []).append(e)
-        limits = {"train": self.train_limit, "test": self.test_limit, "": self.train_limit}
+        limits = {"train": self.train_limit, "": self.train_limit, "val": self.test_limit, "test": self.test_limit}
         picked = [e for s, es in by_split.items() for e in stratified_sample(es, limits[s], self.seed)]
         return Listing(picked, listing.ignored)
 
+    def _listing_key(self, source: Source) -> list:
+        """What decides the listed entries."""
+        return [source.identity(), self.classes, self.aliases, self.layout, self.manifest, self.train_limit,
+                self.test_limit, self.seed if (self.train_limit or self.test_limit) else None]
+
     def _cache_folder(self, source: Source) -> Path:
-        key = cache_key(source.identity(), self.resolution, self.classes, self.train_limit,
-                        self.test_limit, self.seed if (self.train_limit or self.test_limit) else None,
-                        self.max_pixels)
-        return self.cache_dir / f"{Path(self.root).name}-{self.resolution}px-{key}"
+        key = cache_key(*self._listing_key(source), self.resolution, self.fit, self.max_pixels)
+        return self.cache_dir / f"{Path(self.root).name}-{self.resolution}px-{self.fit}-{key}"
 
     def decoded(self) -> Decoded:
-        """The decoded images, from the cache if present, else decoded on every core and cached."""
+        """The decoded images, memory-mapped from the cache; decoded on every core and cached first if need be."""
         source = self._source()
         folder = self._cache_folder(source)
         start = time.perf_counter()
@@ -183,64 +271,104 @@ class ImageDataModule(L.LightningDataModule):
             self.timings["cache_load_s"] = time.perf_counter() - start
             return cached
         listing = self._listing(source)
-        decoded = decode_entries(source, listing.entries, self.resolution, self.decode_workers, self.skip_bad,
-                                 self.max_pixels)
+        decoded = decode_entries(source, listing.entries, self.resolution, fit=self.fit, workers=self.decode_workers,
+                                 skip_bad=self.skip_bad, max_pixels=self.max_pixels, folder=folder)
         self.timings["decode_s"] = time.perf_counter() - start
         log.info("decoded %d images from %s in %.1f s (%d unreadable skipped); cache %s",
                  len(decoded.labels), self.root, self.timings["decode_s"], len(decoded.skipped), folder)
-        save_cache(folder, decoded)
         return decoded
 
     def prepare_data(self) -> None:
-        if self.loader == "memory":
+        if self.loader in ("memory", "cached"):
             self.decoded()
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        if self.loader == "memory":
-            data = self.decoded()
-            self.skipped = data.skipped
-            labels, split_names, names, digests = data.labels, data.splits, data.names, data.digests
+        if self.loader == "litdata":
+            self._setup_packed()
+            return
+        if self.loader == "stream":
+            rows = self._listed_rows()
         else:
-            source = self._source()
-            source.check_streamable()
-            listing = self._listing(source)
-            entries = listing.entries
-            labels = np.array([e.label for e in entries])
-            split_names = np.array([e.split for e in entries])
-            names = [e.name for e in entries]
-            digests = self._stream_digests(source, entries)
-        test_idx = np.flatnonzero(split_names == "test")
-        train_idx = np.flatnonzero(split_names == "train")
-        if not len(train_idx):
-            pool = np.arange(len(labels))
-            kept, carved = stratified_split(labels, self.test_fraction, self.seed)
-            train_idx, test_idx = pool[kept], pool[carved]
-        if self.exclude:
-            if not Path(self.exclude).is_file():
-                raise ConfigError(f"data.exclude: no such file {self.exclude} (a list of member names, one a line, "
-                                  "e.g. the data audit's exclude_train.txt)")
-            dropped = set(Path(self.exclude).read_text().split("\n"))
-            before = len(train_idx)
-            train_idx = np.array([i for i in train_idx if names[i] not in dropped], dtype=np.int64)
-            log.info("excluded %d train files listed in %s", before - len(train_idx), self.exclude)
-        kept, carved = stratified_split(labels[train_idx], self.val_fraction, self.seed)
-        # A fixed shuffle, so that any prefix of val or test (limit_val_batches, say) holds both classes.
-        rng = np.random.default_rng(self.seed)
-        index = {"train": train_idx[kept], "val": rng.permutation(train_idx[carved]), "test": rng.permutation(test_idx)}
-        self._check_classes(index, labels, has_splits=bool((split_names != "").any()))
-        self.test_names = [names[i] for i in index["test"]]
-        self._mark_duplicates(digests[index["test"]], digests[np.concatenate([index["train"], index["val"]])])
-        if self.loader == "memory":
-            self.splits = {k: (data.images[v], data.labels[v]) for k, v in index.items()}
-        else:
-            self._entries = {k: [entries[i] for i in v] for k, v in index.items()}
-            self.splits = {k: (np.empty(0), labels[v]) for k, v in index.items()}
+            self._data = self.decoded()
+            self.skipped = self._data.skipped
+            rows = Rows(self._data.labels, self._data.splits, self._data.names, self._data.sources, self._data.digests)
+        self.source_names = sorted(set(rows.sources.tolist()))
+        sources = np.searchsorted(self.source_names, rows.sources).astype(np.int64)
+        index = plan_splits(rows.labels, rows.splits, self.val_fraction, self.test_fraction, self.seed,
+                            self._excluded(rows.names))
+        if self.train_sources is not None:
+            index = self._only_train_sources(index, rows)
+        self._check_classes(index, rows.labels, has_splits=bool((rows.splits != "").any()))
+        self.splits = {k: Split(v, rows.labels[v], sources[v]) for k, v in index.items()}
+        self.test_names = [rows.names[i] for i in index["test"]]
+        self._mark_duplicates(rows.digests[index["test"]], rows.digests[np.concatenate([index["train"],
+                                                                                        index["val"]])])
         if self.mean is None:
             self.mean, self.std = self._stats()
-        log.info("splits: %s; mean %s std %s", {k: len(v[1]) for k, v in self.splits.items()},
+        log.info("splits: %s; sources %s; mean %s std %s", self.split_sizes, self.source_names,
                  np.round(self.mean, 4).tolist(), np.round(self.std, 4).tolist())
+
+    def _listed_rows(self) -> Rows:
+        source = self._source()
+        source.check_streamable()
+        self._entries = self._listing(source).entries
+        return Rows(np.array([e.label for e in self._entries], dtype=np.int64),
+                    np.array([e.split for e in self._entries]), [e.name for e in self._entries],
+                    np.array([e.source for e in self._entries]), self._stream_digests(source, self._entries))
+
+    def _excluded(self, names: list[str]) -> np.ndarray | None:
+        if not self.exclude:
+            return None
+        if not Path(self.exclude).is_file():
+            raise ConfigError(f"data.exclude: no such file {self.exclude} (a list of member names, one a line, "
+                              "e.g. the data audit's exclude_train.txt)")
+        dropped = set(Path(self.exclude).read_text().split("\n"))
+        excluded = np.array([n in dropped for n in names], dtype=bool)
+        log.info("data.exclude lists %d of these files (%s); they leave train", excluded.sum(), self.exclude)
+        return excluded
+
+    def _only_train_sources(self, index: dict[str, np.ndarray], rows: Rows) -> dict[str, np.ndarray]:
+        """Train and val keep the fakes of `train_sources` and every real image; test keeps everything."""
+        unknown = sorted(set(self.train_sources) - set(self.source_names))
+        if unknown:
+            raise ConfigError(f"data.train_sources: {unknown} not among the sources of {self.root}: "
+                              f"{self.source_names}")
+        keep = np.isin(rows.sources, self.train_sources) | (rows.labels == 0)
+        return {k: v[keep[v]] if k != "test" else v for k, v in index.items()}
+
+    def _packed(self, part: str) -> str:
+        """A path under data.litdata_dir, which may be an object storage URL (no pathlib for it)."""
+        return f"{self.litdata_dir.rstrip('/')}/{part}"
+
+    def _setup_packed(self) -> None:
+        """The splits `python -m fakedetect.data.pack` planned and wrote, checked against this run's data config."""
+        if self.train_sources is not None:
+            raise ConfigError("data.train_sources cannot filter packed data (data.loader=litdata): pack with "
+                              "data.train_sources set instead")
+        try:
+            with fsspec.open(self._packed(PACK_META), "r") as f:
+                meta = json.load(f)
+        except (OSError, ValueError) as err:
+            raise DataLayoutError(f"data.litdata_dir={self.litdata_dir}: no readable {PACK_META} there ({err}); "
+                                  "write the chunks with python -m fakedetect.data.pack data.root=... "
+                                  "output=DIR") from None
+        for key in ("classes", "resolution", "fit", "channels"):
+            if meta["data"][key] != getattr(self, key):
+                raise ConfigError(f"data.{key}={getattr(self, key)!r}, but data.litdata_dir={self.litdata_dir} was "
+                                  f"packed with {meta['data'][key]!r}: set data.{key}={meta['data'][key]!r} or "
+                                  "pack again")
+        self.source_names, self.skipped = meta["source_names"], meta["skipped"]
+        splits = meta["splits"]
+        self.splits = {s: Split(np.arange(len(splits[s]["labels"])), np.array(splits[s]["labels"], dtype=np.int64),
+                                np.array(splits[s]["sources"], dtype=np.int64)) for s in SPLITS}
+        digests = {s: np.array(splits[s]["digests"], dtype=DIGEST) for s in SPLITS}
+        self.test_names = splits["test"]["names"]
+        self._mark_duplicates(digests["test"], np.concatenate([digests["train"], digests["val"]]))
+        if self.mean is None:
+            self.mean, self.std = meta["mean"], meta["std"]
+        log.info("packed splits from %s: %s; sources %s", self.litdata_dir, self.split_sizes, self.source_names)
 
     def _mark_duplicates(self, test: np.ndarray, pool: np.ndarray) -> None:
         self.test_duplicates = copies_of(test, pool)
@@ -252,8 +380,7 @@ class ImageDataModule(L.LightningDataModule):
     def _stream_digests(self, source: Source, entries: list[Entry]) -> np.ndarray:
         """The files' digests for the stream loader: one pass over the source's bytes, cached beside the decode
         caches under the source's identity (which changes with any file's size or modification time)."""
-        key = cache_key("digests", source.identity(), self.classes, self.train_limit, self.test_limit,
-                        self.seed if (self.train_limit or self.test_limit) else None)
+        key = cache_key("digests", *self._listing_key(source))
         path = self.cache_dir / "digests" / f"{key}.json"
         names = [e.name for e in entries]
         try:
@@ -274,14 +401,16 @@ class ImageDataModule(L.LightningDataModule):
 
     def _check_classes(self, index: dict[str, np.ndarray], labels: np.ndarray, has_splits: bool) -> None:
         """Every split must hold every class, after decoding, limits and exclusions: a test split of one class
-        would report a perfect accuracy that means nothing."""
+        would report a perfect accuracy that means nothing. With test_fraction=1 (evaluation of a whole source)
+        train and val may be empty."""
         for split, idx in index.items():
-            if split == "val" and not self.val_fraction:
+            if (split == "val" and not self.val_fraction and not len(idx)) or (
+                    split != "test" and self.test_fraction == 1 and not len(idx)):
                 continue
             counts = np.bincount(labels[idx], minlength=len(self.classes))
             for c in np.flatnonzero(counts == 0):
                 cls = self.classes[c]
-                folder = f"{'test' if split == 'test' else 'train'}/{cls}" if has_splits else cls
+                folder = f"{split}/{cls}" if has_splits else cls
                 bad = [n for n in self.skipped if PurePosixPath(n).parent.as_posix().lower().endswith(folder.lower())]
                 if bad:
                     why = (f"its {len(bad)} files in '{folder}' are unreadable (e.g. {bad[0]}); replace them, or "
@@ -289,6 +418,8 @@ class ImageDataModule(L.LightningDataModule):
                 elif split == "val":
                     why = (f"data.val_fraction={self.val_fraction} carves none of the '{folder}' images; raise it, "
                            "add images, or set data.val_fraction=0 to train without validation")
+                elif c == 1 and self.train_sources is not None and split != "test":
+                    why = f"data.train_sources={self.train_sources} has no fakes in it"
                 else:
                     why = (f"none of the '{folder}' images is left after data.train_limit, data.test_limit and "
                            "data.exclude; add images or relax those")
@@ -298,9 +429,12 @@ class ImageDataModule(L.LightningDataModule):
         """Normalization statistics of the train split (never val or test), cached beside the images."""
         if not self.normalize:
             return [0.0] * self.channels, [1.0] * self.channels
+        if not len(self.splits["train"]):
+            raise ConfigError(f"data.test_fraction={self.test_fraction} leaves no train images to take "
+                              "normalization statistics from: use it to evaluate a checkpoint, which brings them")
         source = self._source()
-        key = cache_key(source.identity(), self.resolution, self.channels, self.classes, self.val_fraction,
-                        self.test_fraction, self.train_limit, self.seed, self.exclude, self.max_pixels,
+        key = cache_key(*self._listing_key(source), self.resolution, self.fit, self.channels, self.val_fraction,
+                        self.test_fraction, self.seed, self.exclude, self.max_pixels, self.train_sources,
                         self.stats_sample if self.loader == "stream" else None)
         path = self.cache_dir / "stats" / f"{key}.json"
         try:
@@ -310,28 +444,33 @@ class ImageDataModule(L.LightningDataModule):
             pass
         except (OSError, ValueError, KeyError, TypeError) as err:
             log.warning("ignoring the unreadable statistics cache %s (%s); computing them again", path, err)
-        if self.loader == "memory":
-            images = self.splits["train"][0]
+        if self._data is not None:
+            mean, std = channel_stats(self._data.images, self.channels, self.splits["train"].index)
         else:
-            sample = stratified_sample(self._entries["train"], self.stats_sample, self.seed)
+            train = [self._entries[i] for i in self.splits["train"].index]
+            sample = stratified_sample(train, self.stats_sample, self.seed)
             # Unreadable files are skipped (or raise, with skip_bad=false) as everywhere else, not a crash here.
-            images = decode_entries(source, sample, self.resolution, self.decode_workers, self.skip_bad,
-                                    self.max_pixels).images
+            images = decode_entries(source, sample, self.resolution, fit=self.fit, workers=self.decode_workers,
+                                    skip_bad=self.skip_bad, max_pixels=self.max_pixels).images
             if not len(images):
                 raise DataLayoutError(f"{self.root}: none of the {len(sample)} train images sampled for the "
                                       "normalization statistics could be decoded; check them with "
                                       "python -m fakedetect.data.inspect")
-        mean, std = channel_stats(images, self.channels)
+            mean, std = channel_stats(images, self.channels)
         _write_atomic(path, json.dumps({"mean": mean, "std": std}))
         return mean, std
 
     def state_dict(self) -> dict:
         """What eval and predict need from the data: saved in every checkpoint."""
         return {"classes": self.classes, "resolution": self.resolution, "channels": self.channels,
-                "mean": self.mean, "std": self.std}
+                "mean": self.mean, "std": self.std, "fit": self.fit}
 
     def load_state_dict(self, state: dict) -> None:
         self.mean, self.std = state["mean"], state["std"]
+        trained = state.get("fit", "squash")  # checkpoints from before data.fit were all squashed
+        if trained != self.fit:
+            log.warning("the checkpoint's model was trained on data.fit=%s images; this run decodes with "
+                        "data.fit=%s", trained, self.fit)
 
     @torch.no_grad()
     def preprocess(self, images: Tensor, train: bool = False) -> Tensor:
@@ -346,11 +485,12 @@ class ImageDataModule(L.LightningDataModule):
         x = (x - mean) / std
         return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
 
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor] | None,
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor, Tensor] | None,
                                 dataloader_idx: int) -> tuple[Tensor, Tensor] | None:
+        """(preprocessed images, labels): the LightningModules never see the sources."""
         if batch is None:  # a streamed training batch of only unreadable files, which Lightning skips
             return None
-        images, labels = batch
+        images, labels, _ = batch
         training = self.trainer is not None and self.trainer.training
         return self.preprocess(images, train=training), labels
 
@@ -360,46 +500,67 @@ class ImageDataModule(L.LightningDataModule):
     def _rank(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
 
-    def _loader(self, split: str, train: bool, keep: np.ndarray | None = None) -> DeviceBatches | DataLoader:
+    def _on_the_device(self, split: str, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """A split's images, labels and sources on the device, copied over in chunks from the memory map."""
+        if (split, str(device)) not in self._on_device:
+            part = self.splits[split]
+            h, w = self._data.images.shape[1:3]
+            images = torch.empty((len(part), 3, h, w), dtype=torch.uint8, device=device)
+            for i in range(0, len(part), DEVICE_CHUNK):
+                rows = np.ascontiguousarray(self._data.images[part.index[i : i + DEVICE_CHUNK]])
+                images[i : i + len(rows)] = torch.from_numpy(rows).to(device).permute(0, 3, 1, 2)
+            self._on_device[(split, str(device))] = (images, torch.from_numpy(part.labels).to(device),
+                                                     torch.from_numpy(part.sources).to(device))
+        return self._on_device[(split, str(device))]
+
+    def _loader(self, split: str, train: bool, keep: np.ndarray | None = None) -> Iterable:
         """The split's loader for this process; with `keep` (a mask of the split), that part of it, whole."""
         batch = self.batch_size if train else self.eval_batch_size
         rank, world = self._rank() if keep is None else (0, 1)
-        n = len(self.splits[split][1])
-        drop_last = train and n >= batch * world
+        part = self.splits[split]
+        positions = np.flatnonzero(keep) if keep is not None else np.arange(len(part))
+        drop_last = train and len(positions) >= batch * world
+        pin = self._device().type == "cuda"
+        order = EpochOrder(len(positions), batch, shuffle=train, seed=self.seed, rank=rank, world_size=world,
+                           drop_last=drop_last)
         if self.loader == "memory":
-            device = self._device()
-            if (split, str(device)) not in self._on_device:
-                images, labels = self.splits[split]
-                self._on_device[(split, str(device))] = (
-                    torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device),
-                    torch.from_numpy(labels).to(device),
-                )
-            images, labels = self._on_device[(split, str(device))]
+            images, labels, sources = self._on_the_device(split, self._device())
+            where = torch.from_numpy(positions).to(images.device)
             if keep is not None:
-                index = torch.from_numpy(np.flatnonzero(keep)).to(device)
-                images, labels = images[index], labels[index]
-            return DeviceBatches(images, labels, batch, shuffle=train, seed=self.seed,
-                                 rank=rank, world_size=world, drop_last=drop_last)
-        entries = self._entries[split]
-        if keep is not None:
-            entries = [e for e, k in zip(entries, keep, strict=True) if k]
-        dataset = StreamDataset(self._source(), entries, self.resolution, self.max_pixels, self.skip_bad)
+                images, labels, sources = images[where], labels[where], sources[where]
+            return DeviceBatches(images, labels, sources, order)
+        if self.loader == "cached":
+            rows = CacheRows(self._data.images, part.index[positions], part.labels[positions],
+                             part.sources[positions])
+            return CachedBatches(rows, order, self.num_workers, pin)
+        if self.loader == "litdata" and not len(positions):  # pack writes no chunks for an empty split
+            empty = torch.empty(0, dtype=torch.int64)
+            return DeviceBatches(torch.empty((0, 3, self.resolution, self.resolution), dtype=torch.uint8), empty,
+                                 empty, order)
+        if self.loader == "litdata":
+            # one worker for val and test: LitData then yields the split in its packed order, which dedup relies on
+            loader = litdata_loader(self._packed(split), batch, shuffle=train, seed=self.seed,
+                                    num_workers=self.num_workers if train else min(self.num_workers, 1),
+                                    drop_last=drop_last, pin_memory=pin)
+            return KeptBatches(loader, keep) if keep is not None else loader
+        dataset = StreamDataset(self._source(), [self._entries[i] for i in part.index[positions]],
+                                part.sources[positions], self.resolution, fit=self.fit, max_pixels=self.max_pixels,
+                                skip_bad=self.skip_bad, random_fit=train and self.fit == "random_crop")
         return (StreamTrainLoader if train else StreamLoader)(
             dataset, batch_size=batch, shuffle=train, num_workers=self.num_workers,
-            collate_fn=collate_skipping, pin_memory=self._device().type == "cuda",
-            persistent_workers=self.num_workers > 0, drop_last=drop_last,
+            collate_fn=collate_skipping, pin_memory=pin, persistent_workers=self.num_workers > 0, drop_last=drop_last,
         )
 
-    def train_dataloader(self) -> DeviceBatches | DataLoader:
+    def train_dataloader(self) -> Iterable:
         return self._loader("train", train=True)
 
-    def val_dataloader(self) -> DeviceBatches | DataLoader:
+    def val_dataloader(self) -> Iterable:
         return self._loader("val", train=False)
 
-    def test_dataloader(self) -> DeviceBatches | DataLoader:
+    def test_dataloader(self) -> Iterable:
         return self._loader("test", train=False)
 
-    def dedup_test_dataloader(self, first: int | None = None) -> DeviceBatches | DataLoader:
+    def dedup_test_dataloader(self, first: int | None = None) -> Iterable:
         """The test images without a byte-identical copy in train or val, in test order, among the `first` test
         images only when given (those a test cut short by limit_test_batches saw); never split across processes."""
         keep = ~self.test_duplicates
@@ -420,26 +581,44 @@ def _check_arguments(args: dict) -> None:
     def limit(v: object) -> bool:
         return v is None or (is_int(v) and v >= len(classes))
 
+    def names(v: object) -> bool:
+        return not isinstance(v, (str, bytes, Mapping)) and isinstance(v, Iterable) and all(
+            isinstance(s, str) and s for s in v)
+
     checks = [
         ("resolution", lambda v: is_int(v) and v >= MIN_RESOLUTION, f"an integer >= {MIN_RESOLUTION} (pixels a side)"),
         ("channels", lambda v: is_int(v) and v in (1, 3), "1 (greyscale) or 3 (RGB)"),
         ("val_fraction", lambda v: is_number(v) and 0 <= v < 1,
          "in [0, 1): the share of train images held out for validation (0: no validation)"),
-        ("test_fraction", lambda v: is_number(v) and 0 < v < 1,
-         "in (0, 1): the share carved as test when the source has no test split"),
+        ("test_fraction", lambda v: is_number(v) and 0 < v <= 1,
+         "in (0, 1]: the share carved as test when the source has no test split (1: all of it, to evaluate it "
+         "whole)"),
         ("batch_size", positive, "a positive integer"),
         ("eval_batch_size", positive, "a positive integer"),
         ("stats_sample", positive, "a positive integer"),
-        ("loader", lambda v: v in ("memory", "stream"), "'memory' or 'stream'"),
+        ("loader", lambda v: v in LOADERS, " | ".join(LOADERS)),
+        ("fit", lambda v: v in FITS, " | ".join(FITS)),
         ("num_workers", lambda v: is_int(v) and v >= 0, "an integer >= 0"),
         ("train_limit", limit, f"null (every image) or an integer >= {len(classes)} (images in the split)"),
         ("test_limit", limit, f"null (every image) or an integer >= {len(classes)} (images in the split)"),
         ("decode_workers", lambda v: v is None or positive(v), "null (every core) or a positive integer"),
         ("max_pixels", lambda v: v is None or positive(v), "null (no limit) or a positive integer"),
         ("seed", is_int, "an integer"),
+        ("aliases", lambda v: v is None or (isinstance(v, Mapping) and all(isinstance(k, str) and names(a)
+                                                                         for k, a in v.items())),
+         "null (the default folder names) or a map from class to a list of folder names, e.g. "
+         "{FAKE: [fake, ai, 1_fake]}"),
+        ("layout", lambda v: v in LAYOUTS, " | ".join(LAYOUTS)),
+        ("manifest", lambda v: v is None or (isinstance(v, str) and v), "null or the path of a CSV manifest"),
+        ("train_sources", lambda v: v is None or (names(v) and len(list(v)) > 0),
+         "null (every source) or a non-empty list of source names, e.g. [REAL, sdv14]"),
+        ("litdata_dir", lambda v: v is None or (isinstance(v, str) and v),
+         "null or the folder (or object storage URL) that python -m fakedetect.data.pack wrote"),
     ]
     for key, ok, expected in checks:
         require(f"data.{key}", args[key], ok(args[key]), expected)
+    require("data.litdata_dir", args["litdata_dir"], args["loader"] != "litdata" or args["litdata_dir"],
+            "set with data.loader=litdata: the output folder of python -m fakedetect.data.pack")
 
 
 def _write_atomic(path: Path, text: str) -> None:

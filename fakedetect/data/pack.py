@@ -1,0 +1,75 @@
+"""`python -m fakedetect.data.pack data.root=... output=DIR`: a dataset as LitData chunks, for `data.loader=litdata`.
+
+The data module plans the splits and decodes them into its memory-mapped cache (bounded memory, every core);
+`litdata.optimize` then copies each split's rows, in split order, into chunks with their label and source.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from functools import partial
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from fakedetect.data.datamodule import PACK_META, SPLITS, ImageDataModule
+from fakedetect.utils.builders import instantiate
+from fakedetect.utils.errors import ConfigError, one_line_errors
+
+log = logging.getLogger(__name__)
+
+
+def _item(position: int, images: str, index: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> dict:
+    row = np.load(images, mmap_mode="r")[index[position]]
+    return {"image": np.ascontiguousarray(row), "label": int(labels[position]), "source": int(sources[position])}
+
+
+def pack(datamodule: ImageDataModule, output: str, chunk_bytes: str = "64MB", overwrite: bool = False) -> dict:
+    """Write every non-empty split of `datamodule` (loader=cached) as chunks under `output`; returns the meta."""
+    from litdata import optimize
+
+    target = Path(output)
+    if (target / PACK_META).exists() and not overwrite:
+        raise ConfigError(f"output={output} already holds packed data ({PACK_META}); pass overwrite=true or "
+                          "another output")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    data = datamodule.decoded()  # the memory-mapped cache setup planned the splits over
+    images = data.images.filename
+    meta = {"data": {"classes": datamodule.classes, "resolution": datamodule.resolution, "fit": datamodule.fit,
+                     "channels": datamodule.channels, "root": datamodule.root},
+            "source_names": datamodule.source_names, "mean": datamodule.mean, "std": datamodule.std,
+            "skipped": datamodule.skipped, "splits": {}}
+    for split in SPLITS:
+        part = datamodule.splits[split]
+        meta["splits"][split] = {"names": [data.names[i] for i in part.index], "labels": part.labels.tolist(),
+                                 "sources": part.sources.tolist(),
+                                 "digests": data.digests[part.index].astype(str).tolist()}
+        folder = target / split
+        if folder.exists():
+            shutil.rmtree(folder)
+        if not len(part):
+            continue
+        # one worker: the chunks keep the split's order (test order is what the dedup mask follows); the rows are
+        # decoded already, so this is a copy
+        optimize(fn=partial(_item, images=images, index=part.index, labels=part.labels, sources=part.sources),
+                 inputs=list(range(len(part))), output_dir=str(folder), chunk_bytes=chunk_bytes, num_workers=1,
+                 keep_data_ordered=True, start_method="fork", verbose=False)
+        log.info("packed %d %s images into %s", len(part), split, folder)
+    (target / PACK_META).write_text(json.dumps(meta))
+    return meta
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="pack")
+@one_line_errors
+def main(cfg: DictConfig) -> None:
+    datamodule = instantiate(cfg.data, loader="cached")
+    pack(datamodule, cfg.output, cfg.chunk_bytes, cfg.overwrite)
+
+
+if __name__ == "__main__":
+    main()
