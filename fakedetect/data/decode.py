@@ -1,55 +1,38 @@
-"""Decode image bytes to fixed-size uint8 arrays, in parallel, once; later runs load the cached array.
+"""Decode policy: one image file's bytes to an upright RGB uint8 array of the size a run asks for.
 
-Kept free of torch so that decoding worker processes start fast.
+`fit` says how an image of any shape becomes resolution x resolution: `squash` (resize both sides; right for
+CIFAKE's square images), `center_crop` / `random_crop` (native pixels, so a generator's high-frequency traces
+survive), `resize_crop` (short side to the resolution, then the centre square; ImageNet backbones at 224). JPEGs
+that are scaled down are decoded at a reduced size by libjpeg itself (Pillow's draft mode), HEIC/HEIF through
+pillow-heif. Kept free of torch so that decoding worker processes start fast.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
-import logging
-import os
-import shutil
-import tempfile
+import random
 import warnings
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageOps
 
-from fakedetect.data.sources import Entry, Source
 from fakedetect.utils.errors import ConfigError
 
-log = logging.getLogger(__name__)
+pillow_heif.register_heif_opener()
 
-# 2: EXIF orientation applied, 16-bit images scaled, folder identity with sizes and mtimes; 3: files' digests
-CACHE_VERSION = 3
-CHUNK = 2048
+FITS = ("squash", "center_crop", "random_crop", "resize_crop")
 # images above this many pixels are refused before their pixels are decoded (data.max_pixels; None: no limit)
 DEFAULT_MAX_PIXELS = 8192 * 8192
+# the dtype of an array of file digests (SHA-1 in hex); b"" marks a file that could not be read
+DIGEST = "S40"
+# antialiased when scaling down; the resampling of every cache and checkpoint so far
+RESAMPLE = Image.Resampling.BICUBIC
 
 
 class BadImageError(ConfigError):
     """An image file could not be decoded and the configuration says not to skip it."""
-
-
-@dataclass
-class Decoded:
-    """Images as (N, H, W, 3) uint8 with their labels, split names and files' digests, and the files that failed."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    splits: np.ndarray
-    names: list[str]
-    skipped: list[str]
-    digests: np.ndarray  # file_digest of each image's encoded bytes, as DIGEST ASCII
-
-
-# the dtype of an array of file digests (SHA-1 in hex); b"" marks a file that could not be read
-DIGEST = "S40"
 
 
 def file_digest(data: bytes) -> str:
@@ -58,20 +41,20 @@ def file_digest(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
-def digest_entries(source: Source, entries: list[Entry]) -> np.ndarray:
-    """The digests of entries' bytes in entry order, in one pass over the source (for the stream loader, whose
-    decoding never holds every file's bytes at once); an unreadable file gets b""."""
-    found = {name: file_digest(data) if isinstance(data, bytes) else ""
-             for name, data in source.read([e.name for e in entries])}
-    return np.array([found.get(e.name, "") for e in entries], dtype=DIGEST)
+def check_fit(fit: str, key: str = "data.fit") -> str:
+    if fit not in FITS:
+        raise ConfigError(f"{key}={fit} is not a fit; use one of {', '.join(FITS)}")
+    return fit
 
 
-def open_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: int | None = None) -> Image.Image:
     """Open and load one image file, upright (its EXIF orientation applied).
 
     An image over `max_pixels` is an error, raised from its header before the pixels are decoded: Pillow's own
     decompression-bomb check, with its limit set for this call only (decoding runs in processes, not threads)
-    and its warning made an error instead of silenced.
+    and its warning made an error instead of silenced. `draft`: a JPEG at least twice that size on both sides is
+    decoded at 1/2, 1/4 or 1/8 scale by libjpeg, keeping both sides at least `draft` pixels (so which side ends up
+    short after the EXIF rotation does not matter); other formats ignore it.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow's notes on odd but readable files (palette transparency, EXIF)
@@ -79,6 +62,8 @@ def open_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Imag
         default, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
         try:
             img = Image.open(io.BytesIO(data))
+            if draft and min(img.size) >= 2 * draft:
+                img.draft(None, (draft, draft))
             img.load()
             ImageOps.exif_transpose(img, in_place=True)
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
@@ -97,117 +82,31 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGBA").convert("RGB") if img.mode in ("P", "LA", "PA") else img.convert("RGB")
 
 
-def decode_image(data: bytes, resolution: int | None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """One image file to RGB uint8, upright, squashed to resolution x resolution."""
-    with open_image(data, max_pixels) as img:
+def decode_image(
+    data: bytes, resolution: int | None, fit: str = "squash", max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    rng: random.Random | None = None, draft: bool = True,
+) -> np.ndarray:
+    """One image file to (resolution, resolution, 3) RGB uint8, upright, by `fit` (module docstring); at its own
+    size when `resolution` is None. `rng` places random_crop's window (None: the centre, as eval and predict
+    always want); `draft=False` decodes every JPEG at full size (for the benchmark's comparison)."""
+    scales_down = draft and fit in ("squash", "resize_crop")
+    with open_image(data, max_pixels, draft=resolution if scales_down else None) as img:
         rgb = to_rgb(img)
-    if resolution and rgb.size != (resolution, resolution):
-        rgb = rgb.resize((resolution, resolution), Image.Resampling.BICUBIC)
-    return np.asarray(rgb, dtype=np.uint8)
+    return np.asarray(fit_image(rgb, resolution, fit, rng) if resolution else rgb, dtype=np.uint8)
 
 
-def _decode_chunk(args: tuple[list[bytes | str], int | None, int | None]) -> list[np.ndarray | str]:
-    blobs, resolution, max_pixels = args
-    out: list[np.ndarray | str] = []
-    for blob in blobs:
-        if isinstance(blob, str):  # the file could not even be read: the reason, from the source
-            out.append(blob)
-            continue
-        try:
-            out.append(decode_image(blob, resolution, max_pixels))
-        except Exception as err:  # noqa: BLE001 - any decoder failure is a bad file, reported by name
-            out.append(f"{type(err).__name__}: {err}")
-    return out
-
-
-def decode_entries(
-    source: Source, entries: list[Entry], resolution: int, workers: int | None = None, skip_bad: bool = True,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-) -> Decoded:
-    """Read entries in the source's fastest order, decode them on every core, return them in entry order."""
-    order = {e.name: i for i, e in enumerate(entries)}
-    names, blobs, digests = [], [], []
-    for name, data in source.read(order):
-        names.append(name)
-        blobs.append(data)
-        digests.append(file_digest(data) if isinstance(data, bytes) else "")
-    workers = workers or os.cpu_count() or 1
-    chunks = [(blobs[i : i + CHUNK], resolution, max_pixels) for i in range(0, len(blobs), CHUNK)]
-    if workers > 1 and len(chunks) > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            results = [r for chunk in pool.map(_decode_chunk, chunks) for r in chunk]
+def fit_image(img: Image.Image, resolution: int, fit: str, rng: random.Random | None = None) -> Image.Image:
+    """`img` made resolution x resolution by `fit`. The crop fits take a square window of the image: `resolution`
+    pixels wide at native scale, or the whole short side (resize_crop, and any image whose short side is under
+    `resolution`), which is then scaled to `resolution` in the same step (Pillow's resize box)."""
+    width, height = img.size
+    if fit == "squash":
+        return img if img.size == (resolution, resolution) else img.resize((resolution, resolution), RESAMPLE)
+    check_fit(fit)
+    side = min(width, height) if fit == "resize_crop" or min(width, height) < resolution else resolution
+    if fit == "random_crop" and rng is not None:
+        left, top = rng.randint(0, width - side), rng.randint(0, height - side)
     else:
-        results = [r for chunk in map(_decode_chunk, chunks) for r in chunk]
-    position = [order[n] for n in names]
-    images = np.empty((len(entries), resolution, resolution, 3), dtype=np.uint8)
-    keep = np.zeros(len(entries), dtype=bool)
-    in_order = np.empty(len(entries), dtype=DIGEST)
-    skipped = []
-    for i, name, result, digest in zip(position, names, results, digests, strict=True):
-        if isinstance(result, str):
-            if not skip_bad:
-                raise BadImageError(f"cannot decode {source.path}/{name}: {result}")
-            log.warning("skipping unreadable image %s/%s: %s", source.path, name, result)
-            skipped.append(name)
-            continue
-        images[i] = result
-        in_order[i] = digest
-        keep[i] = True
-    kept = [e for e, k in zip(entries, keep, strict=True) if k]
-    return Decoded(
-        images=images[keep],
-        labels=np.array([e.label for e in kept], dtype=np.int64),
-        splits=np.array([e.split for e in kept]),
-        names=[e.name for e in kept],
-        skipped=sorted(skipped),
-        digests=in_order[keep],
-    )
-
-
-def cache_key(*parts: object) -> str:
-    return hashlib.sha1(json.dumps([CACHE_VERSION, *parts], default=str).encode()).hexdigest()[:16]
-
-
-def save_cache(folder: Path, decoded: Decoded) -> None:
-    """Write every file into a private folder, then rename that folder into place.
-
-    A reader sees a whole cache or none, whether the writer is killed or another process writes the same key
-    at once (the last rename wins; both hold the same images). A cache that cannot be written is a warning.
-    """
-    tmp = stale = None
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-        np.save(tmp / "images.npy", decoded.images)
-        np.save(tmp / "labels.npy", decoded.labels)
-        np.save(tmp / "splits.npy", decoded.splits)
-        np.save(tmp / "digests.npy", decoded.digests.astype(DIGEST))
-        (tmp / "meta.json").write_text(json.dumps({"names": decoded.names, "skipped": decoded.skipped}))
-        if folder.exists():  # an unreadable leftover that load_cache refused, or another writer's: set it aside
-            stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}.stale-", dir=folder.parent))
-            os.replace(folder, stale / "old")
-        os.replace(tmp, folder)
-    except OSError as err:  # a read-only cache folder, or another writer renamed its copy in at the same moment
-        log.warning("decode cache %s not written by this run: %s", folder, err)
-    finally:
-        for leftover in (tmp, stale):
-            if leftover is not None:
-                shutil.rmtree(leftover, ignore_errors=True)
-
-
-def load_cache(folder: Path) -> Decoded | None:
-    """The cached decode, or None when there is none or it is unreadable (then it is decoded and written again)."""
-    if not folder.exists():
-        return None
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-        # memory-mapped first: a truncated file fails here, from its header, before anything is read
-        arrays = {k: np.load(folder / f"{k}.npy", mmap_mode="r") for k in ("images", "labels", "splits", "digests")}
-        if len({len(meta["names"]), *(len(a) for a in arrays.values())}) != 1:
-            raise ValueError("its files disagree on the number of images")
-        return Decoded(images=np.array(arrays["images"]), labels=np.array(arrays["labels"]),
-                       splits=np.array(arrays["splits"]), names=list(meta["names"]), skipped=list(meta["skipped"]),
-                       digests=np.array(arrays["digests"]).astype(DIGEST))
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        log.warning("ignoring the unreadable decode cache %s (%s: %s); decoding again", folder, type(err).__name__, err)
-        return None
+        left, top = (width - side) // 2, (height - side) // 2
+    box = (left, top, left + side, top + side)
+    return img.crop(box) if side == resolution else img.resize((resolution, resolution), RESAMPLE, box=box)
