@@ -14,6 +14,7 @@ import logging
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
@@ -70,7 +71,7 @@ class EpochTester(L.Callback):
         self.train_s += time.perf_counter() - self.start
         datamodule = trainer.datamodule
         # the memory loader keeps the test split on the device after the first epoch
-        probs, labels = score(pl_module, datamodule.test_dataloader(), datamodule.preprocess, pl_module.device,
+        probs, labels, _ = score(pl_module, datamodule.test_dataloader(), datamodule.preprocess, pl_module.device,
                               context=trainer.precision_plugin.forward_context)
         acc = float(binary_accuracy(decide(probs, pl_module.decision_threshold), labels))
         self.curve.append({"epoch": trainer.current_epoch + 1, "train_s": self.train_s, "test_acc": acc})
@@ -104,10 +105,10 @@ def time_to_accuracy(cfg: DictConfig, data_overrides: list[str]) -> dict:
     tester = EpochTester(list(cfg.targets))
     start = time.perf_counter()
     bench_trainer(run_cfg, [tester]).fit(build_model(run_cfg), datamodule=datamodule)
-    return {"experiment": cfg.experiment, "overrides": list(cfg.overrides), "train_images": len(
-        datamodule.splits["train"][1]), "test_images": len(datamodule.splits["test"][1]),
-        "max_epochs": run_cfg.trainer.max_epochs, "curve": tester.curve, "reached_s": tester.reached(),
-        "wall_s": time.perf_counter() - start}
+    sizes = datamodule.split_sizes
+    return {"experiment": cfg.experiment, "overrides": list(cfg.overrides), "train_images": sizes["train"],
+            "test_images": sizes["test"], "max_epochs": run_cfg.trainer.max_epochs, "curve": tester.curve,
+            "reached_s": tester.reached(), "wall_s": time.perf_counter() - start}
 
 
 def plain_rate(cfg: DictConfig, datamodule: ImageDataModule, device: torch.device, warmup: int, steps: int) -> float:
@@ -119,24 +120,28 @@ def plain_rate(cfg: DictConfig, datamodule: ImageDataModule, device: torch.devic
     optimizer = model.optimizer_factory(params=net.parameters())
     precision = resolve_precision(cfg.trainer)
     dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
-    images, labels = (torch.from_numpy(a) for a in datamodule.splits["train"])
-    images, labels = images.permute(0, 3, 1, 2).contiguous().to(device), labels.to(device)
-    batch = datamodule.batch_size
-    order = torch.randperm(len(labels), device=device)
+    batches = _forever(datamodule)
     start = 0.0
     for step in range(warmup + steps):
         if step == warmup:
             _sync(device)
             start = time.perf_counter()
-        i = order[(step * batch) % (len(labels) - batch):][:batch]
-        x = datamodule.preprocess(images[i], train=True)
+        images, labels = (t.to(device, non_blocking=True) for t in next(batches)[:2])
+        x = datamodule.preprocess(images, train=True)
         with torch.autocast(device.type, dtype=dtype, enabled=precision.endswith("mixed")):
-            loss = loss_fn(net(x), labels[i])
+            loss = loss_fn(net(x), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     _sync(device)
-    return steps * batch / (time.perf_counter() - start)
+    return steps * datamodule.batch_size / (time.perf_counter() - start)
+
+
+def _forever(datamodule: ImageDataModule) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The data module's own training batches, epoch after epoch: the loop reads data as `Trainer.fit` does (the
+    memory loader's split already on the device it trained on), with any loader; skipped (None) batches left out."""
+    while True:
+        yield from (batch for batch in datamodule.train_dataloader() if batch is not None)
 
 
 def decode_times(cfg: DictConfig) -> dict[str, float]:

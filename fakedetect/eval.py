@@ -1,24 +1,31 @@
-"""`python -m fakedetect.eval ckpt_path=...`: test a checkpoint, write its report and robustness table.
+"""`python -m fakedetect.eval ckpt_path=...`: test a checkpoint on one or several test sets; report, per-source
+table and robustness.
 
 The decision threshold is the checkpoint's own (chosen on the training run's validation split), so eval
 reproduces the test metrics of training; `thresholds=refit` fits Youden's and best-F1 thresholds again on the
-validation split of the data given, before testing.
+validation split of the data given, before testing. `test_sets={name: {data overrides}, ...}` evaluates each set
+(the checkpoint's data config with eval's `data.*` and the set's own values over it) and writes one per-source
+table across them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
 
 from fakedetect.metrics.thresholds import SelectedThresholds
 from fakedetect.reporting.dedup import dedup_metrics
-from fakedetect.reporting.predictions import choose_tta, score
+from fakedetect.reporting.per_source import per_source_metrics, write_per_source
+from fakedetect.reporting.predictions import Scores, choose_tta, split_scores
 from fakedetect.reporting.report import ConfidentMistakes, write_report
 from fakedetect.reporting.robustness import parse_condition, robustness_table, write_robustness
 from fakedetect.utils.builders import build_list, build_trainer
@@ -29,58 +36,117 @@ from fakedetect.utils.records import machine, print_config, scalars, write_metri
 log = logging.getLogger(__name__)
 
 THRESHOLD_SOURCES = ("checkpoint", "refit")
+SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+EXAMPLE = "test_sets={cifake:{root:PATH},web60:{root:PATH,test_fraction:1.0}}"
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    if cfg.thresholds not in THRESHOLD_SOURCES:
-        raise ConfigError(f"thresholds={cfg.thresholds}: use checkpoint (those the training run chose on its "
-                          "validation split) or refit (fitted again on this data's validation split)")
-    robustness = cfg.robustness.conditions if cfg.robustness.get("enabled") else []
-    for condition in robustness:
-        parse_condition(condition)  # a typo stops the run before anything is scored
-    if cfg.get("print_config"):
-        print_config(cfg)
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed)
-    trained = load_trained(cfg.ckpt_path, cfg.get("data"))
+def named_test_sets(cfg: DictConfig) -> dict[str | None, dict[str, Any]]:
+    """Set name -> the data values that replace the checkpoint's own: eval's non-null `data.*`, then the set's.
+    Without `test_sets`, one unnamed set (None): the checkpoint's data with eval's `data.*`."""
+    base = {k: v for k, v in OmegaConf.to_container(cfg.get("data") or {}, resolve=True).items() if v is not None}
+    named = cfg.get("test_sets") or {}
+    if not isinstance(named, Mapping):
+        raise ConfigError(f"test_sets={named}: give named data overrides, e.g. {EXAMPLE}")
+    sets: dict[str | None, dict[str, Any]] = {}
+    for name, values in named.items():
+        if not SET_NAME.fullmatch(str(name)):
+            raise ConfigError(f"test_sets.{name}: a set name is letters, digits, '_', '.' or '-' (it names the "
+                              f"set's report folder), e.g. {EXAMPLE}")
+        if not isinstance(values, Mapping) or not values:
+            raise ConfigError(f"test_sets.{name}={values}: give the set's data overrides, at least its root, "
+                              f"e.g. {EXAMPLE}")
+        sets[str(name)] = {**base, **OmegaConf.to_container(values, resolve=True)}
+    return sets or {None: base}
+
+
+def set_loggers(cfg: DictConfig, name: str | None) -> list:
+    """The configured loggers; a named test set logs into its own version folder (tensorboard/<name>/), so each
+    set is one run in TensorBoard with the same tags (test/acc, test/source/<source>/acc, report/...)."""
+    loggers = cfg.get("logger")
+    if name is None or not loggers:
+        return build_list(loggers)
+    own = OmegaConf.create(OmegaConf.to_container(loggers, resolve=True))
+    for entry in own.values():
+        if isinstance(entry, DictConfig) and "_target_" in entry:
+            entry.version = name
+    return build_list(own)
+
+
+def evaluate_set(cfg: DictConfig, data: dict[str, Any], name: str | None, robustness: list[str],
+                 folder: Path) -> dict:
+    """Test the checkpoint on one set; its report, robustness and per-source rows go to `folder`. Returns the
+    set's record (metrics, thresholds, report, robustness, per_source)."""
+    trained = load_trained(cfg.ckpt_path, data)
     model, datamodule, run_cfg = trained.model, trained.datamodule, trained.config
     choose_tta(model, cfg.get("tta"))
-    trainer = build_trainer(cfg, callbacks=[], loggers=build_list(cfg.get("logger")))
-
-    def scores(split: str, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
-        """A split scored as the test step scores it: its own loader, device and precision."""
-        loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
-        return score(model, loader, datamodule.preprocess, trainer.strategy.root_device,
-                     context=trainer.precision_plugin.forward_context, **kwargs)
-
+    trainer = build_trainer(cfg, callbacks=[], loggers=set_loggers(cfg, name))
+    where = f"test set {name}" if name else f"data.root={run_cfg.data.root}"
     if cfg.thresholds == "refit":
         datamodule.setup("validate")
+        val = split_scores(model, datamodule, trainer, "val")
+        if len(val.labels.unique()) < 2:
+            raise ConfigError(f"thresholds=refit: the validation split of {where} does not hold both classes "
+                              f"({len(val.labels)} images), so no threshold can be fitted on it; use "
+                              "thresholds=checkpoint")
         fitted = SelectedThresholds()
-        fitted.update(*scores("val"))
+        fitted.update(val.probs, val.labels)
         model.val_thresholds.copy_(fitted.compute())
     trainer.test(model, datamodule=datamodule)
     metrics = {**scalars(trainer.callback_metrics), **dedup_metrics(model, datamodule, trainer)}
     threshold = model.decision_threshold
-    known = {"0.5": 0.5, **{name: t for name, t in model.thresholds().items() if t is not None}}
+    known = {"0.5": 0.5, **{n: t for n, t in model.thresholds().items() if t is not None}}
+    record: dict = {"data_root": run_cfg.data.root, "tta": model.tta,
+                    "thresholds": {**known, "selected": model.threshold_name, "value": threshold,
+                                   "source": cfg.thresholds}}
+    mistakes = ConfidentMistakes(threshold)
+    clean = split_scores(model, datamodule, trainer, "test", keep=mistakes)
+    record["per_source"], source_metrics = per_source_metrics(model, datamodule, trainer, clean, name or "test")
+    metrics.update(source_metrics)
+    if cfg.get("report"):
+        record["report"] = write_report(folder, clean.probs, clean.labels, mistakes, known, datamodule.classes,
+                                        trainer.loggers)
+    if robustness:
+
+        def degraded(transform: Callable[[torch.Tensor], torch.Tensor] | None) -> Scores:
+            return clean if transform is None else split_scores(model, datamodule, trainer, "test",
+                                                                transform=transform)
+
+        record["robustness"] = robustness_table(degraded, threshold, robustness)
+        write_robustness(folder, record["robustness"], trainer.loggers)
+    for logger in trainer.loggers:
+        logger.finalize("success")
+    record["metrics"] = metrics
+    return record
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Every test set's metrics (a named set's keys prefixed `<name>/`); writes metrics.json and report/."""
+    if cfg.thresholds not in THRESHOLD_SOURCES:
+        raise ConfigError(f"thresholds={cfg.thresholds}: use checkpoint (those the training run chose on its "
+                          "validation split) or refit (fitted again on this data's validation split)")
+    robustness = list(cfg.robustness.conditions) if cfg.robustness.get("enabled") else []
+    for condition in robustness:
+        parse_condition(condition)  # a typo stops the run before anything is scored
+    sets = named_test_sets(cfg)
+    if cfg.get("print_config"):
+        print_config(cfg)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed)
     out = Path(cfg.paths.output_dir)
-    record = {"task": "eval", "ckpt_path": str(cfg.ckpt_path), "data_root": run_cfg.data.root,
-              "machine": machine(), "metrics": metrics, "tta": model.tta,
-              "thresholds": {**known, "selected": model.threshold_name, "value": threshold, "source": cfg.thresholds}}
-    if cfg.get("report") or robustness:
-        mistakes = ConfidentMistakes(threshold)
-        clean = scores("test", keep=mistakes)
-        if cfg.get("report"):
-            record["report"] = write_report(out / "report", *clean, mistakes, known, datamodule.classes,
-                                            trainer.loggers)
-        if robustness:
-
-            def degraded(transform: Callable[[torch.Tensor], torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
-                return clean if transform is None else scores("test", transform=transform)
-
-            rows = robustness_table(degraded, threshold, robustness)
-            write_robustness(out / "report", rows, trainer.loggers)
-            record["robustness"] = rows
-    if trainer.is_global_zero:
+    record: dict = {"task": "eval", "ckpt_path": str(cfg.ckpt_path), "machine": machine()}
+    results = {name: evaluate_set(cfg, data, name, robustness, out / "report" / (name or ""))
+               for name, data in sets.items()}
+    rows = [row for result in results.values() for row in result["per_source"]]
+    write_per_source(out / "report", rows)
+    if None in results:
+        record.update(results[None])
+        metrics = results[None]["metrics"]
+    else:
+        record["test_sets"] = results
+        record["per_source"] = rows
+        metrics = {f"{name}/{k}": v for name, result in results.items() for k, v in result["metrics"].items()}
+        record["metrics"] = metrics
+    if rank_zero_only.rank == 0:
         write_metrics(out / "metrics.json", record)
     return metrics
 

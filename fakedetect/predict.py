@@ -112,7 +112,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     rows: list[dict] = [{"path": str(path), "prob_fake": None, "label": None, "threshold": threshold, "error": None}
                         for path in paths]
     batches = decoded(track(loader, description=f"predicting {len(paths)} images"), rows)
-    probs, indices = score(model, batches, datamodule.preprocess, device)
+    probs, indices, _ = score(model, batches, datamodule.preprocess, device)
     for i, prob, decision in zip(indices.tolist(), probs.tolist(), decide(probs, threshold).tolist(), strict=True):
         rows[i].update(prob_fake=prob, label=datamodule.classes[decision])
     write_rows(rows, output)

@@ -15,7 +15,7 @@ from torchmetrics.functional.classification import binary_accuracy, binary_auroc
 from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.metrics.thresholds import decide
 from fakedetect.modules.detector import Detector
-from fakedetect.reporting.predictions import score
+from fakedetect.reporting.predictions import score, tested_images
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +28,10 @@ def dedup_metrics(model: Detector, datamodule: ImageDataModule, trainer: L.Train
     """
     if datamodule.test_duplicates is None:
         raise RuntimeError("dedup_metrics needs a set-up data module (call it after trainer.test)")
-    # the test pass saw its first batches on every process (all of them unless limit_test_batches cut it short)
-    first = sum(trainer.num_test_batches) * datamodule.eval_batch_size * trainer.world_size
+    first = tested_images(trainer, datamodule)
     seen = datamodule.test_duplicates[:first]
     metrics = {"test/n_dedup_removed": float(seen.sum()), "test/n_dedup_groups": float(datamodule.duplicate_groups)}
-    probs, labels = score(model, datamodule.dedup_test_dataloader(first), datamodule.preprocess,
+    probs, labels, _ = score(model, datamodule.dedup_test_dataloader(first), datamodule.preprocess,
                           trainer.strategy.root_device, context=trainer.precision_plugin.forward_context)
     if not len(labels):
         log.warning("every test image has a byte-identical copy in train or val: no test/acc_dedup")

@@ -1,4 +1,4 @@
-"""The one scorer: P(FAKE) of a trained detector over any iterable of (uint8 NCHW, labels) batches.
+"""The one scorer: P(FAKE) of a trained detector over any iterable of (uint8 NCHW, labels, sources) batches.
 
 eval, its report and robustness table, Grad-CAM, predict and the bench all score through `score`, which runs
 the Detector's own `predict_step` on batches preprocessed as in testing, so a split scored here gives the
@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
+from typing import NamedTuple
 
+import lightning as L
 import torch
 from torch import Tensor
 
 from fakedetect.modules.detector import Detector
 
-Batches = Iterable[tuple[Tensor, Tensor]]
+# (images, labels, sources) as every data loader yields them; (images, labels) batches (predict's files) score too
+Batches = Iterable[tuple[Tensor, Tensor, Tensor] | tuple[Tensor, Tensor]]
+# the source index of an image from a batch that carries none
+NO_SOURCE = -1
 # `tta=checkpoint` (eval's and predict's default) keeps the test-time augmentation the detector was trained with
 CHECKPOINT_TTA = "checkpoint"
 
@@ -25,6 +30,15 @@ def choose_tta(model: Detector, tta: str | None) -> None:
     own; every score of it, test metrics included, then uses that one."""
     if tta != CHECKPOINT_TTA:
         model.tta = tta
+
+
+class Scores(NamedTuple):
+    """Per image, in loader order: P(FAKE) float32, label int64 and source index int64 (into the data module's
+    `source_names`; NO_SOURCE where the batches carried none)."""
+
+    probs: Tensor
+    labels: Tensor
+    sources: Tensor
 
 
 @torch.no_grad()
@@ -38,8 +52,8 @@ def score(
     limit: int | None = None,
     keep: Callable[[Tensor, Tensor, Tensor], None] | None = None,
     context: Callable[[], AbstractContextManager] = nullcontext,
-) -> tuple[Tensor, Tensor]:
-    """(P(FAKE) float32, labels) on the CPU for every image of `batches`, in order.
+) -> Scores:
+    """P(FAKE), labels and sources on the CPU for every image of `batches`, in order.
 
     - `transform` changes each uint8 batch before preprocessing (a degradation, for the robustness table).
     - `keep(images, probs, labels)` sees every scored batch on the CPU, so a caller can hold the few images it
@@ -52,24 +66,42 @@ def score(
     model.eval().to(device)
     probs: list[Tensor] = []
     labels: list[Tensor] = []
+    sources: list[Tensor] = []
     seen = 0
     try:
-        for images, y in batches:
+        for batch in batches:
+            images, y = batch[0], batch[1]
+            s = batch[2] if len(batch) > 2 else torch.full_like(y, NO_SOURCE)
             if limit is not None:
                 if seen >= limit:
                     break
-                images, y = images[: limit - seen], y[: limit - seen]
+                images, y, s = images[: limit - seen], y[: limit - seen], s[: limit - seen]
             if transform is not None:
                 images = transform(images)
             with context():
                 p = model.predict_step((preprocess(images.to(device, non_blocking=True)),)).cpu()
             probs.append(p)
             labels.append(y.cpu())
+            sources.append(s.cpu())
             if keep is not None:
                 keep(images.cpu(), p, labels[-1])
             seen += len(y)
     finally:
         model.train(training)
     if not probs:
-        return torch.empty(0), torch.empty(0, dtype=torch.long)
-    return torch.cat(probs), torch.cat(labels)
+        return Scores(torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))
+    return Scores(torch.cat(probs), torch.cat(labels), torch.cat(sources))
+
+
+def split_scores(model: Detector, datamodule: L.LightningDataModule, trainer: L.Trainer, split: str = "test",
+                 **kwargs: object) -> Scores:
+    """A split (val or test) scored as the trainer's test step scores it: its own loader, device and precision."""
+    loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
+    return score(model, loader, datamodule.preprocess, trainer.strategy.root_device,
+                 context=trainer.precision_plugin.forward_context, **kwargs)
+
+
+def tested_images(trainer: L.Trainer, datamodule: L.LightningDataModule) -> int:
+    """How many test images the last `trainer.test` saw on every process (all of them unless limit_test_batches
+    cut it short): the prefix of the test split that reports scored after it must cover."""
+    return sum(trainer.num_test_batches) * datamodule.eval_batch_size * trainer.world_size

@@ -36,16 +36,16 @@ def parse_condition(condition: str) -> tuple[str, float | None]:
 
 
 def robustness_table(
-    score: Callable[[Callable[[torch.Tensor], torch.Tensor] | None], tuple[torch.Tensor, torch.Tensor]],
+    score: Callable[[Callable[[torch.Tensor], torch.Tensor] | None], tuple[torch.Tensor, ...]],
     threshold: float,
     conditions: Iterable[str] = DEFAULT_CONDITIONS,
 ) -> list[dict]:
-    """One row per condition: accuracy at `threshold` and AUROC of `score(transform)` -> (P(FAKE), labels),
+    """One row per condition: accuracy at `threshold` and AUROC of `score(transform)` -> (P(FAKE), labels, ...),
     where `transform` degrades each uint8 NCHW test batch (None for the clean one)."""
     parsed = {condition: parse_condition(condition) for condition in conditions}  # all checked before scoring
     rows = []
     for condition, (kind, strength) in parsed.items():
-        probs, labels = score(None if strength is None else partial(degrade, kind=kind, strength=strength))
+        probs, labels = score(None if strength is None else partial(degrade, kind=kind, strength=strength))[:2]
         rows.append({"condition": condition, "acc": float(binary_accuracy(decide(probs, threshold), labels)),
                      "auroc": float(binary_auroc(probs, labels))})
     return rows
