@@ -2,7 +2,10 @@
 
 Image sizes, aspect ratios and area outliers (IQR), per-channel statistics, and duplicates: byte-identical
 files and near-identical images (equal perceptual hashes, or within a Hamming distance) inside a split
-and across train and test. Writes audit.json, audit.md, histograms and an exclusion list for training.
+and across train and test. The shortcut audit (data/shortcuts.py) reports sizes, formats and JPEG quality per
+class and per source, and warns when one of them alone separates the classes. `decode=false` keeps to image
+headers (shortcut audit and sizes only: fast on tens of GB). Writes audit.json, audit.md, histograms and an
+exclusion list for training. Lists the images as training does (data.aliases, data.layout, data.manifest).
 """
 
 from __future__ import annotations
@@ -12,52 +15,89 @@ import json
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import hydra
 import imagehash
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fakedetect.data.decode import DEFAULT_MAX_PIXELS, file_digest, open_image, to_rgb
-from fakedetect.data.sources import DataLayoutError, Entry, Source
+from fakedetect.data.layouts import DataLayoutError, Entry
+from fakedetect.data.shortcuts import audit_shortcuts, header_facts
+from fakedetect.data.sources import Source
 from fakedetect.utils.errors import one_line_errors
 
 log = logging.getLogger(__name__)
 
 
-def describe(blob: bytes | str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
-    """Size, mode, per-channel sums and perceptual hash of one image file (decoded as training decodes it:
-    upright, 16-bit scaled), or the reason it is unreadable (`blob` is that reason when it could not be read)."""
+def describe(blob: bytes | str, max_pixels: int | None = DEFAULT_MAX_PIXELS, decode: bool = True) -> dict:
+    """Header facts of one image file (upright size, format, mode, JPEG quality) and, with `decode`, its per-channel
+    sums and perceptual hash (decoded as training decodes it: upright, 16-bit scaled); or the reason it is unreadable
+    (`blob` is that reason when it could not be read)."""
     if isinstance(blob, str):
         return {"error": blob}
+    facts = header_facts(blob)
+    if "error" in facts or not decode:
+        return facts
     try:
         with open_image(blob, max_pixels) as img:
-            width, height, mode = img.width, img.height, img.mode
             rgb_image = to_rgb(img)
         rgb = np.asarray(rgb_image, dtype=np.float64) / 255
         phash = int(str(imagehash.phash(rgb_image)), 16)
     except Exception as err:  # noqa: BLE001 - an unreadable file is reported, not fatal
         return {"error": f"{type(err).__name__}: {err}"}
-    return {"w": width, "h": height, "mode": mode, "sum": rgb.sum((0, 1)).tolist(),
-            "sq": (rgb**2).sum((0, 1)).tolist(), "phash": phash, "sha1": file_digest(blob)}
+    return {**facts, "sum": rgb.sum((0, 1)).tolist(), "sq": (rgb**2).sum((0, 1)).tolist(), "phash": phash,
+            "sha1": file_digest(blob)}
 
 
-def _describe_chunk(blobs: list[bytes | str], max_pixels: int | None) -> list[dict]:
-    return [describe(b, max_pixels) for b in blobs]
+def _describe_chunk(names: list[str], blobs: list[bytes | str], max_pixels: int | None,
+                    decode: bool) -> tuple[list[str], list[dict]]:
+    return names, [describe(b, max_pixels, decode) for b in blobs]
 
 
-def describe_all(source: Source, entries: list[Entry], workers: int | None = None, chunk: int = 2048,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> list[dict]:
-    names = [e.name for e in entries]
-    blobs = dict(source.read(names))
-    ordered = [blobs[n] for n in names]
-    chunks = [ordered[i : i + chunk] for i in range(0, len(ordered), chunk)]
-    with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        describe_chunk = functools.partial(_describe_chunk, max_pixels=max_pixels)
-        return [d for part in pool.map(describe_chunk, chunks) for d in part]
+def _chunks(pairs: Iterable[tuple[str, bytes | str]], max_bytes: int, max_files: int
+            ) -> Iterator[tuple[list[str], list[bytes | str]]]:
+    names: list[str] = []
+    blobs: list[bytes | str] = []
+    size = 0
+    for name, blob in pairs:
+        names.append(name)
+        blobs.append(blob)
+        size += len(blob)
+        if size >= max_bytes or len(names) >= max_files:
+            yield names, blobs
+            names, blobs, size = [], [], 0
+    if names:
+        yield names, blobs
+
+
+def describe_all(source: Source, entries: list[Entry], workers: int | None = None, chunk_bytes: int = 64 << 20,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, decode: bool = True) -> list[dict]:
+    """`describe` every entry on every core, reading the source in chunks of at most `chunk_bytes` with at most two
+    chunks per worker in flight, so memory stays bounded on sets larger than RAM."""
+    workers = workers or os.cpu_count() or 1
+    position = {e.name: i for i, e in enumerate(entries)}
+    out: list[dict] = [{"error": "not found in the source while reading it"}] * len(entries)
+    describe_chunk = functools.partial(_describe_chunk, max_pixels=max_pixels, decode=decode)
+    pending: set[Future] = set()
+
+    def collect(done: Iterable[Future]) -> None:
+        for future in done:
+            names, facts = future.result()
+            for name, f in zip(names, facts, strict=True):
+                out[position[name]] = f
+
+    with ProcessPoolExecutor(workers) as pool:
+        for names, blobs in _chunks(source.read(list(position)), chunk_bytes, 2048):
+            pending.add(pool.submit(describe_chunk, names, blobs))
+            if len(pending) >= 2 * workers:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                collect(done)
+        collect(wait(pending).done)
+    return out
 
 
 def iqr_outliers(values: np.ndarray, k: float = 1.5) -> tuple[int, int, tuple[float, float]]:
@@ -131,11 +171,13 @@ def exclusions(groups: Iterable[list[int]], entries: list[Entry]) -> list[str]:
 
 
 def audit(root: str, classes: list[str], out: Path, near_distance: int = 0, workers: int | None = None,
-          max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
+          max_pixels: int | None = DEFAULT_MAX_PIXELS, aliases: Mapping[str, Iterable[str]] | None = None,
+          layout: str = "auto", manifest: str | None = None, decode: bool = True,
+          shortcut_threshold: float = 0.9) -> dict:
     source = Source.open(root)
-    listing = source.list(classes)
+    listing = source.list(classes, aliases, layout, manifest)
     entries = listing.entries
-    info = describe_all(source, entries, workers, max_pixels=max_pixels)
+    info = describe_all(source, entries, workers, max_pixels=max_pixels, decode=decode)
     bad = [(e.name, d["error"]) for e, d in zip(entries, info, strict=True) if "error" in d]
     keep = [i for i, d in enumerate(info) if "error" not in d]
     if not keep:
@@ -146,15 +188,9 @@ def audit(root: str, classes: list[str], out: Path, near_distance: int = 0, work
     w = np.array([d["w"] for d in info], dtype=float)
     h = np.array([d["h"] for d in info], dtype=float)
     area, aspect = w * h, w / h
-    pixels = area.sum()
-    mean = np.sum([d["sum"] for d in info], axis=0) / pixels
-    std = np.sqrt(np.sum([d["sq"] for d in info], axis=0) / pixels - mean**2)
-    byte_groups: dict[str, list[int]] = defaultdict(list)
-    for i, d in enumerate(info):
-        byte_groups[d["sha1"]].append(i)
-    exact = [g for g in byte_groups.values() if len(g) > 1]
-    near = hamming_groups(np.array([d["phash"] for d in info], dtype=np.uint64), near_distance)
     below, above, fences = iqr_outliers(area)
+    shortcuts = audit_shortcuts(info, [e.label for e in entries], [e.source for e in entries], classes,
+                                shortcut_threshold)
     result = {
         "root": str(root),
         "images": len(entries),
@@ -163,26 +199,46 @@ def audit(root: str, classes: list[str], out: Path, near_distance: int = 0, work
         "unreadable": [f"{n}: {err}" for n, err in bad],
         "ignored_files": len(listing.ignored),
         "not_regular_files": listing.not_regular,
+        "manifest_rows_without_file": len(listing.missing),
         "modes": {m: sum(d["mode"] == m for d in info) for m in sorted({d["mode"] for d in info})},
         "width": _stats(w), "height": _stats(h), "aspect_ratio": _stats(aspect), "area": _stats(area),
         "area_outliers_iqr": {"below": below, "above": above, "fences": fences},
-        "channel_mean": mean.tolist(), "channel_std": std.tolist(),
-        "byte_identical": duplicate_summary(exact, splits),
-        "near_identical": {"max_hamming": near_distance, **duplicate_summary(near, splits)},
+        "shortcuts": shortcuts,
     }
     out.mkdir(parents=True, exist_ok=True)
+    if decode:
+        result.update(_pixel_audit(info, entries, splits, near_distance, out))
+    (out / "audit.json").write_text(json.dumps(result, indent=2))
+    (out / "audit.md").write_text(_markdown(result))
+    _histograms(out, w, h, aspect, area)
+    for line in shortcuts["warnings"]:
+        log.warning("shortcut: %s", line)
+    log.info("audit of %s written to %s", root, out)
+    return result
+
+
+def _pixel_audit(info: list[dict], entries: list[Entry], splits: list[str], near_distance: int, out: Path) -> dict:
+    """Channel statistics and duplicates (byte-identical and near-identical), with the exclusion lists written."""
+    pixels = sum(d["w"] * d["h"] for d in info)
+    mean = np.sum([d["sum"] for d in info], axis=0) / pixels
+    std = np.sqrt(np.sum([d["sq"] for d in info], axis=0) / pixels - mean**2)
+    byte_groups: dict[str, list[int]] = defaultdict(list)
+    for i, d in enumerate(info):
+        byte_groups[d["sha1"]].append(i)
+    exact = [g for g in byte_groups.values() if len(g) > 1]
+    near = hamming_groups(np.array([d["phash"] for d in info], dtype=np.uint64), near_distance)
     excluded = exclusions(near + exact, entries)
     # the test files byte-identical to a train file: those a run's test/acc_dedup leaves out
     shared = sorted(entries[i].name for g in exact if {splits[j] for j in g} >= {"train", "test"}
                     for i in g if splits[i] == "test")
     (out / "test_copies_of_train.txt").write_text("".join(f"{n}\n" for n in shared))
     (out / "exclude_train.txt").write_text("\n".join(sorted(set(excluded))) + "\n")
-    result["exclude_train"] = len(set(excluded))
-    (out / "audit.json").write_text(json.dumps(result, indent=2))
-    (out / "audit.md").write_text(_markdown(result))
-    _histograms(out, w, h, aspect, area)
-    log.info("audit of %s written to %s", root, out)
-    return result
+    return {
+        "channel_mean": mean.tolist(), "channel_std": std.tolist(),
+        "byte_identical": duplicate_summary(exact, splits),
+        "near_identical": {"max_hamming": near_distance, **duplicate_summary(near, splits)},
+        "exclude_train": len(set(excluded)),
+    }
 
 
 def _stats(x: np.ndarray) -> dict[str, float]:
@@ -205,40 +261,78 @@ def _histograms(out: Path, w: np.ndarray, h: np.ndarray, aspect: np.ndarray, are
 
 
 def _markdown(r: dict) -> str:
-    b, n = r["byte_identical"], r["near_identical"]
-    return "\n".join([
+    lines = [
         f"# Data audit: {r['root']}",
         "",
         f"{r['images']} readable images ({len(r['unreadable'])} unreadable, {r['ignored_files']} other files "
-        f"ignored, {len(r['not_regular_files'])} entries that are not regular files skipped); "
+        f"ignored, {len(r['not_regular_files'])} entries that are not regular files skipped, "
+        f"{r['manifest_rows_without_file']} manifest rows without their file skipped); "
         f"per split/class: {r['per_split_class']}; modes: {r['modes']}.",
         "",
         f"- width {r['width']}, height {r['height']}",
         f"- aspect ratio {r['aspect_ratio']}",
         f"- area {r['area']}; IQR outliers: {r['area_outliers_iqr']}",
-        f"- channel mean {np.round(r['channel_mean'], 4).tolist()}, std {np.round(r['channel_std'], 4).tolist()}",
-        "",
-        "| duplicates | groups | surplus copies | within splits | groups across train and test | their test images |",
-        "| --- | --- | --- | --- | --- | --- |",
-        f"| byte-identical | {b['groups']} | {b['surplus_copies']} | {b['within']} | {b['train_test_groups']} | "
-        f"{b['train_test_test_images']} |",
-        f"| near-identical (pHash, Hamming <= {n['max_hamming']}) | {n['groups']} | {n['surplus_copies']} | "
-        f"{n['within']} | {n['train_test_groups']} | {n['train_test_test_images']} |",
-        "",
-        f"{r['exclude_train']} train files are listed in exclude_train.txt (train copies of test images and "
-        "repeats within train); train with `data.exclude=<that file>` to leave them out. The byte-identical test "
-        "copies of train files are listed in test_copies_of_train.txt: the images test/acc_dedup leaves out.",
-        "",
-        "![sizes](sizes.png)",
-        "",
-    ])
+    ]
+    if "byte_identical" in r:
+        b, n = r["byte_identical"], r["near_identical"]
+        lines += [
+            f"- channel mean {np.round(r['channel_mean'], 4).tolist()}, std {np.round(r['channel_std'], 4).tolist()}",
+            "",
+            "| duplicates | groups | surplus copies | within splits | groups across train and test | their test "
+            "images |",
+            "| --- | --- | --- | --- | --- | --- |",
+            f"| byte-identical | {b['groups']} | {b['surplus_copies']} | {b['within']} | {b['train_test_groups']} | "
+            f"{b['train_test_test_images']} |",
+            f"| near-identical (pHash, Hamming <= {n['max_hamming']}) | {n['groups']} | {n['surplus_copies']} | "
+            f"{n['within']} | {n['train_test_groups']} | {n['train_test_test_images']} |",
+            "",
+            f"{r['exclude_train']} train files are listed in exclude_train.txt (train copies of test images and "
+            "repeats within train); train with `data.exclude=<that file>` to leave them out. The byte-identical test "
+            "copies of train files are listed in test_copies_of_train.txt: the images test/acc_dedup leaves out.",
+        ]
+    else:
+        lines += ["", "Read from headers only (decode=false): no channel statistics or duplicates."]
+    return "\n".join(lines + ["", *_shortcut_markdown(r["shortcuts"]), "", "![sizes](sizes.png)", ""])
+
+
+def _shortcut_markdown(s: dict) -> list[str]:
+    warned = [f"- **{w}**" for w in s["warnings"]] or [
+        f"None: no attribute alone predicts the class with balanced accuracy >= {s['threshold']}."]
+    lines = ["## Shortcuts: what the file alone says about the class", "", *warned, "",
+             "| attribute | balanced accuracy from it alone |", "| --- | --- |",
+             *(f"| {a} | {v:.2f} |" for a, v in s["separation"].items()), ""]
+    for title, groups in (("class", s["per_class"]), ("source", s["per_source"])):
+        lines += [f"| {title} | images | formats | modes | commonest sizes (distinct) | width | height | aspect ratio "
+                  "| JPEG quality |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name, g in groups.items():
+            sizes = ", ".join(f"{k} {v}" for k, v in g["sizes"].items())
+            lines.append(f"| {name} | {g['images']} | {_counts(g['formats'])} | {_counts(g['modes'])} | {sizes} "
+                         f"({g['distinct_sizes']}) | {_span(g['width'])} | {_span(g['height'])} | "
+                         f"{_span(g['aspect_ratio'])} | {_span(g['jpeg_quality'])} |")
+        lines.append("")
+    return lines
+
+
+def _counts(c: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in c.items())
+
+
+def _span(r: dict | None) -> str:
+    """min-max (median), or a dash when there is nothing to range over."""
+    if r is None:
+        return "-"
+    return f"{r['min']:g}-{r['max']:g} ({r['median']:g})"
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="inspect")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
+    aliases = cfg.get("aliases")
     audit(cfg.root, list(cfg.classes), Path(cfg.output_dir), cfg.near_distance, cfg.get("workers"),
-          cfg.get("max_pixels", DEFAULT_MAX_PIXELS))
+          cfg.get("max_pixels", DEFAULT_MAX_PIXELS),
+          aliases=None if aliases is None else OmegaConf.to_container(aliases), layout=cfg.get("layout", "auto"),
+          manifest=cfg.get("manifest"), decode=cfg.get("decode", True),
+          shortcut_threshold=cfg.get("shortcut_threshold", 0.9))
 
 
 if __name__ == "__main__":
