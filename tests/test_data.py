@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import re
-import shutil
 import tarfile
 import zipfile
 from collections.abc import Iterable
@@ -25,7 +24,7 @@ from fakedetect.data import datamodule as datamodule_mod
 from fakedetect.data.augment import BatchAugment, random_flip, random_translate
 from fakedetect.data.datamodule import ImageDataModule, channel_stats, stratified_split
 from fakedetect.data.decode import BadImageError, decode_image
-from fakedetect.data.loaders import DeviceBatches
+from fakedetect.data.loaders import DeviceBatches, EpochOrder
 from fakedetect.data.sources import DataLayoutError, FolderSource, Source, TarSource, ZipSource
 
 # The subset conftest's training tests use (with the default seed 42 and 32 px): one decode per session.
@@ -97,7 +96,7 @@ def _listing_by_name(source: Source, prefix: str = "") -> dict[str, tuple[str, i
 
 def _batches(loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
     """All batches of a loader, concatenated."""
-    images, labels = zip(*loader, strict=True)
+    images, labels, _ = zip(*loader, strict=True)
     return torch.cat(images), torch.cat(labels)
 
 
@@ -139,16 +138,16 @@ def cifake_folder(cifake_members: Members, tmp_path: Path) -> Path:
 
 def test_cifake_splits_disjoint_stratified_and_sized(cifake_dm: ImageDataModule) -> None:
     splits = cifake_dm.splits
-    sizes = {k: len(v[1]) for k, v in splits.items()}
-    assert sizes == {"train": 1800, "val": 200, "test": 1000}
-    for images, labels in splits.values():
-        assert images.shape == (len(labels), 32, 32, 3) and images.dtype == np.uint8
-        assert labels.dtype == np.int64
+    assert cifake_dm.split_sizes == {"train": 1800, "val": 200, "test": 1000}
+    for split, part in splits.items():
+        images = cifake_dm.split_images(split)
+        assert images.shape == (len(part.labels), 32, 32, 3) and images.dtype == np.uint8
+        assert part.labels.dtype == np.int64
 
     # Disjoint, and together exactly the decoded subset (the 3000 subset images are all distinct).
     decoded = cifake_dm.decoded()
     assert len(set(_digests(decoded.images))) == len(decoded.images) == 3000
-    hashes = {k: set(_digests(v[0])) for k, v in splits.items()}
+    hashes = {k: set(_digests(cifake_dm.split_images(k))) for k in splits}
     assert not hashes["train"] & hashes["val"]
     assert not hashes["train"] & hashes["test"]
     assert not hashes["val"] & hashes["test"]
@@ -157,12 +156,12 @@ def test_cifake_splits_disjoint_stratified_and_sized(cifake_dm: ImageDataModule)
     assert hashes["train"] | hashes["val"] == set(_digests(decoded.images[decoded.splits == "train"]))
 
     # Stratified: per class, val holds val_fraction of the class; balance within one image of train's.
-    train_labels, val_labels = splits["train"][1], splits["val"][1]
+    train_labels, val_labels = splits["train"].labels, splits["val"].labels
     for c in (0, 1):
         total = (train_labels == c).sum() + (val_labels == c).sum()
         assert (val_labels == c).sum() == round(cifake_dm.val_fraction * total)
     assert abs(val_labels.sum() - len(val_labels) * train_labels.mean()) <= 1
-    assert splits["test"][1].sum() == 500  # test_limit is stratified too
+    assert splits["test"].labels.sum() == 500  # test_limit is stratified too
 
 
 def test_cifake_split_seeded(cifake_dm: ImageDataModule) -> None:
@@ -184,11 +183,11 @@ def test_module_split_seeded(cifake_folder: Path, tmp_path: Path) -> None:
     b = _module(cifake_folder, tmp_path / "c", resolution=32, val_fraction=0.5, seed=1)
     c = _module(cifake_folder, tmp_path / "c", resolution=32, val_fraction=0.5, seed=2)
     for split in ("train", "val", "test"):
-        assert np.array_equal(a.splits[split][0], b.splits[split][0])
-        assert np.array_equal(a.splits[split][1], b.splits[split][1])
-    assert set(_digests(a.splits["val"][0])) != set(_digests(c.splits["val"][0]))
-    assert set(_digests(a.splits["test"][0])) == set(_digests(c.splits["test"][0]))  # the archive's test split
-    assert len(c.splits["val"][1]) == PER_GROUP  # half of each class's PER_GROUP train images
+        assert np.array_equal(a.split_images(split), b.split_images(split))
+        assert np.array_equal(a.splits[split].labels, b.splits[split].labels)
+    assert set(_digests(a.split_images("val"))) != set(_digests(c.split_images("val")))
+    assert set(_digests(a.split_images("test"))) == set(_digests(c.split_images("test")))  # the archive's test split
+    assert len(c.splits["val"].labels) == PER_GROUP  # half of each class's PER_GROUP train images
 
 
 # ----------------------------------------------------------------------------------------- 2. the cache
@@ -200,8 +199,8 @@ def test_cache_reused_with_identical_arrays(cifake_dm: ImageDataModule, cifake_p
     assert "cache_load_s" in again.timings and "decode_s" not in again.timings
     assert (again._cache_folder(again._source()) / "images.npy").exists()
     for split in ("train", "val", "test"):
-        assert np.array_equal(again.splits[split][0], cifake_dm.splits[split][0])
-        assert np.array_equal(again.splits[split][1], cifake_dm.splits[split][1])
+        assert np.array_equal(again.split_images(split), cifake_dm.split_images(split))
+        assert np.array_equal(again.splits[split].labels, cifake_dm.splits[split].labels)
     assert again.mean == cifake_dm.mean and again.std == cifake_dm.std
 
 
@@ -215,8 +214,8 @@ def test_resolution_change_decodes_again(cifake_folder: Path, tmp_path: Path) ->
     assert "cache_load_s" in repeat.timings and "decode_s" not in repeat.timings
     folders = {dm._cache_folder(dm._source()) for dm in (first, other)}
     assert len(folders) == 2 and all(f.is_dir() for f in folders)
-    assert first.splits["train"][0].shape[1:] == (32, 32, 3)
-    assert other.splits["train"][0].shape[1:] == (24, 24, 3)
+    assert first.split_images("train").shape[1:] == (32, 32, 3)
+    assert other.split_images("train").shape[1:] == (24, 24, 3)
 
 
 def test_skip_bad_false_still_raises_on_cached_skips(tmp_path: Path) -> None:
@@ -320,11 +319,11 @@ def test_mixed_formats_modes_and_sizes(tmp_path: Path) -> None:
         assert diff <= tolerance, f"{name}: off by {diff} from {colours[name]}"
 
     # No train/test folders: test is carved with test_fraction, then val from what is left; stratified.
-    sizes = {k: np.bincount(v[1], minlength=2).tolist() for k, v in dm.splits.items()}
+    sizes = {k: np.bincount(v.labels, minlength=2).tolist() for k, v in dm.splits.items()}
     assert sizes == {"test": [2, 2], "val": [1, 1], "train": [7, 7]}
-    for split, (images, _) in dm.splits.items():
-        assert images.shape[1:] == (24, 24, 3), split
-    assert len(set().union(*({*_digests(v[0])} for v in dm.splits.values()))) == 20
+    for split in dm.splits:
+        assert dm.split_images(split).shape[1:] == (24, 24, 3), split
+    assert len(set().union(*({*_digests(dm.split_images(k))} for k in dm.splits))) == 20
 
 
 # ---------------------------------------------------------------------------------------------- 5. bad input
@@ -345,8 +344,8 @@ def test_bad_images_skipped_and_counted(tmp_path: Path) -> None:
     (root / "train" / "REAL" / "notes.txt").write_text("not an image, and not an error")
     dm = _module(root, tmp_path / "cache", skip_bad=True)
     assert dm.skipped == ["train/FAKE/corrupt.jpg", "train/REAL/truncated.jpg"]
-    assert len(dm.splits["train"][1]) + len(dm.splits["val"][1]) == 8  # every good train image kept
-    assert np.bincount(dm.splits["test"][1]).tolist() == [4, 4]
+    assert len(dm.splits["train"].labels) + len(dm.splits["val"].labels) == 8  # every good train image kept
+    assert np.bincount(dm.splits["test"].labels).tolist() == [4, 4]
 
 
 @pytest.mark.parametrize("bad", ["train/FAKE/corrupt.jpg", "train/REAL/truncated.jpg"])
@@ -375,12 +374,6 @@ def _empty_class(root: Path) -> Path:
     return root
 
 
-def _train_only(root: Path) -> Path:
-    _split_folder(root)
-    shutil.rmtree(root / "test")
-    return root
-
-
 def _flat(root: Path) -> Path:
     rng = np.random.default_rng(0)
     return _write_tree(root, {f"{i}.png": _random_png(rng) for i in range(4)})
@@ -397,12 +390,11 @@ def _not_an_archive(root: Path) -> Path:
     ("make", "message"),
     [
         (_empty_class, r"'train/REAL' is missing or has no images"),
-        (_train_only, r"'test/REAL' is missing or has no images"),
         (_flat, r"no images found in class folders"),
         (lambda root: root / "does-not-exist", r"data source not found"),
         (_not_an_archive, r"is a file but not a \.zip"),
     ],
-    ids=["empty-class", "missing-split", "no-class-folders", "missing-path", "not-an-archive"],
+    ids=["empty-class", "no-class-folders", "missing-path", "not-an-archive"],
 )
 def test_layout_errors_name_the_path(make, message: str, tmp_path: Path) -> None:
     path = make(tmp_path / "data")
@@ -427,8 +419,8 @@ def test_stream_loader_matches_memory_loader(cifake_folder: Path, tmp_path: Path
         assert s_images.shape == m_images.shape == (len(m_labels), 3, 32, 32)
         assert torch.equal(s_images, m_images) and torch.equal(s_labels, m_labels)
     s_images, s_labels = _batches(stream.train_dataloader())
-    assert s_images.shape == (len(stream.splits["train"][1]), 3, 32, 32)
-    assert sorted(s_labels.tolist()) == sorted(memory.splits["train"][1].tolist())
+    assert s_images.shape == (len(stream.splits["train"].labels), 3, 32, 32)
+    assert sorted(s_labels.tolist()) == sorted(memory.splits["train"].labels.tolist())
 
 
 def test_stream_loader_drops_corrupt_files(tmp_path: Path) -> None:
@@ -436,21 +428,28 @@ def test_stream_loader_drops_corrupt_files(tmp_path: Path) -> None:
     _write_tree(root, _bad_files(np.random.default_rng(2)))  # in train: the stats pass must skip them too
     (root / "test" / "FAKE" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
     dm = _module(root, tmp_path / "cache", loader="stream", num_workers=0, batch_size=64, eval_batch_size=64)
-    assert len(dm.splits["test"][1]) == 9
+    assert len(dm.splits["test"].labels) == 9
     loader = dm.test_dataloader()
     batches = list(loader)
     assert len(batches) == 1
-    images, labels = batches[0]
+    images, labels, _ = batches[0]
     assert images.shape == (8, 3, 32, 32) and images.dtype == torch.uint8
     assert labels.dtype == torch.int64 and labels.tolist().count(1) == 4
     assert loader.dataset.skipped == ["test/FAKE/broken.jpg"]
 
-    bad_in_train = sum(e.name.endswith(("corrupt.jpg", "truncated.jpg")) for e in dm._entries["train"])
+    train = [dm._entries[i] for i in dm.splits["train"].index]
+    bad_in_train = sum(e.name.endswith(("corrupt.jpg", "truncated.jpg")) for e in train)
     images, _ = _batches(dm.train_dataloader())
-    assert len(images) == len(dm._entries["train"]) - bad_in_train
+    assert len(images) == len(train) - bad_in_train
 
 
 # -------------------------------------------------------------------------------- 7. the memory loader
+
+
+def _device_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool,
+                    **order: object) -> DeviceBatches:
+    """DeviceBatches whose sources are the labels, in an EpochOrder."""
+    return DeviceBatches(images, labels, labels.clone(), EpochOrder(len(labels), batch_size, shuffle, **order))
 
 
 def _indexed(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -460,11 +459,11 @@ def _indexed(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_device_batches_cover_every_index_once() -> None:
     images, labels = _indexed(103)
-    batches = DeviceBatches(images, labels, batch_size=10, shuffle=True, seed=3)
+    batches = _device_batches(images, labels, batch_size=10, shuffle=True, seed=3)
     got = list(batches)
     assert len(got) == len(batches) == 11
-    assert all(torch.equal(x.view(-1), y) for x, y in got)  # images and labels stay paired
-    order = torch.cat([y for _, y in got])
+    assert all(torch.equal(x.view(-1), y) and torch.equal(s, y) for x, y, s in got)  # stay paired
+    order = torch.cat([y for _, y, _ in got])
     assert sorted(order.tolist()) == list(range(103))
     assert not torch.equal(order, torch.arange(103))  # shuffled
 
@@ -473,26 +472,27 @@ def test_device_batches_ranks_are_disjoint_halves() -> None:
     images, labels = _indexed(103)
     seen = []
     for rank in (0, 1):
-        batches = DeviceBatches(images, labels, batch_size=10, shuffle=True, seed=3, rank=rank, world_size=2)
-        seen.append(torch.cat([y for _, y in batches]).tolist())
+        batches = _device_batches(images, labels, batch_size=10, shuffle=True, seed=3, rank=rank, world_size=2)
+        seen.append(torch.cat([y for _, y, _ in batches]).tolist())
     assert {len(s) for s in seen} == {51, 52}
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == list(range(103))
 
-    dropping = [DeviceBatches(images, labels, 10, True, seed=3, rank=r, world_size=2, drop_last=True) for r in (0, 1)]
+    dropping = [_device_batches(images, labels, 10, True, seed=3, rank=r, world_size=2, drop_last=True)
+                for r in (0, 1)]
     assert [len(list(b)) for b in dropping] == [5, 5]  # ranks must run the same number of steps
 
 
 def test_device_batches_epochs_differ_but_are_reproducible() -> None:
     images, labels = _indexed(64)
-    batches = DeviceBatches(images, labels, batch_size=16, shuffle=True, seed=5)
-    first, second = (torch.cat([y for _, y in batches]) for _ in range(2))
+    batches = _device_batches(images, labels, batch_size=16, shuffle=True, seed=5)
+    first, second = (torch.cat([y for _, y, _ in batches]) for _ in range(2))
     assert not torch.equal(first, second)
     assert sorted(second.tolist()) == list(range(64))
-    fresh = DeviceBatches(images, labels, batch_size=16, shuffle=True, seed=5)
-    assert torch.equal(torch.cat([y for _, y in fresh]), first)
-    unshuffled = DeviceBatches(images, labels, batch_size=16, shuffle=False)
-    assert torch.equal(torch.cat([y for _, y in unshuffled]), torch.arange(64))
+    fresh = _device_batches(images, labels, batch_size=16, shuffle=True, seed=5)
+    assert torch.equal(torch.cat([y for _, y, _ in fresh]), first)
+    unshuffled = _device_batches(images, labels, batch_size=16, shuffle=False)
+    assert torch.equal(torch.cat([y for _, y, _ in unshuffled]), torch.arange(64))
 
 
 # ---------------------------------------------------------------------------- 8. augment and preprocess
@@ -526,7 +526,7 @@ def test_random_translate_is_a_per_sample_shift() -> None:
 
 
 def test_preprocess_normalizes_train_batch(cifake_dm: ImageDataModule) -> None:
-    images = torch.from_numpy(cifake_dm.splits["train"][0]).permute(0, 3, 1, 2)
+    images = torch.from_numpy(cifake_dm.split_images("train")).permute(0, 3, 1, 2)
     x = cifake_dm.preprocess(images, train=False)
     assert x.dtype == torch.float32 and x.shape == (1800, 3, 32, 32)
     assert torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=0.05)
@@ -537,7 +537,7 @@ def test_preprocess_train_applies_the_augmentation(cifake_dm: ImageDataModule, c
                                                     cache_dir: Path) -> None:
     dm = ImageDataModule(str(cifake_path), cache_dir=str(cache_dir), augment=BatchAugment(flip=True), **SUBSET)
     dm.setup()
-    images = torch.from_numpy(dm.splits["val"][0][:64]).permute(0, 3, 1, 2)
+    images = torch.from_numpy(dm.split_images("val")[:64]).permute(0, 3, 1, 2)
     plain = dm.preprocess(images, train=False)
     torch.manual_seed(0)
     augmented = dm.preprocess(images, train=True)
@@ -550,7 +550,7 @@ def test_preprocess_greyscale(cifake_path: Path, cache_dir: Path) -> None:
     dm = ImageDataModule(str(cifake_path), cache_dir=str(cache_dir), channels=1, **SUBSET)
     dm.setup()
     assert len(dm.mean) == len(dm.std) == 1
-    images = torch.from_numpy(dm.splits["train"][0]).permute(0, 3, 1, 2)
+    images = torch.from_numpy(dm.split_images("train")).permute(0, 3, 1, 2)
     x = dm.preprocess(images)
     assert x.shape == (1800, 1, 32, 32)
     luma = (images.double() / 255 * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
@@ -563,10 +563,10 @@ def test_preprocess_greyscale(cifake_path: Path, cache_dir: Path) -> None:
 
 def test_stats_from_train_split_only_and_cached(cifake_dm: ImageDataModule, cifake_path: Path, cache_dir: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    train_mean, train_std = channel_stats(cifake_dm.splits["train"][0], 3)
+    train_mean, train_std = channel_stats(cifake_dm.split_images("train"), 3)
     np.testing.assert_allclose(cifake_dm.mean, train_mean, atol=1e-9)
     np.testing.assert_allclose(cifake_dm.std, train_std, atol=1e-9)
-    everything = np.concatenate([v[0] for v in cifake_dm.splits.values()])
+    everything = np.concatenate([cifake_dm.split_images(k) for k in cifake_dm.splits])
     all_mean, _ = channel_stats(everything, 3)
     assert not np.allclose(cifake_dm.mean, all_mean, atol=1e-6, rtol=0)
 
@@ -594,7 +594,7 @@ def test_stats_follow_the_carved_train_split(tmp_path: Path) -> None:
     root = _write_tree(tmp_path / "flat", files)
     for fraction in (0.2, 0.5):
         dm = _module(root, tmp_path / "cache", resolution=8, test_fraction=fraction)
-        expected_mean, expected_std = channel_stats(dm.splits["train"][0], 3)
+        expected_mean, expected_std = channel_stats(dm.split_images("train"), 3)
         np.testing.assert_allclose(dm.mean, expected_mean, atol=1e-9)
         np.testing.assert_allclose(dm.std, expected_std, atol=1e-9)
     assert len(list((tmp_path / "cache" / "stats").glob("*.json"))) == 2
