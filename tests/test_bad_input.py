@@ -92,7 +92,7 @@ def test_val_fraction_that_carves_no_class_is_an_error(tmp_path: Path) -> None:
     root = _tree(tmp_path / "data", per_class=2)
     with pytest.raises(DataLayoutError, match=r"val split has no REAL images: data\.val_fraction=0\.1 carves none"):
         _module(root, tmp_path, val_fraction=0.1)
-    assert len(_module(root, tmp_path, val_fraction=0.0).splits["val"][1]) == 0  # no validation, on purpose
+    assert len(_module(root, tmp_path, val_fraction=0.0).splits["val"]) == 0  # no validation, on purpose
 
 
 @pytest.mark.parametrize(("key", "value"), [
@@ -269,9 +269,9 @@ def test_image_over_max_pixels_is_skipped_or_named(tmp_path: Path) -> None:
 def test_stream_batch_of_only_unreadable_files_is_skipped_and_counted(tmp_path: Path) -> None:
     root = _tree(tmp_path / "data", per_class=1, bad={"train/REAL/a.png": GARBAGE, "train/REAL/b.png": GARBAGE})
     entries = [Entry(n, "train", 0) for n in ("train/REAL/a.png", "train/REAL/b.png", "train/REAL/0.png")]
-    dataset = StreamDataset(Source.open(root), entries, 16)
+    dataset = StreamDataset(Source.open(root), entries, np.zeros(3, dtype=np.int64), 16)
     batches = list(StreamLoader(dataset, batch_size=2, collate_fn=collate_skipping))
-    assert [tuple(images.shape) for images, _ in batches] == [(1, 3, 16, 16)]
+    assert [tuple(images.shape) for images, _, _ in batches] == [(1, 3, 16, 16)]
     assert dataset.skipped == ["train/REAL/a.png", "train/REAL/b.png"]
 
 

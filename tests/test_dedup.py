@@ -58,9 +58,9 @@ def test_planted_copies_are_masked_and_left_out(loader: str, tmp_path: Path) -> 
     assert _removed(dm) == COPIES and dm.duplicate_groups == 3
     images, labels = _batches(dm.dedup_test_dataloader())
     assert len(labels) == len(dm.test_names) - 3
-    assert labels.tolist() == dm.splits["test"][1][~dm.test_duplicates].tolist()  # test order, copies left out
+    assert labels.tolist() == dm.splits["test"].labels[~dm.test_duplicates].tolist()  # test order, copies left out
     if loader == "memory":
-        assert np.array_equal(images.permute(0, 2, 3, 1).numpy(), dm.splits["test"][0][~dm.test_duplicates])
+        assert np.array_equal(images.permute(0, 2, 3, 1).numpy(), dm.split_images("test")[~dm.test_duplicates])
     # the digests come back from the cache, the mask with them
     again = _module(root, tmp_path / "cache", loader=loader, num_workers=0)
     assert ("cache_load_s" in again.timings) if loader == "memory" else ("digest_s" not in again.timings)

@@ -232,7 +232,7 @@ def test_audit_counts_planted_duplicates_and_excludes_them(tmp_path: Path) -> No
     kept = ImageDataModule(str(root), resolution=16, val_fraction=0.0, cache_dir=str(tmp_path / "c"),
                            exclude=str(tmp_path / "audit" / "exclude_train.txt"), decode_workers=1)
     kept.setup()
-    assert len(kept.splits["train"][1]) == 11 - len(excluded)
+    assert len(kept.splits["train"]) == 11 - len(excluded)
 
 
 def _png(w: int, h: int) -> bytes:

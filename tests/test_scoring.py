@@ -105,9 +105,9 @@ def test_score_is_the_test_step(cifake_path: Path, cache_dir: Path, tmp_path: Pa
     probs, labels = score(model, datamodule.test_dataloader(), datamodule.preprocess, limit=700,
                           keep=lambda images, p, y: seen.append(len(images)))
     assert model.training and len(probs) == len(labels) == 700 and sum(seen) == 700
-    assert probs.dtype == torch.float32 and labels.tolist() == datamodule.splits["test"][1][:700].tolist()
+    assert probs.dtype == torch.float32 and labels.tolist() == datamodule.splits["test"].labels[:700].tolist()
     with torch.no_grad():
-        x = datamodule.preprocess(torch.from_numpy(datamodule.splits["test"][0][:700]).permute(0, 3, 1, 2))
+        x = datamodule.preprocess(torch.from_numpy(datamodule.split_images("test")[:700]).permute(0, 3, 1, 2))
         expected = model.eval().probabilities(model(x))
     assert torch.allclose(probs, expected, atol=1e-6)
     dark, _ = score(model, datamodule.test_dataloader(), datamodule.preprocess, limit=10,
