@@ -95,7 +95,8 @@ class CacheRows(Dataset):
     def __getitem__(self, positions: Tensor) -> Batch:
         if self._images is None:
             self._images = np.load(self.path, mmap_mode="r")
-        rows = self.index[positions.numpy()]
+        positions = positions.numpy()
+        rows = self.index[positions]
         in_file_order = np.argsort(rows, kind="stable")
         images = np.empty((len(rows), *self._images.shape[1:]), dtype=np.uint8)
         images[in_file_order] = self._images[rows[in_file_order]]
