@@ -4,6 +4,7 @@ tiny generated sources."""
 from __future__ import annotations
 
 import io
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -243,13 +244,22 @@ MANIFEST = "file_name,label,source\nimgs/r.png,0,flickr\nimgs/f.png,1,sdxl\n"
 def test_source_list_reads_a_manifest_from_a_folder_a_zip_and_an_absolute_path(tmp_path: Path) -> None:
     root = _tree(tmp_path / "data", ["imgs/r.png", "imgs/f.png"])
     (root / "labels.csv").write_text(MANIFEST)
-    zipped = tmp_path / "data.zip"
-    with zipfile.ZipFile(zipped, "w") as zf:
+    zipped, tarred = tmp_path / "data.zip", tmp_path / "data.tar.gz"
+    with zipfile.ZipFile(zipped, "w") as zf, tarfile.open(tarred, "w:gz") as tf:
         for name in ("imgs/r.png", "imgs/f.png", "labels.csv"):
             zf.write(root / name, name)
+            tf.add(root / name, name)
     expected = [Entry("imgs/r.png", "", 0, "flickr"), Entry("imgs/f.png", "", 1, "sdxl")]
-    for path, manifest in ((root, "labels.csv"), (zipped, "labels.csv"), (root, str(root / "labels.csv"))):
+    for path, manifest in ((root, "labels.csv"), (zipped, "labels.csv"), (tarred, "labels.csv"),
+                           (root, str(root / "labels.csv"))):
         assert Source.open(path).list(CLASSES, manifest=manifest).entries == expected
+
+
+def test_source_list_flat_folders_take_the_class_as_source(tmp_path: Path) -> None:
+    """web60's layout: the root's own name is no generator."""
+    root = _tree(tmp_path / "web60", ["REAL/a.jpg", "FAKE/b.jpg"])
+    assert Source.open(root).list(CLASSES).entries == [Entry("FAKE/b.jpg", "", 1, "FAKE"),
+                                                       Entry("REAL/a.jpg", "", 0, "REAL")]
 
 
 def test_source_list_missing_manifest_is_one_line(tmp_path: Path) -> None:
