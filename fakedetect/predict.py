@@ -1,7 +1,9 @@
 """`python -m fakedetect.predict ckpt_path=... input=<file | folder | glob>`: classify anyone's own images.
 
-Images of any size, format and mode are decoded and resized as the checkpoint's training data was, then
-scored by the one scorer eval uses; an unreadable file gets its own row with the error and the run goes on.
+Images of any size, format (HEIC phone photos too) and mode are decoded by the checkpoint's `data.fit` (or
+`fit=`), as its training data was, then scored by the one scorer eval uses; an unreadable file gets its own row with
+the error and the run goes on. `crops=5` or `crops=tiles` scores several windows of a large image at its own
+pixels instead and averages their P(FAKE).
 The output is checked (writable, not an existing file unless `overwrite=true`) before anything is scored.
 """
 
@@ -20,10 +22,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from rich.progress import track
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.functional import five_crop
 
-from fakedetect.data.decode import decode_image
-from fakedetect.data.sources import IMAGE_SUFFIXES
+from fakedetect.data.decode import DEFAULT_MAX_PIXELS, check_fit, cover, decode_image, open_image, to_rgb
+from fakedetect.data.layouts import IMAGE_SUFFIXES
 from fakedetect.metrics.thresholds import decide
 from fakedetect.reporting.predictions import choose_tta, score
 from fakedetect.utils.checkpoint import load_trained
@@ -31,7 +35,9 @@ from fakedetect.utils.errors import ConfigError, one_line_errors
 
 log = logging.getLogger(__name__)
 
-FIELDS = ["path", "prob_fake", "label", "threshold", "error"]
+FIELDS = ["path", "prob_fake", "label", "threshold", "crops", "error"]
+# crops=: 1 (the image as `fit` makes it), 5 (torchvision's five_crop) or tiles (a grid of non-overlapping windows)
+CROPS = (1, 5, "tiles")
 
 
 def expand_input(spec: str) -> tuple[list[Path], int]:
@@ -64,42 +70,79 @@ def check_output(path: Path, overwrite: bool) -> None:
         raise ConfigError(f"output={path} cannot be written ({err.strerror or err}); name another output=") from None
 
 
-class ImageFiles(Dataset):
-    """Decoded files at the training resolution, or the decoder's error for a file that cannot be read."""
+def views(data: bytes, resolution: int, fit: str = "squash", crops: int | str = 1,
+          max_pixels: int | None = DEFAULT_MAX_PIXELS, max_tiles: int = 16) -> Tensor:
+    """The uint8 (K, 3, resolution, resolution) windows of one image file that predict scores and averages:
+    the image as `fit` makes it (crops=1); or, at the image's own pixels (scaled up only when its short side is
+    under `resolution`), torchvision's five crops (corners and centre), or the non-overlapping tiles of the
+    centred grid, at most `max_tiles` of them spread evenly over it."""
+    if crops == 1:
+        return torch.from_numpy(decode_image(data, resolution, fit, max_pixels)).permute(2, 0, 1)[None]
+    with open_image(data, max_pixels) as img:
+        image = torch.from_numpy(np.asarray(cover(to_rgb(img), resolution))).permute(2, 0, 1)
+    if crops == 5:
+        return torch.stack(five_crop(image, [resolution, resolution]))
+    _, height, width = image.shape
+    top, left = height % resolution // 2, width % resolution // 2
+    grid = image[:, top : height - (height - top) % resolution, left : width - (width - left) % resolution]
+    tiles = grid.unfold(1, resolution, resolution).unfold(2, resolution, resolution)  # (3, rows, cols, R, R)
+    tiles = tiles.permute(1, 2, 0, 3, 4).reshape(-1, 3, resolution, resolution)
+    if len(tiles) > max_tiles:
+        tiles = tiles[np.linspace(0, len(tiles) - 1, max_tiles).round().astype(int)]
+    return tiles.contiguous()
 
-    def __init__(self, paths: list[Path], resolution: int) -> None:
-        self.paths, self.resolution = paths, resolution
+
+class ImageFiles(Dataset):
+    """Each file's windows to score (`views`), or the decoder's error for a file that cannot be read."""
+
+    def __init__(self, paths: list[Path], resolution: int, fit: str = "squash", crops: int | str = 1,
+                 max_tiles: int = 16) -> None:
+        self.paths, self.resolution, self.fit, self.crops, self.max_tiles = paths, resolution, fit, crops, max_tiles
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str]:
+    def __getitem__(self, i: int) -> tuple[int, Tensor | None, str]:
         try:
-            return i, decode_image(self.paths[i].read_bytes(), self.resolution), ""
+            return i, views(self.paths[i].read_bytes(), self.resolution, self.fit, self.crops,
+                            max_tiles=self.max_tiles), ""
         except Exception as err:  # noqa: BLE001 - any failure to read or decode is reported on the file's row
             return i, None, f"{type(err).__name__}: {err}"
 
 
-def collate(items: list[tuple[int, np.ndarray | None, str]]) -> tuple[list[int], torch.Tensor | None, dict]:
-    """(indices of decoded files, their uint8 NCHW batch or None, {index: error} for the others)."""
+def collate(items: list[tuple[int, Tensor | None, str]]) -> tuple[Tensor, Tensor | None, dict]:
+    """(the file index of every window, the windows as one uint8 NCHW batch or None, {index: error} for the
+    files that could not be decoded)."""
     good = [(i, image) for i, image, _ in items if image is not None]
-    images = torch.from_numpy(np.stack([image for _, image in good])).permute(0, 3, 1, 2) if good else None
-    return [i for i, _ in good], images, {i: error for i, image, error in items if image is None}
+    images = torch.cat([image for _, image in good]) if good else None
+    owners = torch.tensor([i for i, image in good for _ in range(len(image))], dtype=torch.long)
+    return owners, images, {i: error for i, image, error in items if image is None}
 
 
 def resolve_device(device: str) -> torch.device:
     return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
 
 
+def check_crops(crops: object, max_tiles: object) -> int | str:
+    if crops not in CROPS or isinstance(crops, bool):
+        raise ConfigError(f"crops={crops} must be 1 (the image as fit= makes it), 5 (corners and centre) or tiles")
+    if crops == "tiles" and (isinstance(max_tiles, bool) or not isinstance(max_tiles, int) or max_tiles < 1):
+        raise ConfigError(f"max_tiles={max_tiles} must be a positive integer (the most tiles scored per image)")
+    return crops
+
+
 def predict(cfg: DictConfig) -> list[dict]:
     """Score every input image; writes and returns one row per file, errors included."""
     output = Path(cfg.output)
     check_output(output, bool(cfg.get("overwrite")))
+    crops = check_crops(cfg.crops, cfg.max_tiles)
+    if cfg.fit is not None:
+        check_fit(cfg.fit, "fit")
     paths, ignored = expand_input(str(cfg.input))
     if ignored:
         log.info("ignored %d files under input=%s that are not images (%s)", ignored, cfg.input,
                  " ".join(sorted(IMAGE_SUFFIXES)))
-    trained = load_trained(cfg.ckpt_path)
+    trained = load_trained(cfg.ckpt_path, data={"fit": cfg.fit})
     datamodule, model = trained.datamodule, trained.model
     choose_tta(model, cfg.get("tta"))
     threshold = model.decision_threshold if cfg.threshold is None else cfg.threshold
@@ -107,28 +150,35 @@ def predict(cfg: DictConfig) -> list[dict]:
         raise ConfigError(f"threshold={cfg.threshold} must be a probability in [0, 1], or null for the checkpoint's")
     threshold = float(threshold)
     device = resolve_device(cfg.device)
-    loader = DataLoader(ImageFiles(paths, datamodule.resolution), batch_size=cfg.batch_size,
-                        num_workers=cfg.num_workers, collate_fn=collate, pin_memory=device.type == "cuda")
-    rows: list[dict] = [{"path": str(path), "prob_fake": None, "label": None, "threshold": threshold, "error": None}
-                        for path in paths]
+    per_file = 1 if crops == 1 else 5 if crops == 5 else cfg.max_tiles
+    files = ImageFiles(paths, datamodule.resolution, datamodule.fit, crops, cfg.max_tiles)
+    # about batch_size windows per forward pass, however many each file gives
+    loader = DataLoader(files, batch_size=max(1, cfg.batch_size // per_file), num_workers=cfg.num_workers,
+                        collate_fn=collate, pin_memory=device.type == "cuda")
+    rows: list[dict] = [{"path": str(path), "prob_fake": None, "label": None, "threshold": threshold, "crops": None,
+                         "error": None} for path in paths]
     batches = decoded(track(loader, description=f"predicting {len(paths)} images"), rows)
-    probs, indices, _ = score(model, batches, datamodule.preprocess, device)
-    for i, prob, decision in zip(indices.tolist(), probs.tolist(), decide(probs, threshold).tolist(), strict=True):
-        rows[i].update(prob_fake=prob, label=datamodule.classes[decision])
+    scores = score(model, batches, datamodule.preprocess, device)
+    owners = scores[1]
+    counts = torch.bincount(owners, minlength=len(paths))
+    scored = torch.nonzero(counts).flatten()
+    probs = torch.zeros(len(paths)).index_add_(0, owners, scores[0])[scored] / counts[scored]
+    for i, prob, decision, n in zip(scored.tolist(), probs.tolist(), decide(probs, threshold).tolist(),
+                                    counts[scored].tolist(), strict=True):
+        rows[i].update(prob_fake=prob, label=datamodule.classes[decision], crops=n)
     write_rows(rows, output)
     bad = sum(1 for row in rows if row["error"])
     log.info("%d images scored, %d unreadable; written to %s", len(rows) - bad, bad, output)
     return rows
 
 
-def decoded(loader: Iterable[tuple[list[int], torch.Tensor | None, dict]], rows: list[dict]
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The scorer's (uint8 NCHW, file indices) batches; each unreadable file's error goes to its row."""
-    for indices, images, errors in loader:
+def decoded(loader: Iterable[tuple[Tensor, Tensor | None, dict]], rows: list[dict]) -> Iterator[tuple[Tensor, Tensor]]:
+    """The scorer's (uint8 NCHW windows, their file indices) batches; each unreadable file's error goes to its row."""
+    for owners, images, errors in loader:
         for i, error in errors.items():
             rows[i]["error"] = error
         if images is not None:
-            yield images, torch.tensor(indices)
+            yield images, owners
 
 
 def write_rows(rows: list[dict], path: Path) -> None:

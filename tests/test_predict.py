@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -17,7 +18,9 @@ import torch
 import torchvision
 from PIL import Image
 
-from fakedetect.predict import expand_input, predict
+from fakedetect.data.decode import decode_image
+from fakedetect.predict import expand_input, predict, views
+from fakedetect.reporting.predictions import score
 from fakedetect.train import train
 from fakedetect.utils.checkpoint import load_checkpoint, load_trained
 from fakedetect.utils.errors import ConfigError
@@ -89,7 +92,7 @@ def test_predict_a_folder_to_csv(checkpoint: Path, photos: Path, tmp_path: Path)
     with (tmp_path / "predictions.csv").open() as f:
         table = list(csv.DictReader(f))
     assert [Path(r["path"]).name for r in table] == NAMES
-    assert list(table[0]) == ["path", "prob_fake", "label", "threshold", "error"]
+    assert list(table[0]) == ["path", "prob_fake", "label", "threshold", "crops", "error"]
     assert [r["path"] for r in table] == [r["path"] for r in rows]
     assert "Error" in table[1]["error"]
     check_rows(table, 0.5)
@@ -174,3 +177,75 @@ def test_checkpoint_from_before_val_thresholds(checkpoint: Path, photos: Path, t
     assert len(warnings) == 1 and "val_thresholds" in warnings[0]
     rows = predict(compose_config("predict", [f"ckpt_path={path}", f"input={photos}", "num_workers=0"], tmp_path))
     check_rows(rows, 0.5)
+
+
+def test_views_five_crops_and_tiles() -> None:
+    """The windows predict averages: torchvision's five crops and the centred grid of tiles, at native pixels."""
+    array = np.random.default_rng(1).integers(0, 256, (70, 100, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "PNG")
+    data = buf.getvalue()
+    chw = torch.from_numpy(array).permute(2, 0, 1)
+    five = torchvision.transforms.functional.five_crop(chw, [32, 32])
+    assert torch.equal(views(data, 32, crops=5), torch.stack(five))
+    tiles = views(data, 32, crops="tiles")  # 2 rows x 3 columns of the 64 x 96 grid centred at (3, 2)
+    expected = [chw[:, 3 + 32 * r : 35 + 32 * r, 2 + 32 * c : 34 + 32 * c] for r in range(2) for c in range(3)]
+    assert torch.equal(tiles, torch.stack(expected))
+    assert torch.equal(views(data, 32, crops="tiles", max_tiles=4), torch.stack(expected)[[0, 2, 3, 5]])
+    one = views(data, 32, "resize_crop")
+    assert one.shape == (1, 3, 32, 32) and torch.equal(one[0], torch.from_numpy(decode_image(data, 32, "resize_crop"))
+                                                       .permute(2, 0, 1))
+    small = io.BytesIO()
+    Image.fromarray(array[:10, :20]).save(small, "PNG")  # scaled up to 64 x 32 so that a 32 px window fits
+    assert views(small.getvalue(), 32, crops=5).shape == (5, 3, 32, 32)
+    assert views(small.getvalue(), 32, crops="tiles").shape == (2, 3, 32, 32)
+
+
+def test_predict_averages_crops_and_tiles(checkpoint: Path, photos: Path, tmp_path: Path) -> None:
+    trained = load_trained(checkpoint)
+    model, dm = trained.model, trained.datamodule
+    tiles = {"photo.jpg": 16, "grey.png": 2, "alpha.webp": 1, "palette.gif": 5, "small.PNG": 1}  # max_tiles=16
+    for crops, counts in ((5, dict.fromkeys(tiles, 5)), ("tiles", tiles)):
+        rows = predict(compose_config("predict", [f"ckpt_path={checkpoint}", f"input={photos}", f"crops={crops}",
+                                                  "num_workers=0", "batch_size=7", f"output=out_{crops}.csv"],
+                                      tmp_path))
+        check_rows(rows, 0.5)
+        for row in rows:
+            name = Path(row["path"]).name
+            if name == "broken.jpg":
+                assert row["crops"] is None
+                continue
+            windows = views(Path(row["path"]).read_bytes(), dm.resolution, crops=crops)
+            assert row["crops"] == counts[name] == len(windows)
+            expected = score(model, [(windows, torch.zeros(len(windows), dtype=torch.long))], dm.preprocess)[0]
+            assert row["prob_fake"] == pytest.approx(expected.mean().item(), abs=1e-5)
+
+
+def test_predict_bad_fit_crops_or_max_tiles_stop_before_scoring(checkpoint: Path, photos: Path, tmp_path: Path) -> None:
+    for bad, message in ((["fit=crop"], r"^fit=crop is not a fit; use one of squash, center_crop, random_crop, "),
+                         (["crops=3"], r"^crops=3 must be 1 \(the image as fit= makes it\), 5 .* or tiles$"),
+                         (["crops=tiles", "max_tiles=0"], r"^max_tiles=0 must be a positive integer")):
+        with pytest.raises(ConfigError, match=message):
+            predict(compose_config("predict", [f"ckpt_path={checkpoint}", f"input={photos}", *bad], tmp_path))
+    assert not (tmp_path / "predictions.csv").exists()
+
+
+def test_predict_heic_with_the_fit_overridden(checkpoint: Path, tmp_path: Path) -> None:
+    """A phone photo (HEIC, 3:2) is scored; fit=resize_crop decodes it otherwise than the checkpoint's squash."""
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(folder / "IMG_0001.HEIC", quality=90)
+    probs = {}
+    for fit in ("squash", "resize_crop"):
+        rows = predict(compose_config("predict", [f"ckpt_path={checkpoint}", f"input={folder}", f"fit={fit}",
+                                                  "num_workers=0", f"output={fit}.json"], tmp_path))
+        assert [Path(r["path"]).name for r in rows] == ["IMG_0001.HEIC"] and not rows[0]["error"]
+        probs[fit] = rows[0]["prob_fake"]
+    trained = load_trained(checkpoint)
+    data = (folder / "IMG_0001.HEIC").read_bytes()
+    for fit, prob in probs.items():
+        image = torch.from_numpy(decode_image(data, trained.datamodule.resolution, fit)).permute(2, 0, 1)[None]
+        expected = score(trained.model, [(image, torch.zeros(1, dtype=torch.long))], trained.datamodule.preprocess)[0]
+        assert prob == pytest.approx(expected.item(), abs=1e-5)
+    assert probs["squash"] != probs["resize_crop"]

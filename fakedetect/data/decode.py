@@ -95,6 +95,15 @@ def decode_image(
     return np.asarray(fit_image(rgb, resolution, fit, rng) if resolution else rgb, dtype=np.uint8)
 
 
+def cover(img: Image.Image, side: int) -> Image.Image:
+    """`img` at its own pixels, or scaled up (aspect kept) when its short side is under `side`, so that a
+    side x side window fits in it."""
+    scale = side / min(img.size)
+    if scale <= 1:
+        return img
+    return img.resize(tuple(max(side, round(n * scale)) for n in img.size), RESAMPLE)
+
+
 def fit_image(img: Image.Image, resolution: int, fit: str, rng: random.Random | None = None) -> Image.Image:
     """`img` made resolution x resolution by `fit`. The crop fits take a square window of the image: `resolution`
     pixels wide at native scale, or the whole short side (resize_crop, and any image whose short side is under
