@@ -63,9 +63,16 @@ def test_a_split_without_one_class_is_one_line_naming_it() -> None:
 
 
 def test_no_class_folder_names_the_aliases_and_a_csv() -> None:
-    with pytest.raises(DataLayoutError, match=r"no images found in class folders .*data\.aliases; labels in a CSV: "
-                                              r"data\.manifest=train\.csv\)$"):
+    with pytest.raises(DataLayoutError, match=r"^root: no images found in class folders \['REAL', 'FAKE'\] "
+                                              r"\(data\.layout=auto: expected split/class/image, e\.g\. .*"
+                                              r"data\.aliases; labels in a CSV: data\.manifest=train\.csv\)$"):
         match(["train.csv", "train_data/a.jpg"], CLASSES, where="root")
+
+
+def test_forced_layout_that_does_not_fit_says_what_it_expects() -> None:
+    with pytest.raises(DataLayoutError, match=r"\(data\.layout=genimage: expected <generator>/\{train,val\}/<class>/"
+                                              r"image, e\.g\. sdv4/train/ai/x\.png; other class folder names via "):
+        match(["REAL/a.jpg", "FAKE/b.jpg"], CLASSES, layout="genimage", where="web60")
 
 
 # -------------------------------------------------------------------------------------------------- aliases

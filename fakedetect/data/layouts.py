@@ -116,6 +116,9 @@ def _forensynths(dirs: tuple[str, ...], lower: tuple[str, ...], fallback: str) -
 
 
 PLACERS: dict[str, Placer] = {"folders": _folders, "genimage": _genimage, "forensynths": _forensynths}
+EXPECTED = {"folders": "split/class/image, e.g. train/REAL/x.jpg, or class/image",
+            "genimage": "<generator>/{train,val}/<class>/image, e.g. sdv4/train/ai/x.png",
+            "forensynths": "[split/]<generator>/[<category>/]<class>/image, e.g. test/progan/cat/1_fake/x.png"}
 
 
 def detect_layout(class_dirs: list[tuple[str, ...]]) -> str:
@@ -167,6 +170,7 @@ def match(names: Iterable[str], classes: list[str], aliases: Mapping[str, Iterab
             candidates.append((name, dirs, lower))
         else:
             ignored.append(name)
+    asked = layout
     if layout == "auto":
         layout = detect_layout([lower for _, _, lower in candidates])
     place = PLACERS[layout]
@@ -179,10 +183,8 @@ def match(names: Iterable[str], classes: list[str], aliases: Mapping[str, Iterab
         else:
             entries.append(Entry(name, placed[0], label, placed[1] or classes[label]))
     if not entries:
-        raise DataLayoutError(
-            f"{where}: no images found in class folders {classes} (expected split/class/image, e.g. train/REAL/x.jpg, "
-            f"or class/image; other class folder names via data.aliases{_csv_hint(ignored)})"
-        )
+        raise DataLayoutError(f"{where}: no images found in class folders {classes} (data.layout={asked}: expected "
+                              f"{EXPECTED[layout]}; other class folder names via data.aliases{_csv_hint(ignored)})")
     return _checked(entries, ignored, classes, where, layout)
 
 
