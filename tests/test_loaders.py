@@ -239,6 +239,8 @@ def test_litdata_dir_without_a_pack_or_packed_otherwise(manifest_root, every_loa
     packed = every_loader["litdata"].litdata_dir
     with pytest.raises(ConfigError, match=r"data\.resolution=24, but data\.litdata_dir=.* was packed with 16"):
         _module(root, tmp_path / "cache", "litdata", litdata_dir=packed, resolution=24)
+    with pytest.raises(ConfigError, match=r"data\.root=.*other, but data\.litdata_dir=.* holds .*data: set data\.root"):
+        _module(root.parent / "other", tmp_path / "cache", "litdata", litdata_dir=packed)
     with pytest.raises(ConfigError, match=r"already holds packed data"):
         pack(every_loader["cached"], packed)
 

@@ -285,6 +285,9 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
+        if self.fit == "random_crop" and self.loader != "stream":
+            log.warning("data.fit=random_crop draws a new crop per epoch only with data.loader=stream; the %s "
+                        "loader's decoded images are centre crops, decoded once", self.loader)
         if self.loader == "litdata":
             self._setup_packed()
             return
@@ -354,6 +357,11 @@ class ImageDataModule(L.LightningDataModule):
             raise DataLayoutError(f"data.litdata_dir={self.litdata_dir}: no readable {PACK_META} there ({err}); "
                                   "write the chunks with python -m fakedetect.data.pack data.root=... "
                                   "output=DIR") from None
+        packed_from = meta["data"]["root"]
+        if _resolved(packed_from) != _resolved(self.root):
+            raise ConfigError(f"data.root={self.root}, but data.litdata_dir={self.litdata_dir} holds {packed_from}: "
+                              f"set data.root={packed_from} to train or test on the packed data, or "
+                              "data.loader=memory (or stream) to read data.root")
         for key in ("classes", "resolution", "fit", "channels"):
             if meta["data"][key] != getattr(self, key):
                 raise ConfigError(f"data.{key}={getattr(self, key)!r}, but data.litdata_dir={self.litdata_dir} was "
@@ -619,6 +627,10 @@ def _check_arguments(args: dict) -> None:
         require(f"data.{key}", args[key], ok(args[key]), expected)
     require("data.litdata_dir", args["litdata_dir"], args["loader"] != "litdata" or args["litdata_dir"],
             "set with data.loader=litdata: the output folder of python -m fakedetect.data.pack")
+
+
+def _resolved(root: str) -> str:
+    return str(Path(root).expanduser().resolve())
 
 
 def _write_atomic(path: Path, text: str) -> None:

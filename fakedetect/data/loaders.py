@@ -71,8 +71,11 @@ class DeviceBatches:
         return len(self.order)
 
     def __iter__(self) -> Iterator[Batch]:
-        for idx in self.order:
-            idx = idx.to(self.images.device)
+        batches = list(self.order)
+        if not batches:
+            return
+        # the epoch's order moved to the device once, not a small copy per step
+        for idx in torch.cat(batches).to(self.images.device).split([len(b) for b in batches]):
             yield self.images[idx], self.labels[idx], self.sources[idx]
 
 
