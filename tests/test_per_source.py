@@ -4,6 +4,7 @@ syntax, and the cross-generator table."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from fakedetect.reporting.per_source import flat_metrics, source_rows, write_per
 from fakedetect.reporting.predictions import NO_SOURCE, Scores, score
 from fakedetect.utils.errors import ConfigError
 from tests.conftest import ROOT, assert_one_line, compose_config
+from tests.synthetic import write_tree
 
 NAMES = ["camera", "gen_a", "gen_b", "unused"]
 
@@ -117,3 +119,30 @@ def test_cross_generator_table_from_run_files(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "fakedetect.reporting.cross_generator", "--runs",
                            str(tmp_path / "table")], cwd=ROOT, capture_output=True, text=True)
     assert_one_line(done, "no training run with per-source results under")
+
+
+def test_cross_generator_multirun_at_cpu_scale(tmp_path: Path, cache_dir: Path) -> None:
+    """The protocol's mechanics as a user runs them: one multirun over `data.train_sources`, then the table command
+    on its folder (a tiny net, 32 px, one epoch: the figures mean nothing, the shape does)."""
+    data = write_tree(tmp_path / "data", {"train": 6, "test": 4})
+    sweep = tmp_path / "multirun"
+    done = subprocess.run([sys.executable, "-m", "fakedetect.train", "-m", "experiment=cross_generator",
+                           f"data.root={data}", "data.train_sources=[gen_a],[gen_b]", "model.net.name=test_resnet",
+                           "model.net.pretrained=false", "data.resolution=32", "data.num_workers=0",
+                           "data.val_fraction=0.25", f"data.cache_dir={cache_dir}", "trainer=cpu",
+                           "trainer.max_epochs=1", "print_config=false", "callbacks.progress_bar=null",
+                           f"hydra.sweep.dir={sweep}"],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    for run, trained_on in (("0", "gen_a"), ("1", "gen_b")):
+        record = json.loads((sweep / run / "metrics.json").read_text())
+        # train and val: that generator's fakes and every real image
+        assert record["images"]["train"] + record["images"]["val"] == 6 + 6 * 2, record["images"]
+        assert {r["source"] for r in record["per_source"]} == {"camera", "gen_a", "gen_b", "all"}, trained_on
+    done = subprocess.run([sys.executable, "-m", "fakedetect.reporting.cross_generator", "--runs", str(sweep),
+                           "--metric", "auroc"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    lines = (sweep / "cross_generator.md").read_text().splitlines()
+    assert "| trained on | gen_a | gen_b | mean |" in lines
+    assert sum(line.startswith(("| gen_a |", "| gen_b |")) for line in lines) == 2
+    assert (sweep / "cross_generator.png").stat().st_size > 5000
