@@ -194,6 +194,7 @@ def test_notebook_executes_on_real_outputs(trained_run: Path, eval_run: Path) ->
         del os.environ["FAKEDETECT_OUTPUTS"]
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "1 eval reports" in text and "1 studies" in text and "tiny 3 trials" in text
+    assert "2 runs with per-source results" in text  # the training run's and the eval's
     assert sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])) >= 3
 
 
