@@ -73,10 +73,10 @@ def test_format_shortcut_warns_naming_attribute_counts_and_why(tmp_path: Path) -
     shortcuts = result["shortcuts"]
     assert shortcuts["separation"]["format"] == 1.0 and shortcuts["separation"]["size"] == 0.5
     format_lines = [w for w in shortcuts["warnings"] if w.startswith("format ")]
-    assert format_lines == ["format alone separates the classes (balanced accuracy 1.00): REAL (6): JPEG 6; FAKE (6): "
-                            "PNG 6. Why it matters: the detector can learn the file format (and its compression), not "
-                            "the generator; make the classes alike in it (re-encode, resize or crop both the same way) "
-                            "or test on data where it carries no label"]
+    assert format_lines == ["format alone separates the classes (balanced accuracy 1.00): REAL (6 images): JPEG x6; "
+                            "FAKE (6 images): PNG x6. Why it matters: the detector can learn the file format (and its "
+                            "compression), not the generator; make the classes alike in it (re-encode, resize or crop "
+                            "both the same way) or test on data where it carries no label"]
     assert not any(w.startswith(("size", "width", "aspect")) for w in shortcuts["warnings"])
     assert shortcuts["per_class"]["REAL"]["jpeg_quality"] == {"min": 85.0, "median": 85.0, "max": 85.0}
     assert shortcuts["per_class"]["FAKE"]["formats"] == {"PNG": 6}
@@ -94,9 +94,9 @@ def test_size_and_quality_shortcuts_warn(tmp_path: Path) -> None:
     warnings = audit(str(root), CLASSES, tmp_path / "audit", workers=1, decode=False)["shortcuts"]["warnings"]
     attributes = {w.split(" ")[0] for w in warnings}
     assert {"size", "width", "jpeg_quality"} <= attributes and "format" not in attributes
-    assert ("(balanced accuracy 1.00): REAL (6): 70 to 80; FAKE (6): 95 to 95. Why it matters: the detector can learn "
-            "the compression strength") in next(w for w in warnings if w.startswith("jpeg_quality"))
-    assert "REAL (6): 40x30 1, 43x31 1, 46x32 1, other 3; FAKE (6): 64x64 6." in next(
+    assert ("(balanced accuracy 1.00): REAL (6 images): 70 to 80; FAKE (6 images): 95 to 95. Why it matters: the "
+            "detector can learn the compression strength") in next(w for w in warnings if w.startswith("jpeg_quality"))
+    assert "REAL (6 images): 40x30 x1, 43x31 x1, 46x32 x1, other x3; FAKE (6 images): 64x64 x6." in next(
         w for w in warnings if w.startswith("size"))
 
 

@@ -154,12 +154,12 @@ def _values_by_class(values: Sequence, labels: np.ndarray, classes: Sequence[str
         if not mine:
             continue
         if numeric:
-            parts.append(f"{cls} ({len(mine)}): {min(mine)} to {max(mine)}")
+            parts.append(f"{cls} ({len(mine)} images): {min(mine)} to {max(mine)}")
         else:
             common = Counter(mine).most_common(3)
             rest = len(mine) - sum(n for _, n in common)
-            listed = ", ".join(f"{v} {n}" for v, n in common) + (f", other {rest}" if rest else "")
-            parts.append(f"{cls} ({len(mine)}): {listed}")
+            listed = ", ".join(f"{v} x{n}" for v, n in common) + (f", other x{rest}" if rest else "")
+            parts.append(f"{cls} ({len(mine)} images): {listed}")
     return "; ".join(parts)
 
 
