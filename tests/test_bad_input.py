@@ -26,8 +26,9 @@ from fakedetect.data.cache import Decoded, load_cache, save_cache
 from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.data.decode import decode_image
 from fakedetect.data.inspect import audit
+from fakedetect.data.layouts import DataLayoutError, Entry
 from fakedetect.data.loaders import StreamDataset, StreamLoader, collate_skipping
-from fakedetect.data.sources import DataLayoutError, Entry, FolderSource, Source
+from fakedetect.data.sources import FolderSource, Source
 from fakedetect.losses import BCEWithLogits, FocalLoss, HybridLoss, LossSchedule
 from fakedetect.utils.errors import ConfigError
 from tests.conftest import assert_one_line, compose_config

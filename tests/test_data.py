@@ -24,8 +24,9 @@ from fakedetect.data import datamodule as datamodule_mod
 from fakedetect.data.augment import BatchAugment, random_flip, random_translate
 from fakedetect.data.datamodule import ImageDataModule, channel_stats, stratified_split
 from fakedetect.data.decode import BadImageError, decode_image
+from fakedetect.data.layouts import DataLayoutError
 from fakedetect.data.loaders import DeviceBatches, EpochOrder
-from fakedetect.data.sources import DataLayoutError, FolderSource, Source, TarSource, ZipSource
+from fakedetect.data.sources import FolderSource, Source, TarSource, ZipSource
 
 # The subset conftest's training tests use (with the default seed 42 and 32 px): one decode per session.
 SUBSET = {"train_limit": 2000, "test_limit": 1000}

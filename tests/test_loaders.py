@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from fakedetect.data.datamodule import ImageDataModule
+from fakedetect.data.layouts import Entry
 from fakedetect.data.loaders import StreamDataset
 from fakedetect.data.pack import pack
-from fakedetect.data.sources import Entry, Source
+from fakedetect.data.sources import Source
 from fakedetect.train import train
 from fakedetect.utils.errors import ConfigError
 from tests.conftest import ROOT, assert_one_line, compose_config

@@ -15,8 +15,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from fakedetect.data import layouts
-from fakedetect.data.layouts import IMAGE_SUFFIXES, DataLayoutError, Entry, Listing  # noqa: F401 - until importers move
+from fakedetect.data.layouts import DataLayoutError, Listing, check_layout, from_manifest, match
 
 # what a damaged archive raises while it is read: all mean "re-download or re-create it"
 ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error)
@@ -74,12 +73,12 @@ class Source:
     def list(self, classes: list[str], aliases: Mapping[str, Iterable[str]] | None = None, layout: str = "auto",
              manifest: str | os.PathLike | None = None) -> Listing:
         """Entries by `layout` (see data/layouts.py); with a manifest, the rows whose file this source holds."""
-        layouts.check_layout(layout, manifest)
+        check_layout(layout, manifest)
         if manifest is None:
             root_name = self.path.name.split(".")[0] if self.path.is_file() else self.path.name
-            return layouts.match(self.names(), classes, aliases, layout, str(self.path), root_name)
+            return match(self.names(), classes, aliases, layout, str(self.path), root_name)
         where, text = self._manifest(manifest)
-        return layouts.from_manifest(text, where, self.names(), classes, aliases)
+        return from_manifest(text, where, self.names(), classes, aliases)
 
     def _manifest(self, manifest: str | os.PathLike) -> tuple[str, str]:
         """(where, text) of a manifest: an absolute path on disk, or a member of this source."""
