@@ -14,6 +14,7 @@ from PIL import Image
 from fakedetect.data.layouts import DataLayoutError, Entry, class_folders, detect_layout, from_manifest, match
 from fakedetect.data.sources import Source
 from fakedetect.utils.errors import ConfigError
+from tests.test_data import _write_tree
 
 CLASSES = ["REAL", "FAKE"]
 
@@ -30,10 +31,7 @@ def _png() -> bytes:
 
 
 def _tree(root: Path, names: list[str]) -> Path:
-    for name in names:
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(_png() if not name.endswith(".csv") else b"")
-    return root
+    return _write_tree(root, dict.fromkeys(names, _png()))
 
 
 # -------------------------------------------------------------------------------------------------- folders

@@ -17,6 +17,7 @@ from PIL import Image
 from fakedetect.data.inspect import audit
 from fakedetect.data.shortcuts import header_facts, jpeg_quality, lookup_accuracy, threshold_accuracy
 from tests.conftest import assert_one_line
+from tests.test_data import _write_tree
 
 CLASSES = ["REAL", "FAKE"]
 
@@ -26,13 +27,6 @@ def _image(size: tuple[int, int], fmt: str, seed: int, **params: object) -> byte
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buf, fmt, **params)
     return buf.getvalue()
-
-
-def _write(root: Path, files: dict[str, bytes]) -> Path:
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-    return root
 
 
 @pytest.mark.parametrize("quality", [5, 30, 50, 75, 90, 95, 100])
@@ -65,7 +59,7 @@ def test_rules_score_separation_not_unique_values() -> None:
 
 
 def test_format_shortcut_warns_naming_attribute_counts_and_why(tmp_path: Path) -> None:
-    root = _write(tmp_path / "data", {
+    root = _write_tree(tmp_path / "data", {
         **{f"REAL/{i}.jpg": _image((32 + i, 24), "JPEG", i, quality=85) for i in range(6)},
         **{f"FAKE/{i}.png": _image((32 + i, 24), "PNG", 10 + i) for i in range(6)},
     })
@@ -87,7 +81,7 @@ def test_format_shortcut_warns_naming_attribute_counts_and_why(tmp_path: Path) -
 
 def test_size_and_quality_shortcuts_warn(tmp_path: Path) -> None:
     """Every FAKE 64x64 at quality 95, photos of varied sizes at quality 70-80: both separate the classes."""
-    root = _write(tmp_path / "data", {
+    root = _write_tree(tmp_path / "data", {
         **{f"REAL/{i}.jpg": _image((40 + 3 * i, 30 + i), "JPEG", i, quality=70 + 2 * i) for i in range(6)},
         **{f"FAKE/{i}.jpg": _image((64, 64), "JPEG", 10 + i, quality=95) for i in range(6)},
     })
@@ -109,7 +103,7 @@ def test_balanced_set_has_no_shortcut_warning(tmp_path: Path) -> None:
             for j, size in enumerate([(32, 32), (48, 32)]):
                 files[f"train/{cls}/{i}_{j}.{suffix}"] = _image(size, fmt, 100 * c + 10 * i + j, **params)
                 files[f"test/{cls}/{i}_{j}.{suffix}"] = _image(size, fmt, 500 + 100 * c + 10 * i + j, **params)
-    root = _write(tmp_path / "data", files)
+    root = _write_tree(tmp_path / "data", files)
     result = audit(str(root), CLASSES, tmp_path / "audit", workers=1)
     assert result["shortcuts"]["warnings"] == []
     assert max(result["shortcuts"]["separation"].values()) == 0.5
@@ -129,7 +123,7 @@ def test_per_source_shortcut_of_one_generator(tmp_path: Path) -> None:
                 files[f"{gen}/{split}/ai/{i}.{'png' if gen == 'midjourney' else 'jpg'}"] = (
                     _image((32, 32), "PNG", 1000 + seed) if gen == "midjourney"
                     else _image((32, 32), "JPEG", 1000 + seed, quality=90))
-    root = _write(tmp_path / "data", files)
+    root = _write_tree(tmp_path / "data", files)
     shortcuts = audit(str(root), CLASSES, tmp_path / "audit", workers=1, decode=False)["shortcuts"]
     assert set(shortcuts["per_source"]) == {"midjourney", "sdxl"}
     assert shortcuts["separation"]["format"] == 0.75
@@ -138,7 +132,7 @@ def test_per_source_shortcut_of_one_generator(tmp_path: Path) -> None:
 
 
 def test_inspect_command_bad_manifest_row_is_one_line(tmp_path: Path) -> None:
-    root = _write(tmp_path / "data", {"a.png": _image((8, 8), "PNG", 0), "b.png": _image((8, 8), "PNG", 1)})
+    root = _write_tree(tmp_path / "data", {"a.png": _image((8, 8), "PNG", 0), "b.png": _image((8, 8), "PNG", 1)})
     (root / "labels.csv").write_text("path,label\na.png,REAL\nb.png,dog\n")
     done = subprocess.run([sys.executable, "-m", "fakedetect.data.inspect", f"root={root}", "manifest=labels.csv",
                            "decode=false", "workers=1", f"hydra.run.dir={tmp_path / 'run'}"],
