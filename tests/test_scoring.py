@@ -102,15 +102,17 @@ def test_score_is_the_test_step(cifake_path: Path, cache_dir: Path, tmp_path: Pa
     datamodule.setup("test")
     model = Detector(MLP(hidden=[8]), torch.nn.BCEWithLogitsLoss(), torch.optim.Adam).train()
     seen: list[int] = []
-    probs, labels = score(model, datamodule.test_dataloader(), datamodule.preprocess, limit=700,
-                          keep=lambda images, p, y: seen.append(len(images)))
+    probs, labels, sources = score(model, datamodule.test_dataloader(), datamodule.preprocess, limit=700,
+                                   keep=lambda images, p, y: seen.append(len(images)))
     assert model.training and len(probs) == len(labels) == 700 and sum(seen) == 700
     assert probs.dtype == torch.float32 and labels.tolist() == datamodule.splits["test"].labels[:700].tolist()
+    assert sources.tolist() == datamodule.splits["test"].sources[:700].tolist()
+    assert datamodule.source_names == ["FAKE", "REAL"]  # CIFAKE's sources are its class folders
     with torch.no_grad():
         x = datamodule.preprocess(torch.from_numpy(datamodule.split_images("test")[:700]).permute(0, 3, 1, 2))
         expected = model.eval().probabilities(model(x))
     assert torch.allclose(probs, expected, atol=1e-6)
-    dark, _ = score(model, datamodule.test_dataloader(), datamodule.preprocess, limit=10,
+    dark, _, _ = score(model, datamodule.test_dataloader(), datamodule.preprocess, limit=10,
                     transform=torch.zeros_like)
     assert torch.allclose(dark, dark[0].expand(10))
 
