@@ -135,7 +135,7 @@ def test_planted_copies_change_acc_dedup_as_scored_by_hand(tmp_path: Path) -> No
     trained = load_trained(ckpt)
     dm = trained.datamodule
     dm.setup("test")
-    probs, labels = score(trained.model, dm.test_dataloader(), dm.preprocess)
+    probs, labels, _ = score(trained.model, dm.test_dataloader(), dm.preprocess)
     kept = torch.from_numpy(~dm.test_duplicates)
     correct = decide(probs, trained.model.decision_threshold) == labels
     assert metrics["test/acc"] == pytest.approx(correct.float().mean().item(), abs=1e-6)

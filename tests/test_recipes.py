@@ -51,7 +51,7 @@ def test_flip_tta_averages_an_image_with_its_mirror() -> None:
     assert torch.allclose(flipped.predict_step((x,)), torch.full((6,), 0.5), atol=1e-6)
     symmetric = torch.cat([x[..., :4], x[..., :4].flip(-1)], dim=-1)
     assert torch.allclose(plain.predict_step((symmetric,)), flipped.predict_step((symmetric,)))
-    probs, _ = score(flipped, [(x, torch.zeros(6))], preprocess=lambda b: b)
+    probs, _, _ = score(flipped, [(x, torch.zeros(6))], preprocess=lambda b: b)
     assert torch.allclose(probs, torch.full((6,), 0.5), atol=1e-6)
     choose_tta(plain, "checkpoint")
     assert plain.tta is None
@@ -99,7 +99,7 @@ def test_ema_weights_are_validated_checkpointed_and_tested(ema_run: Path) -> Non
     assert trained.model.thresholds()["youden"] == checkpoint["thresholds"]["youden"] is not None
     datamodule = trained.datamodule
     datamodule.setup("validate")
-    probs, labels = score(trained.model, datamodule.val_dataloader(), datamodule.preprocess)
+    probs, labels, _ = score(trained.model, datamodule.val_dataloader(), datamodule.preprocess)
     assert ((probs > 0.5).long() == labels).float().mean().item() == pytest.approx(record["metrics"]["val/acc"])
     evaluated = evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "report=false"],
                                         ema_run.parent / "eval"))
