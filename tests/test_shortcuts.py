@@ -46,6 +46,10 @@ def test_header_facts_upright_size_format_and_errors() -> None:
     assert header_facts(buf.getvalue()) == {"w": 20, "h": 40, "format": "JPEG", "mode": "RGB", "quality": 80}
     assert header_facts(_image((8, 6), "PNG", 0)) == {"w": 8, "h": 6, "format": "PNG", "mode": "RGB", "quality": None}
     assert header_facts(b"not an image")["error"].startswith("UnidentifiedImageError")
+    # headers only: a file cut short after its header still tells its size (decoding it would fail)
+    for fmt, params in (("PNG", {}), ("JPEG", {"quality": 60})):
+        data = _image((300, 200), fmt, 1, **params)
+        assert header_facts(data[: len(data) // 3])["w"] == 300
     assert jpeg_quality({0: [1] * 10}) is None  # not a 64-entry table
 
 

@@ -72,7 +72,10 @@ def header_facts(data: bytes) -> dict:
                 Image.MAX_IMAGE_PIXELS = default
             with img:
                 width, height = img.size
-                if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientations that turn the image a quarter
+                # EXIF orientations that turn the image a quarter; asked only where the header holds the EXIF
+                # (PNG's getexif decodes the whole image to look for it after the pixels)
+                has_exif = "exif" in img.info or img.format == "TIFF"
+                if has_exif and img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                     width, height = height, width
                 quality = jpeg_quality(img.quantization) if img.format == "JPEG" else None
                 return {"w": width, "h": height, "format": img.format, "mode": img.mode, "quality": quality}
