@@ -135,10 +135,14 @@ def test_per_source_shortcut_of_one_generator(tmp_path: Path) -> None:
         "format alone separates FAKE of source midjourney from the other classes (balanced accuracy 1.00)"]
 
 
-def test_inspect_command_bad_manifest_row_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("args", "expected"), [
+    (["manifest=labels.csv"], "labels.csv row 3: label 'dog' is not a class of ['REAL', 'FAKE']"),
+    (["shortcut_threshold=2"], "shortcut_threshold must be a balanced accuracy in [0.5, 1], got 2"),
+], ids=["bad-manifest-row", "bad-threshold"])
+def test_inspect_command_bad_input_is_one_line(args: list[str], expected: str, tmp_path: Path) -> None:
     root = _write_tree(tmp_path / "data", {"a.png": _image((8, 8), "PNG", 0), "b.png": _image((8, 8), "PNG", 1)})
     (root / "labels.csv").write_text("path,label\na.png,REAL\nb.png,dog\n")
-    done = subprocess.run([sys.executable, "-m", "fakedetect.data.inspect", f"root={root}", "manifest=labels.csv",
-                           "decode=false", "workers=1", f"hydra.run.dir={tmp_path / 'run'}"],
+    done = subprocess.run([sys.executable, "-m", "fakedetect.data.inspect", f"root={root}", *args, "decode=false",
+                           "workers=1", f"hydra.run.dir={tmp_path / 'run'}"],
                           capture_output=True, text=True, timeout=120)
-    assert_one_line(done, "labels.csv row 3: label 'dog' is not a class of ['REAL', 'FAKE']")
+    assert_one_line(done, expected)

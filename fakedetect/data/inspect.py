@@ -28,7 +28,7 @@ from fakedetect.data.decode import DEFAULT_MAX_PIXELS, file_digest, open_image, 
 from fakedetect.data.layouts import DataLayoutError, Entry
 from fakedetect.data.shortcuts import audit_shortcuts, header_facts
 from fakedetect.data.sources import Source
-from fakedetect.utils.errors import one_line_errors
+from fakedetect.utils.errors import is_number, one_line_errors, require
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +174,9 @@ def audit(root: str, classes: list[str], out: Path, near_distance: int = 0, work
           max_pixels: int | None = DEFAULT_MAX_PIXELS, aliases: Mapping[str, Iterable[str]] | None = None,
           layout: str = "auto", manifest: str | None = None, decode: bool = True,
           shortcut_threshold: float = 0.9) -> dict:
+    require("shortcut_threshold", shortcut_threshold, is_number(shortcut_threshold) and 0.5 <= shortcut_threshold <= 1,
+            "a balanced accuracy in [0.5, 1]")
+    require("decode", decode, isinstance(decode, bool), "true or false")
     source = Source.open(root)
     listing = source.list(classes, aliases, layout, manifest)
     entries = listing.entries
