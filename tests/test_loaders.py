@@ -82,8 +82,9 @@ def every_loader(manifest_root, tmp_path_factory: pytest.TempPathFactory) -> dic
     root, _ = manifest_root
     tmp = tmp_path_factory.mktemp("loaders")
     pack(_module(root, tmp / "cache", "cached", manifest="labels.csv"), str(tmp / "packed"))
-    return {loader: _module(root, tmp / "cache", loader, manifest="labels.csv", litdata_dir=str(tmp / "packed"))
-            for loader in LOADERS}
+    # cached and litdata read in a worker process, as they would in training
+    return {loader: _module(root, tmp / "cache", loader, manifest="labels.csv", litdata_dir=str(tmp / "packed"),
+                            num_workers=int(loader in ("cached", "litdata"))) for loader in LOADERS}
 
 
 def test_every_loader_yields_the_same_splits(every_loader: dict[str, ImageDataModule], manifest_root) -> None:
@@ -244,6 +245,9 @@ def test_litdata_dir_without_a_pack_or_packed_otherwise(manifest_root, every_loa
         _module(root.parent / "other", tmp_path / "cache", "litdata", litdata_dir=packed)
     with pytest.raises(ConfigError, match=r"already holds packed data"):
         pack(every_loader["cached"], packed)
+    with pytest.raises(ConfigError, match=r"output=.*data is a folder with files that pack did not write"):
+        pack(every_loader["cached"], str(root))  # the dataset itself: its folders must stay
+    assert (root / "labels.csv").is_file()
 
 
 @pytest.mark.parametrize(("key", "value", "expected"), [

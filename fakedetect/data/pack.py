@@ -33,9 +33,14 @@ def pack(datamodule: ImageDataModule, output: str, chunk_bytes: str = "64MB", ov
     from litdata import optimize
 
     target = Path(output)
-    if (target / PACK_META).exists() and not overwrite:
-        raise ConfigError(f"output={output} already holds packed data ({PACK_META}); pass overwrite=true or "
-                          "another output")
+    if target.is_dir() and any(target.iterdir()):
+        if not (target / PACK_META).exists():  # never delete folders pack did not write (a dataset's train/, say)
+            raise ConfigError(f"output={output} is a folder with files that pack did not write (no {PACK_META}; "
+                              "or an interrupted pack): give a new or empty folder")
+        if not overwrite:
+            raise ConfigError(f"output={output} already holds packed data ({PACK_META}); pass overwrite=true or "
+                              "another output")
+        (target / PACK_META).unlink()  # until the new pack is whole
     datamodule.prepare_data()
     datamodule.setup("fit")
     data = datamodule.decoded()  # the memory-mapped cache setup planned the splits over
