@@ -16,6 +16,7 @@ from PIL import Image
 from fakedetect.data import cache as cache_mod
 from fakedetect.data.cache import decode_entries, decoded_stream, load_cache, read_batches
 from fakedetect.data.decode import BadImageError, decode_image, open_image
+from fakedetect.data.decode_bench import cache_memory, decode_speed, generate
 from fakedetect.data.layouts import IMAGE_SUFFIXES, Entry
 from fakedetect.data.sources import FolderSource
 from fakedetect.utils.errors import ConfigError
@@ -261,3 +262,19 @@ def test_decoding_reads_bounded_batches_ahead(tmp_path: Path) -> None:
         assert image.shape == (8, 8, 3) and name == names[got - 1]
         ahead.append(source.reads - got)
     assert max(ahead) <= (2 + 1) * 2 + 2 and source.reads == 40
+
+
+def test_decode_bench_generates_times_and_measures_memory(tmp_path: Path) -> None:
+    root = tmp_path / "big"
+    assert generate(str(root), count=3, size=96, workers=1)["files"] == 3
+    assert sorted(p.name for p in root.iterdir()) == ["00000.jpg", "00001.jpg", "00002.jpg"]
+    speed = decode_speed(str(root), 32, "resize_crop", repeats=2)
+    assert speed["images"] == 3 and all(len(speed[k]["passes"]) == 2 and speed[k]["median_images_s"] > 0
+                                        for k in ("draft", "no_draft"))
+    memory = cache_memory(str(root), 16, "squash", workers=1)
+    assert memory["images"] == 3 and memory["cache_gb"] > 3 * 16 * 16 * 3 / 1e9
+    assert memory["peak_rss_mb"] >= memory["peak_rss_main_mb"] > 0
+    (tmp_path / "png").mkdir()
+    (tmp_path / "png" / "a.png").write_bytes(_encode(_coded(8, 8)))
+    with pytest.raises(ConfigError, match=r"^root=.*/png: no \.jpeg \.jpg files in it"):
+        decode_speed(str(tmp_path / "png"), 32, "squash", 1)

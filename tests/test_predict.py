@@ -206,9 +206,9 @@ def test_predict_averages_crops_and_tiles(checkpoint: Path, photos: Path, tmp_pa
     model, dm = trained.model, trained.datamodule
     tiles = {"photo.jpg": 16, "grey.png": 2, "alpha.webp": 1, "palette.gif": 5, "small.PNG": 1}  # max_tiles=16
     for crops, counts in ((5, dict.fromkeys(tiles, 5)), ("tiles", tiles)):
-        rows = predict(compose_config("predict", [f"ckpt_path={checkpoint}", f"input={photos}", f"crops={crops}",
-                                                  "num_workers=0", "batch_size=7", f"output=out_{crops}.csv"],
-                                      tmp_path))
+        args = [f"ckpt_path={checkpoint}", f"input={photos}", f"crops={crops}", "num_workers=0", "batch_size=7",
+                f"output={tmp_path}/out_{crops}.csv"]
+        rows = predict(compose_config("predict", args, tmp_path))
         check_rows(rows, 0.5)
         for row in rows:
             name = Path(row["path"]).name
@@ -239,7 +239,7 @@ def test_predict_heic_with_the_fit_overridden(checkpoint: Path, tmp_path: Path) 
     probs = {}
     for fit in ("squash", "resize_crop"):
         rows = predict(compose_config("predict", [f"ckpt_path={checkpoint}", f"input={folder}", f"fit={fit}",
-                                                  "num_workers=0", f"output={fit}.json"], tmp_path))
+                                                  "num_workers=0", f"output={tmp_path}/{fit}.json"], tmp_path))
         assert [Path(r["path"]).name for r in rows] == ["IMG_0001.HEIC"] and not rows[0]["error"]
         probs[fit] = rows[0]["prob_fake"]
     trained = load_trained(checkpoint)

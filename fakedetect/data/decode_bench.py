@@ -1,0 +1,157 @@
+"""`python -m fakedetect.data.decode_bench root=FOLDER [mode=speed|cache|generate]`: how fast images decode, and
+how much memory caching a folder takes.
+
+- speed: images/s of `decode_image` over the folder's JPEGs (read into memory first, so only decoding is timed; one
+  process), to `resolution` by `fit`, with and without JPEG draft mode; the median of `repeats` passes.
+- cache: caches the whole folder as training does (`decode_entries` into a fresh cache folder, `workers`
+  processes) while sampling the resident memory of this process and its workers; peak and baseline RSS.
+- generate: writes `count` large JPEGs (`size` px, noisy photo-like content) into root, to measure caching at scale.
+Results go to `<output_dir>/decode_bench.json` and the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import statistics
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path, PurePosixPath
+
+import hydra
+import numpy as np
+import psutil
+from omegaconf import DictConfig
+from PIL import Image
+
+from fakedetect.data.cache import decode_entries
+from fakedetect.data.decode import check_fit, decode_image
+from fakedetect.data.layouts import IMAGE_SUFFIXES, Entry
+from fakedetect.data.sources import FolderSource
+from fakedetect.utils.errors import ConfigError, one_line_errors
+
+log = logging.getLogger(__name__)
+
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+# noise fields generated once and shifted per file: every file differs, generation stays fast
+NOISE_FIELDS = 8
+
+
+def image_names(source: FolderSource, suffixes: tuple[str, ...] | set[str] = tuple(IMAGE_SUFFIXES)) -> list[str]:
+    names = sorted(n for n in source.names() if PurePosixPath(n).suffix.lower() in suffixes)
+    if not names:
+        raise ConfigError(f"root={source.path}: no {' '.join(sorted(suffixes))} files in it")
+    return names
+
+
+def decode_speed(root: str, resolution: int, fit: str, repeats: int) -> dict:
+    """Images/s decoding the folder's JPEGs, with draft mode and without: median and every pass."""
+    source = FolderSource(root)
+    blobs = [source.read_one(n) for n in image_names(source, JPEG_SUFFIXES)]
+    result = {"images": len(blobs), "resolution": resolution, "fit": fit}
+    for draft in (True, False):
+        rates = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for blob in blobs:
+                decode_image(blob, resolution, fit, draft=draft)
+            rates.append(len(blobs) / (time.perf_counter() - start))
+        result["draft" if draft else "no_draft"] = {"median_images_s": statistics.median(rates), "passes": rates}
+    return result
+
+
+class PeakMemory:
+    """Samples the resident memory of this process plus its children every `interval` s, in a thread."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval, self.peak, self.peak_main = interval, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = main = me.memory_info().rss
+            for child in me.children(recursive=True):
+                with contextlib.suppress(psutil.Error):  # a worker that just exited
+                    total += child.memory_info().rss
+            self.peak, self.peak_main = max(self.peak, total), max(self.peak_main, main)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def cache_memory(root: str, resolution: int, fit: str, workers: int | None) -> dict:
+    """Peak RSS (this process and its workers) while the folder is decoded into a fresh cache folder."""
+    source = FolderSource(root)
+    names = image_names(source)
+    folder_bytes = sum((source.path / n).stat().st_size for n in names)
+    entries = [Entry(n, "", 0, "") for n in names]
+    baseline = psutil.Process().memory_info().rss
+    with tempfile.TemporaryDirectory(prefix="decode-bench-") as tmp, PeakMemory() as memory:
+        start = time.perf_counter()
+        decoded = decode_entries(source, entries, resolution, workers, fit=fit, folder=Path(tmp) / "cache")
+        seconds = time.perf_counter() - start
+        cache_bytes = sum(p.stat().st_size for p in (Path(tmp) / "cache").iterdir())
+    return {"images": len(decoded.names), "skipped": len(decoded.skipped), "folder_gb": folder_bytes / 1e9,
+            "cache_gb": cache_bytes / 1e9, "seconds": seconds, "images_s": len(names) / seconds,
+            "baseline_rss_mb": baseline / 2**20, "peak_rss_mb": memory.peak / 2**20,
+            "peak_rss_main_mb": memory.peak_main / 2**20, "workers": workers, "resolution": resolution, "fit": fit}
+
+
+def _write_jpegs(args: tuple[Path, list[int], int, int]) -> None:
+    root, numbers, size, seed = args
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    fields = [rng.normal(0, 16, (size, size, 3)).astype(np.float32) for _ in range(NOISE_FIELDS)]
+    for i in numbers:
+        phase = rng.uniform(0, 6)
+        base = np.stack([np.sin(6 * x + 3 * y + phase), np.cos(5 * y + phase) * x, x * y], axis=-1) * 100 + 120
+        noise = np.roll(fields[i % NOISE_FIELDS], tuple(rng.integers(0, size, 2)), axis=(0, 1))
+        buf = io.BytesIO()
+        Image.fromarray((base + noise).clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=94)
+        (root / f"{i:05d}.jpg").write_bytes(buf.getvalue())
+
+
+def generate(root: str, count: int, size: int, workers: int) -> dict:
+    """`count` size x size JPEGs of smooth content under noise (~2 MB each at 2048 px) in root."""
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    parts = [(path, list(range(w, count, workers)), size, w) for w in range(workers)]
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_write_jpegs, parts))
+    total = sum(p.stat().st_size for p in path.glob("*.jpg"))
+    return {"files": count, "size": size, "folder_gb": total / 1e9}
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="decode_bench")
+@one_line_errors
+def main(cfg: DictConfig) -> None:
+    check_fit(cfg.fit, "fit")
+    if cfg.mode == "speed":
+        result = decode_speed(cfg.root, cfg.resolution, cfg.fit, cfg.repeats)
+    elif cfg.mode == "cache":
+        result = cache_memory(cfg.root, cfg.resolution, cfg.fit, cfg.workers)
+    elif cfg.mode == "generate":
+        result = generate(cfg.root, cfg.count, cfg.size, cfg.workers or 1)
+    else:
+        raise ConfigError(f"mode={cfg.mode} is not a mode; use speed, cache or generate")
+    result["mode"] = cfg.mode
+    out = Path(cfg.output_dir) / "decode_bench.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    log.info("%s", json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
