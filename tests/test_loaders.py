@@ -260,3 +260,16 @@ def test_litdata_dir_without_a_pack_or_packed_otherwise(manifest_root, every_loa
 def test_bad_data_values_raise_before_reading(key: str, value: object, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
         ImageDataModule("unused", **{"loader": "litdata", "litdata_dir": "x", key: value})
+
+
+def test_edited_manifest_outside_the_source_is_listed_again(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    names = [f"{i}.png" for i in range(8)]
+    root = _write_tree(tmp_path / "data", {n: _image(rng) for n in names})
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("path,label\n" + "".join(f"{n},{'REAL' if i < 4 else 'FAKE'}\n" for i, n in enumerate(names)))
+    before = _module(root, tmp_path / "cache", manifest=str(manifest), val_fraction=0.0,
+                     test_fraction=0.5).decoded().labels.copy()
+    manifest.write_text("path,label\n" + "".join(f"{n},{'FAKE' if i < 4 else 'REAL'}\n" for i, n in enumerate(names)))
+    again = _module(root, tmp_path / "cache", manifest=str(manifest), val_fraction=0.0, test_fraction=0.5)
+    assert np.array_equal(again.decoded().labels, 1 - before)  # not the stale cache

@@ -6,6 +6,7 @@ Listing and labels live in `layouts.py`, decoding in `decode.py`, the decoded ca
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -249,8 +250,12 @@ class ImageDataModule(L.LightningDataModule):
         return Listing(picked, listing.ignored)
 
     def _listing_key(self, source: Source) -> list:
-        """What decides the listed entries."""
-        return [source.identity(), self.classes, self.aliases, self.layout, self.manifest, self.train_limit,
+        """What decides the listed entries. A manifest outside the source counts by its content (one inside it is
+        part of the source's identity): edited labels must not reuse a stale cache."""
+        manifest = Path(self.manifest).expanduser() if self.manifest else None
+        outside = manifest is not None and manifest.is_absolute() and manifest.is_file()
+        return [source.identity(), self.classes, self.aliases, self.layout, self.manifest,
+                hashlib.sha1(manifest.read_bytes()).hexdigest() if outside else None, self.train_limit,
                 self.test_limit, self.seed if (self.train_limit or self.test_limit) else None]
 
     def _cache_folder(self, source: Source) -> Path:
