@@ -273,3 +273,15 @@ def test_edited_manifest_outside_the_source_is_listed_again(tmp_path: Path) -> N
     manifest.write_text("path,label\n" + "".join(f"{n},{'FAKE' if i < 4 else 'REAL'}\n" for i, n in enumerate(names)))
     again = _module(root, tmp_path / "cache", manifest=str(manifest), val_fraction=0.0, test_fraction=0.5)
     assert np.array_equal(again.decoded().labels, 1 - before)  # not the stale cache
+
+
+def test_state_carries_fit_and_old_checkpoints_load(caplog: pytest.LogCaptureFixture) -> None:
+    dm = ImageDataModule("unused", fit="resize_crop")
+    dm.mean, dm.std = [0.5] * 3, [0.2] * 3
+    assert dm.state_dict()["fit"] == "resize_crop"
+    old = {"classes": ["REAL", "FAKE"], "resolution": 32, "channels": 3, "mean": [0.4] * 3, "std": [0.3] * 3}
+    squashed = ImageDataModule("unused")
+    squashed.load_state_dict(old)  # from before data.fit: squashed, as every run then was
+    assert squashed.mean == [0.4] * 3 and "trained on" not in caplog.text
+    dm.load_state_dict(old)
+    assert "trained on data.fit=squash images; this run decodes with data.fit=resize_crop" in caplog.text
