@@ -99,6 +99,10 @@ def test_test_sets_typed_on_the_command_line(tmp_path: Path) -> None:
     cfg.test_sets = {"../up": {"root": "/w"}}  # a name that would leave the report folder
     with pytest.raises(ConfigError, match=r"test_sets.../up: a set name is"):
         named_test_sets(cfg)
+    # the command: checked before the checkpoint is read
+    done = subprocess.run([sys.executable, "-m", "fakedetect.eval", "ckpt_path=missing.ckpt", "test_sets={web60:/w}",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True)
+    assert_one_line(done, "test_sets.web60=/w: give the set's data overrides, at least its root")
 
 
 def _fake_run(folder: Path, trained_on: list[str] | None, acc: dict[str, float]) -> None:

@@ -7,12 +7,14 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fakedetect.eval import evaluate
 from fakedetect.gradcam import gradcam
 from fakedetect.predict import predict
 from fakedetect.train import train
+from fakedetect.utils.errors import ConfigError
 from tests.conftest import compose_config
 from tests.synthetic import SOURCES, write_tree
 
@@ -31,25 +33,32 @@ def test_streamed_train_eval_gradcam_predict(tmp_path: Path, cache_dir: Path) ->
     assert {r["source"] for r in record["per_source"]} == {*SOURCES, "all"}
     assert trained["test/acc"] > 0.6  # the classes are learnable: not chance
 
+    # eval on two test sets in one run: the tree's own test split, and a folder without splits evaluated whole
+    whole = write_tree(tmp_path / "whole", {"": 2}, splits=("",))
     out = tmp_path / "eval"
-    metrics = evaluate(compose_config("eval", [f"ckpt_path={record['ckpt_path']}", "trainer=cpu",
-                                               "robustness.enabled=true", "robustness.conditions=[clean,jpeg:50]"],
-                                      out))
-    assert metrics["test/acc"] == trained["test/acc"]  # the streamed test reproduced, per source too
-    assert {k: v for k, v in metrics.items() if "/source/" in k} == {
-        k: v for k, v in trained.items() if "/source/" in k}
+    sets = f"test_sets={{synthetic:{{root:{data}}},whole:{{root:{whole},test_fraction:1.0}}}}"
+    args = [f"ckpt_path={record['ckpt_path']}", "trainer=cpu", sets]
+    metrics = evaluate(compose_config("eval", [*args, "robustness.enabled=true",
+                                               "robustness.conditions=[clean,jpeg:50]"], out))
+    # the streamed test reproduced, per source too
+    assert {k: metrics[f"synthetic/{k}"] for k in trained if k.startswith("test/")} == {
+        k: v for k, v in trained.items() if k.startswith("test/")}
     with open(out / "report" / "per_source.csv") as f:
-        rows = {r["source"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {*SOURCES, "all"} and rows["all"]["n"] == "24"
-    assert rows["gen_a"]["kind"] == "fake" and rows["camera"]["specificity"] != ""
-    for name in ("report.md", "roc.png", "mistakes.png", "robustness.md", "per_source.md"):
+        rows = {(r["test_set"], r["source"]): r for r in csv.DictReader(f)}
+    assert set(rows) == {(t, s) for t in ("synthetic", "whole") for s in (*SOURCES, "all")}
+    assert rows["whole", "all"]["n"] == "8" and rows["synthetic", "all"]["n"] == "24"
+    assert rows["whole", "gen_a"]["kind"] == "fake" and rows["synthetic", "camera"]["specificity"] != ""
+    for name in ("synthetic/report.md", "synthetic/roc.png", "whole/mistakes.png", "whole/robustness.md",
+                 "per_source.md"):
         assert (out / "report" / name).stat().st_size > 0, name
     evaluated = json.loads((out / "metrics.json").read_text())
-    assert evaluated["robustness"][0]["acc"] == metrics["test/acc"]
-    assert [r["source"] for r in evaluated["per_source"]] == ["camera", "gen_a", "gen_b", "all"]
-    events = EventAccumulator(str(out / "tensorboard"))
+    assert evaluated["test_sets"]["synthetic"]["robustness"][0]["acc"] == metrics["synthetic/test/acc"]
+    assert len(evaluated["per_source"]) == 8 and metrics["whole/test/source/gen_b/recall"] >= 0
+    events = EventAccumulator(str(out / "tensorboard" / "whole"))
     events.Reload()
     assert {f"test/source/{s}/acc" for s in SOURCES} <= set(events.Tags()["scalars"])
+    with pytest.raises(ConfigError, match="thresholds=refit: the validation split of test set whole does not hold"):
+        evaluate(compose_config("eval", [*args, "thresholds=refit", "report=false"], tmp_path / "refit"))
 
     png = gradcam(compose_config("gradcam", [f"ckpt_path={record['ckpt_path']}", "n=4", "pool=24", "device=cpu"],
                                  tmp_path / "gradcam"))
