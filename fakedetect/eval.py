@@ -10,6 +10,7 @@ table across them.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.metrics.thresholds import SelectedThresholds
 from fakedetect.reporting.dedup import dedup_metrics
 from fakedetect.reporting.per_source import per_source_metrics, write_per_source
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 THRESHOLD_SOURCES = ("checkpoint", "refit")
 SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 EXAMPLE = "test_sets={cifake:{root:PATH},web60:{root:PATH,test_fraction:1.0}}"
+DATA_KEYS = set(inspect.signature(ImageDataModule).parameters)
 
 
 def named_test_sets(cfg: DictConfig) -> dict[str | None, dict[str, Any]]:
@@ -55,6 +58,10 @@ def named_test_sets(cfg: DictConfig) -> dict[str | None, dict[str, Any]]:
         if not isinstance(values, Mapping) or not values:
             raise ConfigError(f"test_sets.{name}={values}: give the set's data overrides, at least its root, "
                               f"e.g. {EXAMPLE}")
+        unknown = sorted(set(values) - DATA_KEYS)
+        if unknown:
+            raise ConfigError(f"test_sets.{name}.{unknown[0]}: not a data setting; a test set takes data keys "
+                              f"({', '.join(sorted(DATA_KEYS))})")
         sets[str(name)] = {**base, **OmegaConf.to_container(values, resolve=True)}
     return sets or {None: base}
 

@@ -96,6 +96,8 @@ def test_test_sets_typed_on_the_command_line(tmp_path: Path) -> None:
     assert named_test_sets(one)["web60"] == {**named_test_sets(one)["web60"], "root": "/w", "test_fraction": 1.0}
     with pytest.raises(ConfigError, match="test_sets.web60=/w: give the set's data overrides"):
         named_test_sets(compose_config("eval", ["ckpt_path=x", "test_sets={web60:/w}"], tmp_path))
+    with pytest.raises(ConfigError, match="test_sets.web60.rooot: not a data setting"):
+        named_test_sets(compose_config("eval", ["ckpt_path=x", "test_sets={web60:{rooot:/w}}"], tmp_path))
     cfg.test_sets = {"../up": {"root": "/w"}}  # a name that would leave the report folder
     with pytest.raises(ConfigError, match=r"test_sets.../up: a set name is"):
         named_test_sets(cfg)
