@@ -243,6 +243,11 @@ def test_litdata_dir_without_a_pack_or_packed_otherwise(manifest_root, every_loa
         _module(root, tmp_path / "cache", "litdata", litdata_dir=packed, resolution=24)
     with pytest.raises(ConfigError, match=r"data\.root=.*other, but data\.litdata_dir=.* holds .*data: set data\.root"):
         _module(root.parent / "other", tmp_path / "cache", "litdata", litdata_dir=packed)
+    with pytest.raises(ConfigError, match=r"data\.train_sources cannot filter packed data"):
+        _module(root, tmp_path / "cache", "litdata", litdata_dir=packed, train_sources=["gen_a"])
+    with pytest.raises(ConfigError, match=r"the train split has no FAKE images: data\.train_sources=\['camera'\] has "
+                                          r"no fakes in it"):
+        _module(root, every_loader["memory"].cache_dir, manifest="labels.csv", train_sources=["camera"])
     with pytest.raises(ConfigError, match=r"already holds packed data"):
         pack(every_loader["cached"], packed)
     with pytest.raises(ConfigError, match=r"output=.*data is a folder with files that pack did not write"):
