@@ -22,7 +22,7 @@ from PIL import Image
 
 from fakedetect.data import cache as cache_mod
 from fakedetect.data.augment import BatchAugment
-from fakedetect.data.cache import Decoded, load_cache, save_cache
+from fakedetect.data.cache import Decoded, decode_entries, load_cache
 from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.data.decode import decode_image
 from fakedetect.data.inspect import audit
@@ -178,10 +178,15 @@ def test_file_replaced_under_the_same_name_is_decoded_again(tmp_path: Path) -> N
     assert np.array_equal(after, decode_image(_png(12345), 32))
 
 
-def _die_while_writing(folder: Path, decoded: Decoded) -> None:
+def _decode_into(folder: Path, root: Path) -> Decoded:
+    source = Source.open(root)
+    return decode_entries(source, source.list(list(CLASSES)).entries, 32, workers=1, folder=folder)
+
+
+def _die_while_writing(folder: Path, root: Path) -> None:
     """A writer killed after its arrays, before its metadata (json.dumps is called last)."""
     cache_mod.json.dumps = lambda *_a, **_k: os._exit(9)  # noqa: ARG005 - the child only
-    save_cache(folder, decoded)
+    _decode_into(folder, root)
 
 
 def test_killed_or_corrupt_cache_is_never_trusted(tmp_path: Path) -> None:
@@ -194,7 +199,7 @@ def test_killed_or_corrupt_cache_is_never_trusted(tmp_path: Path) -> None:
 
     # A writer killed mid-way leaves no cache folder behind, only its private temporary one.
     fresh = tmp_path / "other" / folder.name
-    child = multiprocessing.get_context("fork").Process(target=_die_while_writing, args=(fresh, good))
+    child = multiprocessing.get_context("fork").Process(target=_die_while_writing, args=(fresh, root))
     child.start()
     child.join(60)
     assert child.exitcode == 9 and not fresh.exists() and load_cache(fresh) is None
@@ -209,19 +214,17 @@ def test_killed_or_corrupt_cache_is_never_trusted(tmp_path: Path) -> None:
     assert load_cache(folder) is not None
 
 
-def _write_many(folder: Path, decoded: Decoded, times: int) -> None:
+def _write_many(folder: Path, root: Path, times: int) -> None:
     for _ in range(times):
-        save_cache(folder, decoded)
+        _decode_into(folder, root)
 
 
 def test_concurrent_cache_writers_leave_a_whole_cache(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    decoded = Decoded(images=rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), labels=np.arange(64) % 2,
-                      splits=np.array(["train"] * 64), names=[f"{i}.png" for i in range(64)], skipped=[],
-                      digests=np.array([f"{i:040x}" for i in range(64)], dtype="S40"), sources=np.array(["x"] * 64))
+    root = _tree(tmp_path / "data", per_class=8)
+    decoded = _decode_into(tmp_path / "reference" / "key", root)
     folder = tmp_path / "cache" / "key"
     fork = multiprocessing.get_context("fork")
-    writers = [fork.Process(target=_write_many, args=(folder, decoded, 30)) for _ in range(2)]
+    writers = [fork.Process(target=_write_many, args=(folder, root, 30)) for _ in range(2)]
     for w in writers:
         w.start()
     seen = 0

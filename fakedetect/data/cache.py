@@ -264,22 +264,6 @@ def publish(tmp: Path, folder: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def save_cache(folder: Path, decoded: Decoded) -> None:
-    """Write decoded images already in memory as the cache `folder` (atomically, see `publish`); a cache that
-    cannot be written is a warning."""
-    tmp = private_folder(folder)
-    if tmp is None:
-        return
-    try:
-        np.save(tmp / "images.npy", decoded.images)
-        write_labels(tmp, decoded)
-        publish(tmp, folder)
-    except OSError as err:
-        log.warning("decode cache %s not written by this run: %s", folder, err)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def load_cache(folder: Path) -> Decoded | None:
     """The cached decode with its images memory-mapped read-only (never copied into memory), or None when there
     is none or it is unreadable (then it is decoded and written again)."""
