@@ -139,6 +139,8 @@ def test_heic_is_read() -> None:
     decoded = decode_image(data, None)
     assert decoded.shape == (64, 96, 3) and np.abs(decoded.astype(int) - array).mean() < 6
     assert decode_image(data, 32, "resize_crop").shape == (32, 32, 3)
+    with pytest.raises(ValueError, match=r"over data\.max_pixels=1000, a possible decompression bomb"):
+        decode_image(data, 32, max_pixels=1000)  # refused from its header, as any other format
 
 
 def test_heic_orientation_is_not_applied_twice() -> None:
@@ -158,12 +160,12 @@ def test_heic_orientation_is_not_applied_twice() -> None:
 
 
 def _tree(root: Path, bad: tuple[str, ...] = ()) -> list[Entry]:
-    """Eight images of several sizes, formats and orientations in two sources, plus `bad` garbage files."""
+    """Eight images of several sizes, formats (HEIC too) and orientations in two sources, plus `bad` garbage."""
     entries = []
     for i in range(8):
         source, label = ("camera", 0) if i % 2 else ("gen", 1)
         width, height = (40 + 9 * i, 30 + 13 * i) if i % 3 else (30 + 13 * i, 40 + 9 * i)
-        fmt, suffix = [("PNG", "png"), ("JPEG", "jpg"), ("WEBP", "webp")][i % 3]
+        fmt, suffix = [("PNG", "png"), ("JPEG", "jpg"), ("WEBP", "webp"), ("HEIF", "heic")][i % 4]
         name = f"{source}/{i}.{suffix}"
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(_encode(_photo(width, height, seed=i), fmt))
