@@ -105,8 +105,7 @@ def decoded_stream(source: Source, names: Iterable[str], resolution: int, fit: s
     batches = read_batches(source, names, batch_files, batch_bytes)
     if workers <= 1:
         for batch in batches:
-            for (name, _), (result, digest) in zip(batch, _decode_batch(([b for _, b in batch], *work)), strict=True):
-                yield name, result, digest
+            yield from _named([n for n, _ in batch], _decode_batch(([b for _, b in batch], *work)))
         return
     with ProcessPoolExecutor(workers) as pool:
         pending: deque[tuple[list[str], Future]] = deque()
@@ -114,11 +113,14 @@ def decoded_stream(source: Source, names: Iterable[str], resolution: int, fit: s
             pending.append(([n for n, _ in batch], pool.submit(_decode_batch, ([b for _, b in batch], *work))))
             while len(pending) > workers or (pending and pending[0][1].done()):
                 batch_names, done = pending.popleft()
-                for name, (result, digest) in zip(batch_names, done.result(), strict=True):
-                    yield name, result, digest
+                yield from _named(batch_names, done.result())
         for batch_names, done in pending:
-            for name, (result, digest) in zip(batch_names, done.result(), strict=True):
-                yield name, result, digest
+            yield from _named(batch_names, done.result())
+
+
+def _named(names: list[str], results: list[tuple[np.ndarray | str, str]]
+           ) -> Iterator[tuple[str, np.ndarray | str, str]]:
+    return ((name, result, digest) for name, (result, digest) in zip(names, results, strict=True))
 
 
 def decode_entries(
