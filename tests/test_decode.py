@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import logging
 import random
+import subprocess
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from fakedetect.data.decode_bench import cache_memory, decode_speed, generate
 from fakedetect.data.layouts import IMAGE_SUFFIXES, Entry
 from fakedetect.data.sources import FolderSource
 from fakedetect.utils.errors import ConfigError
+from tests.conftest import ROOT, assert_one_line
 
 
 def _coded(width: int, height: int) -> np.ndarray:
@@ -280,3 +283,12 @@ def test_decode_bench_generates_times_and_measures_memory(tmp_path: Path) -> Non
     (tmp_path / "png" / "a.png").write_bytes(_encode(_coded(8, 8)))
     with pytest.raises(ConfigError, match=r"^root=.*/png: no \.jpeg \.jpg files in it"):
         decode_speed(str(tmp_path / "png"), 32, "squash", 1)
+
+
+@pytest.mark.parametrize(("args", "message"), [(["root=/no/such/folder"], "data source not found: /no/such/folder"),
+                                               (["root=.", "mode=fast"], "mode=fast is not a mode"),
+                                               (["root=.", "fit=crop"], "fit=crop is not a fit")])
+def test_decode_bench_bad_arguments_are_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "fakedetect.data.decode_bench", *args, f"hydra.run.dir={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert message in assert_one_line(done)
