@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -20,15 +21,16 @@ from pathlib import Path
 
 import optuna
 from hydra import compose
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fakedetect import bench
+from fakedetect.data import decode_bench
 from fakedetect.utils.errors import ConfigError
 from fakedetect.utils.records import machine
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("throughput", "time_to_accuracy", "train", "search", "robustness")
+KINDS = ("generate", "throughput", "time_to_accuracy", "train", "search", "robustness")
 SHOWN = ("test/acc", "test/acc_dedup", "test/auroc", "val/acc_best")
 EVAL_S = 90  # seconds kept for a robustness evaluation after a training (ten conditions of the test split)
 
@@ -127,20 +129,39 @@ def run_stage(cfg: DictConfig, number: str, stage: DictConfig, record: dict, dea
 
 
 def scaled(run: DictConfig, suite: DictConfig) -> DictConfig:
-    """The run at the suite's scale: at `tiny`, the suite's and the run's tiny overrides follow its own."""
+    """The run at the suite's scale: at `tiny`, its `tiny` patch merged into it (maps key by key, e.g. one row's
+    steps), and the suite's and the patch's tiny overrides after its own."""
     run = OmegaConf.to_container(run, resolve=True)
     patch = run.pop("tiny", None) or {}
     if suite.scale == "tiny":
-        common = list(suite.tiny) if run["kind"] != "throughput" else []
-        run = {**run, **patch, "overrides": [*run.get("overrides", []), *common, *patch.get("overrides", [])]}
-    elif suite.scale != "full":
+        common = list(suite.tiny) if run["kind"] not in ("throughput", "generate") else []
+        overrides = [*run.get("overrides", []), *common, *patch.pop("overrides", [])]
+        return OmegaConf.merge(run, patch, {"overrides": overrides})
+    if suite.scale != "full":
         raise ConfigError(f"suite.scale={suite.scale}: use full or tiny")
     return OmegaConf.create(run)
 
 
+def generate(cfg: DictConfig, run: DictConfig, folder: Path, share: float, earlier: dict) -> dict:
+    """`count` large JPEGs (decode_bench's generator) in `root`, alternately in the two class folders: a fresh,
+    high-resolution folder for the loaders to stream and cache (new files: no cache of an earlier run matches)."""
+    root = Path(run.root)
+    for old in (p for c in cfg.data.classes for p in (root / c).glob("*.jpg")):
+        old.unlink()
+    made = decode_bench.generate(str(root), run.count, run.size, run.workers or os.cpu_count() or 1)
+    for i, path in enumerate(sorted(root.glob("*.jpg"))):
+        (root / cfg.data.classes[i % 2]).mkdir(exist_ok=True)
+        path.rename(root / cfg.data.classes[i % 2] / path.name)
+    return {**made, "root": str(root)}
+
+
 def throughput(cfg: DictConfig, run: DictConfig, folder: Path, share: float, earlier: dict) -> dict:
-    return bench.bench(compose("bench", overrides=[*bench._data_overrides(cfg), *run.overrides,
-                                                   "time_to_accuracy.enabled=false"]))
+    """The bench's throughput rows; the run's `per_model` adds rows (or settings of rows) to the bench's own."""
+    bench_cfg = compose("bench", overrides=[*bench._data_overrides(cfg), *run.overrides,
+                                            "time_to_accuracy.enabled=false"])
+    with open_dict(bench_cfg):
+        bench_cfg.per_model = OmegaConf.merge(bench_cfg.per_model, run.get("per_model") or {})
+    return bench.bench(bench_cfg)
 
 
 def max_time(seconds: float) -> str:
@@ -262,8 +283,8 @@ def robustness(cfg: DictConfig, run: DictConfig, folder: Path, share: float, ear
     return {"tables": tables}
 
 
-RUNNERS = {"throughput": throughput, "time_to_accuracy": time_to_accuracy, "train": train, "search": search,
-           "robustness": robustness}
+RUNNERS = {"generate": generate, "throughput": throughput, "time_to_accuracy": time_to_accuracy, "train": train,
+           "search": search, "robustness": robustness}
 
 
 def write(report: Path, record: dict) -> None:
@@ -292,6 +313,9 @@ def run_markdown(r: dict) -> list[str]:
         return [bench.markdown(r, heading="####")]
     if r["kind"] == "time_to_accuracy":
         return [bench.accuracy_markdown(r)]
+    if r["kind"] == "generate":
+        return [f"{r['files']:,} JPEGs of {r['size']} x {r['size']} px ({r['folder_gb']:.2f} GB), half in each class "
+                f"folder, written in {r['wall_s']:.0f} s."]
     lines = [f"Error: {r['error']}", ""] if "error" in r else []
     if r["kind"] == "train":
         metrics = r.get("metrics", {})

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the open stages of the GPU suite (conf/suite/gpu.yaml) on the lent GPU machine, in one device `run` call:
 #   command: bash scripts/gpu_suite.sh      carry: [".device"]      timeout_s: 600
-# after `../shared/device/prepare.sh data weights tf_efficientnet_lite0` here. It installs the staged wheels,
+# after `bash scripts/stage_gpu_suite.sh` here. It installs the staged wheels,
 # runs `stage=open` on the staged CIFAKE while the command's 10 minutes allow (stages start only if their budget
 # still fits), and copies docs/bench-gpu.{json,md} and the log to $OUT. Back here: copy those two files into
 # docs/ and commit them; the next call (a later session's too) goes on with the next open stage. STAGE=K runs

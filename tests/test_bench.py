@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
+from omegaconf import OmegaConf
 
+from fakedetect.bench import Span, Utilisation, measure_row, nvidia_smi_reader
+from fakedetect.utils.errors import ConfigError
 from tests.conftest import ROOT, assert_one_line
 
 
@@ -48,10 +54,22 @@ def test_gpu_suite_runs_every_stage_at_tiny_scale(cifake_path: Path, cache_dir: 
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((tmp_path / "bench-gpu.json").read_text())
     stages = {s["stage"]: s for s in record["stages"]}
-    assert list(stages) == ["1", "2", "3a", "3b", "4", "5"] and {s["scale"] for s in stages.values()} == {"tiny"}
+    assert list(stages) == ["1", "1b", "2", "3a", "3b", "4", "5"] and {s["scale"] for s in stages.values()} == {"tiny"}
     assert all(s["machine"] and s["date"] and s["commit"] for s in stages.values())
-    for row in stages["1"]["runs"]["throughput"]["models"].values():
+    for row in [*stages["1"]["runs"]["throughput"]["models"].values(),
+                *stages["1b"]["runs"]["throughput"]["models"].values()]:
         assert row["time_ratio"] == row["plain_img_s"] / row["fakedetect_img_s"] > 0
+        assert row["gpu_util_pct"] is None, "no GPU: no utilisation, not a made-up 0%"
+    jpegs = stages["1b"]["runs"]["jpegs"]
+    assert jpegs["files"] == 40 and [len(list((Path(jpegs["root"]) / c).glob("*.jpg"))) for c in ("REAL", "FAKE")] == [
+        20, 20], "the generated JPEGs split evenly into the two class folders"
+    rows = stages["1b"]["runs"]["throughput"]["models"]
+    assert {n: (r["model"], r["loader"], r["resolution"], r["fit"]) for n, r in rows.items()} == {
+        "resnet18_memory_32": ("resnet18", "memory", 32, "squash"),
+        "resnet18_stream_224": ("resnet18", "stream", 64, "resize_crop"),
+        "resnet18_cached_224": ("resnet18", "cached", 64, "resize_crop")}, "tiny: 64 px instead of 224"
+    assert rows["resnet18_stream_224"]["train_images"] == rows["resnet18_cached_224"]["train_images"] == 38
+    assert "decode_s" in rows["resnet18_cached_224"]["prepare_timings"], "fresh files: the cached row decodes them"
     assert [p["epoch"] for p in stages["2"]["runs"]["resnet18_fast"]["curve"]] == [1]
     for stage, name in (("2", "cnnv3"), ("3a", "cifake_top"), ("3b", "cifake_top_scratch"), ("4", "ae_youden")):
         run = stages[stage]["runs"][name]
@@ -65,7 +83,7 @@ def test_gpu_suite_runs_every_stage_at_tiny_scale(cifake_path: Path, cache_dir: 
         "resnet18_fast": "trained again"}, "time to accuracy keeps no checkpoint: stage 5 trains it"
     assert all(len(t["rows"]) == 2 for t in tables.values())
     markdown = (tmp_path / "bench-gpu.md").read_text()
-    assert "## Stage 5" in markdown
+    assert "## Stage 5" in markdown and "| resnet18_stream_224 | 64 | 4 |" in markdown
     assert "| condition | cifake_top | cifake_top_scratch | cnnv3 | resnet18_fast |" in markdown
 
 
@@ -73,7 +91,7 @@ def test_gpu_suite_unknown_stage_is_one_line(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "fakedetect.bench", "suite=gpu", "stage=9",
                              f"suite.report={tmp_path / 'bench-gpu'}", f"hydra.run.dir={tmp_path}"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert assert_one_line(result) == "error: stage=9: give a stage of suite gpu (1, 2, 3a, 3b, 4, 5), next or open"
+    assert assert_one_line(result) == "error: stage=9: give a stage of suite gpu (1, 1b, 2, 3a, 3b, 4, 5), next or open"
 
 
 def test_gpu_suite_record_that_is_not_one_is_a_config_error(tmp_path: Path) -> None:
@@ -84,3 +102,33 @@ def test_gpu_suite_record_that_is_not_one_is_a_config_error(tmp_path: Path) -> N
     path.write_text('{"stages": 3}')
     with pytest.raises(ConfigError, match="not a suite record .* move it away"):
         load(path)
+
+
+def test_utilisation_averages_the_readings_inside_a_timed_span() -> None:
+    values = iter(range(10_000))
+    with Utilisation(lambda: float(next(values)), interval=0.005) as gpu:
+        time.sleep(0.1)
+    times = [t for t, _ in gpu.samples]
+    assert len(times) >= 5 and gpu.error is None
+    assert gpu.mean(Span(0.0, times[2], times[4])) == statistics.fmean([2.0, 3.0, 4.0])
+    assert gpu.mean(Span(0.0, times[-1] + 1, times[-1] + 2)) is None, "no reading inside: unknown, not 0%"
+
+
+def test_nvidia_smi_reader_reads_one_gpu_and_a_failing_one_is_reported(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/args"\necho 37\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert nvidia_smi_reader("GPU-1234")() == 37.0
+    assert "--id=GPU-1234 --query-gpu=utilization.gpu" in (tmp_path / "args").read_text()
+    smi.write_text("#!/bin/sh\necho 'No devices were found' >&2\nexit 6\n")
+    with Utilisation(nvidia_smi_reader("GPU-1234"), interval=0.005) as gpu:
+        time.sleep(0.05)
+    assert gpu.samples == [] and "CalledProcessError" in gpu.error
+
+
+def test_bench_row_with_an_unknown_key_is_a_config_error() -> None:
+    cfg = OmegaConf.create({"warmup_steps": 1, "timed_steps": 1, "per_model": {"x": {"data_conifg": "folder"}}})
+    with pytest.raises(ConfigError, match=r"per_model.x: unknown key\(s\) \['data_conifg'\]; a row takes"):
+        measure_row(cfg, "x", torch.device("cpu"))
