@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+import sqlalchemy.exc
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
@@ -266,7 +267,7 @@ def test_a_killed_sweep_leaves_a_report_and_its_running_trial_is_failed_and_reru
     while sweep.poll() is None and time.monotonic() < deadline:
         try:  # not before the sweep has made the file: two schema creations at once collide
             trials = load(tmp_path, "fakefinder").trials if db.exists() else []
-        except KeyError:  # the file is there, the study not yet
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError):  # the file is there, its schema or the study not yet
             trials = []
         if len(trials) >= 2 and trials[1].state is TrialState.RUNNING:
             break
