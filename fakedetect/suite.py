@@ -3,8 +3,9 @@
 A GPU is lent for 30 minutes a session, 10 a command, so the figures are split into stages (conf/suite/gpu.yaml)
 of at most 9 minutes each. Each finished stage is appended to `<report>.json` (the record of which stages are
 done, on what machine, when and at which commit) and `<report>.md` is redrawn from it, so a later session goes on
-with the next stage. Throughput and time to accuracy run in-process through the bench's own functions; trainings,
-searches and evaluations run as the project's own commands in subprocesses, each stopped by the stage's deadline.
+with the next stage. Throughput and time to accuracy run in-process through the bench's own functions (so does
+the generation of a high-resolution JPEG folder for the streamed and cached rows); trainings, searches and
+evaluations run as the project's own commands in subprocesses, each stopped by the stage's deadline.
 """
 
 from __future__ import annotations
