@@ -146,6 +146,28 @@ def test_heic_is_read() -> None:
         decode_image(data, 32, max_pixels=1000)  # refused from its header, as any other format
 
 
+def test_without_pillow_heif_heic_is_one_reason_and_other_formats_decode(tmp_path: Path) -> None:
+    """A machine where pillow-heif does not import (an older Pillow) still decodes everything else, and a HEIC file
+    is unreadable with the cause named, as any bad file is skipped and counted by it."""
+    (tmp_path / "a.heic").write_bytes(_encode(_photo(96, 64), "HEIF", quality=95))
+    (tmp_path / "b.png").write_bytes(_encode(_photo(96, 64)))
+    script = (
+        "import sys; sys.modules['pillow_heif'] = None\n"
+        "from pathlib import Path\n"
+        "from fakedetect.data.decode import decode_image\n"
+        f"print(decode_image(Path({str(tmp_path / 'b.png')!r}).read_bytes(), 32).shape)\n"
+        "try:\n"
+        f"    decode_image(Path({str(tmp_path / 'a.heic')!r}).read_bytes(), 32)\n"
+        "except ValueError as err:\n"
+        "    print(err)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    shape, reason = done.stdout.strip().splitlines()
+    assert shape == "(32, 32, 3)"
+    assert reason.startswith("HEIC/HEIF needs pillow-heif, which does not import here")
+
+
 def test_heic_orientation_is_not_applied_twice() -> None:
     """libheif turns a HEIC upright from its container and pillow-heif resets the EXIF tag to 1: decoding must
     not rotate it again by that EXIF orientation."""

@@ -15,12 +15,19 @@ import random
 import warnings
 
 import numpy as np
-import pillow_heif
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fakedetect.utils.errors import ConfigError
 
-pillow_heif.register_heif_opener()
+try:  # a dependency, but a machine whose Pillow it does not fit must still decode every other format
+    import pillow_heif
+except ImportError as err:
+    HEIF_MISSING: str | None = f"HEIC/HEIF needs pillow-heif, which does not import here ({err})"
+else:
+    pillow_heif.register_heif_opener()
+    HEIF_MISSING = None
+# the brand of an ISO-BMFF file (bytes 4-12) that marks HEIC/HEIF, to name the cause when it cannot be opened
+HEIF_BRANDS = (b"ftypheic", b"ftypheix", b"ftyphevc", b"ftypmif1", b"ftypmsf1", b"ftypheif")
 
 FITS = ("squash", "center_crop", "random_crop", "resize_crop")
 # images above this many pixels are refused before their pixels are decoded (data.max_pixels; None: no limit)
@@ -61,7 +68,12 @@ def open_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: 
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         default, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
         try:
-            img = Image.open(io.BytesIO(data))
+            try:
+                img = Image.open(io.BytesIO(data))
+            except UnidentifiedImageError:
+                if HEIF_MISSING and data[4:12] in HEIF_BRANDS:
+                    raise ValueError(HEIF_MISSING) from None
+                raise
             if draft and min(img.size) >= 2 * draft:
                 img.draft(None, (draft, draft))
             img.load()
