@@ -18,7 +18,6 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +36,7 @@ from fakedetect.reporting.predictions import score
 from fakedetect.utils.builders import build_model, instantiate, resolve_precision
 from fakedetect.utils.errors import ConfigError, one_line_errors
 from fakedetect.utils.records import machine
+from fakedetect.utils.sampling import Sampler
 
 log = logging.getLogger(__name__)
 # what a `per_model` row may set: its steps and batch; `model` (a model config, default the row's name), and
@@ -57,37 +57,27 @@ class Span(NamedTuple):
     end: float
 
 
-class Utilisation:
+class Utilisation(Sampler):
     """GPU utilisation (%) read every `interval` s in a thread; `mean(span)` averages the readings inside it."""
 
     def __init__(self, read: Callable[[], float], interval: float = 0.2) -> None:
-        self.read, self.interval = read, interval
+        super().__init__(interval)
+        self.read = read
         self.samples: list[tuple[float, float]] = []
         self.error: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.samples.append((time.perf_counter(), self.read()))
-            except (OSError, ValueError, RuntimeError, subprocess.SubprocessError) as err:
-                self.error = f"{type(err).__name__}: {err}"
-                log.warning("GPU utilisation unreadable, not sampled: %s", self.error)
-                return
-            self._stop.wait(self.interval)
+    def sample(self) -> bool:
+        try:
+            self.samples.append((time.perf_counter(), self.read()))
+        except (OSError, ValueError, RuntimeError, subprocess.SubprocessError) as err:
+            self.error = f"{type(err).__name__}: {err}"
+            log.warning("GPU utilisation unreadable, not sampled: %s", self.error)
+            return False
+        return True
 
     def mean(self, span: Span) -> float | None:
         inside = [v for t, v in self.samples if span.start <= t <= span.end]
         return statistics.fmean(inside) if inside else None
-
-    def __enter__(self) -> Utilisation:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def utilisation_reader(device: torch.device) -> Callable[[], float] | None:

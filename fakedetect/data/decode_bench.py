@@ -17,7 +17,6 @@ import json
 import logging
 import statistics
 import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path, PurePosixPath
@@ -33,6 +32,7 @@ from fakedetect.data.decode import check_fit, decode_image
 from fakedetect.data.layouts import IMAGE_SUFFIXES, Entry
 from fakedetect.data.sources import FolderSource
 from fakedetect.utils.errors import ConfigError, one_line_errors
+from fakedetect.utils.sampling import Sampler
 
 log = logging.getLogger(__name__)
 
@@ -64,31 +64,21 @@ def decode_speed(root: str, resolution: int, fit: str, repeats: int) -> dict:
     return result
 
 
-class PeakMemory:
+class PeakMemory(Sampler):
     """Samples the resident memory of this process plus its children every `interval` s, in a thread."""
 
     def __init__(self, interval: float = 0.02) -> None:
-        self.interval, self.peak, self.peak_main = interval, 0, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(interval)
+        self.peak, self.peak_main = 0, 0
+        self._me = psutil.Process()
 
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = main = me.memory_info().rss
-            for child in me.children(recursive=True):
-                with contextlib.suppress(psutil.Error):  # a worker that just exited
-                    total += child.memory_info().rss
-            self.peak, self.peak_main = max(self.peak, total), max(self.peak_main, main)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> bool:
+        total = main = self._me.memory_info().rss
+        for child in self._me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # a worker that just exited
+                total += child.memory_info().rss
+        self.peak, self.peak_main = max(self.peak, total), max(self.peak_main, main)
+        return True
 
 
 def cache_memory(root: str, resolution: int, fit: str, workers: int | None) -> dict:
