@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -76,3 +79,16 @@ def train_cfg(cifake_path: Path, cache_dir: Path, tmp_path: Path) -> Callable[..
         return subset_train_config(cifake_path, cache_dir, tmp_path, *overrides)
 
     return make
+
+
+def sideways_jpeg(height: int, width: int) -> bytes:
+    """A JPEG stored `width` wide, left half red and right half blue, with EXIF orientation 6 (shown turned 90
+    degrees clockwise): decoded upright it is taller than wide, red on top and blue at the bottom."""
+    array = np.zeros((height, width, 3), np.uint8)
+    array[:, : width // 2, 0] = 255
+    array[:, width // 2 :, 2] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, "JPEG", quality=95, exif=exif)
+    return buf.getvalue()

@@ -31,7 +31,7 @@ from fakedetect.data.loaders import StreamDataset, StreamLoader, collate_skippin
 from fakedetect.data.sources import FolderSource, Source
 from fakedetect.losses import BCEWithLogits, FocalLoss, HybridLoss, LossSchedule
 from fakedetect.utils.errors import ConfigError
-from tests.conftest import assert_one_line, compose_config
+from tests.conftest import assert_one_line, compose_config, sideways_jpeg
 
 CLASSES = ("REAL", "FAKE")
 GARBAGE = b"\x00not an image at all" * 30
@@ -147,14 +147,7 @@ def test_sixteen_bit_greyscale_is_scaled_not_white() -> None:
 
 def test_exif_orientation_is_applied() -> None:
     """A 20 x 10 image, left half red, stored with orientation 6 (shown rotated 90 degrees clockwise)."""
-    array = np.zeros((10, 20, 3), np.uint8)
-    array[:, :10, 0] = 255
-    array[:, 10:, 2] = 255
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, "JPEG", quality=95, exif=exif)
-    upright = decode_image(buf.getvalue(), None).astype(int)
+    upright = decode_image(sideways_jpeg(10, 20), None).astype(int)
     assert upright.shape == (20, 10, 3)  # turned upright: taller than wide
     assert upright[:8, :, 0].mean() > 200 and upright[:8, :, 2].mean() < 50  # the left half is now on top
     assert upright[-8:, :, 2].mean() > 200 and upright[-8:, :, 0].mean() < 50

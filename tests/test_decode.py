@@ -22,7 +22,7 @@ from fakedetect.data.decode_bench import cache_memory, decode_speed, generate
 from fakedetect.data.layouts import IMAGE_SUFFIXES, Entry
 from fakedetect.data.sources import FolderSource
 from fakedetect.utils.errors import ConfigError
-from tests.conftest import ROOT, assert_one_line
+from tests.conftest import ROOT, assert_one_line, sideways_jpeg
 
 
 def _coded(width: int, height: int) -> np.ndarray:
@@ -118,12 +118,7 @@ def test_draft_keeps_both_sides_at_least_the_resolution(width: int, height: int,
 
 def test_exif_rotation_after_draft_is_upright() -> None:
     """Orientation 6 (shown turned 90 degrees clockwise): stored left half red, so upright the top is red."""
-    array = np.zeros((480, 960, 3), np.uint8)
-    array[:, :480, 0] = 255
-    array[:, 480:, 2] = 255
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    data = _encode(array, "JPEG", quality=95, exif=exif)
+    data = sideways_jpeg(480, 960)
     with open_image(data, draft=32) as img:
         assert img.size == (60, 120)  # decoded at 1/8, then turned upright: taller than wide
     for fit in ("squash", "resize_crop"):
