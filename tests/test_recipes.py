@@ -61,6 +61,12 @@ def test_flip_tta_averages_an_image_with_its_mirror() -> None:
         choose_tta(plain, "rotate")
 
 
+@pytest.mark.parametrize("bad", ["median", None, float("nan")])
+def test_bad_threshold_is_a_config_error_naming_the_key(bad: object) -> None:
+    with pytest.raises(ConfigError, match=r"^model.threshold must be a number, youden or f1 .*, got "):
+        Detector(LeftMinusRight(), nn.BCEWithLogitsLoss(), partial(torch.optim.SGD, lr=0.1), threshold=bad)
+
+
 def test_ema_decay_checks_and_warmup() -> None:
     """The warm-up follows min(decay, (1 + n) / (10 + n)); a decay outside (0, 1) is one ConfigError."""
     update = warmup_ema(0.99)

@@ -25,7 +25,7 @@ from torchvision.transforms.v2.functional import horizontal_flip
 from fakedetect.metrics.thresholds import SelectedThresholds
 from fakedetect.nets.base import DetectorNet
 from fakedetect.reporting.figures import log_figure
-from fakedetect.utils.errors import ConfigError
+from fakedetect.utils.errors import ConfigError, is_number, require
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ class Detector(L.LightningModule):
         if not isinstance(net, DetectorNet):
             raise ConfigError(f"model.net must be a fakedetect.nets.DetectorNet (FlexibleCNN, MLP, Backbone, ...); "
                               f"got {type(net).__module__}.{type(net).__name__}")
-        if isinstance(threshold, str) and threshold not in NAMED_THRESHOLDS:
-            raise ValueError(f"threshold must be a number, 'youden' or 'f1'; got {threshold!r}")
+        require("model.threshold", threshold, threshold in NAMED_THRESHOLDS if isinstance(threshold, str)
+                else is_number(threshold), "a number, youden or f1 (chosen on the validation split)")
         self.save_hyperparameters(logger=False, ignore=list(self.not_hparams))
         self.net, self.loss = net, loss
         self.tta = tta
