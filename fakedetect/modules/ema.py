@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
-from fakedetect.utils.errors import ConfigError
+from fakedetect.utils.errors import ConfigError, is_number
 
 
 def warmup_ema(decay: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
@@ -42,7 +42,7 @@ class EMA(EMAWeightAveraging):
     """
 
     def __init__(self, decay: float = 0.999, warmup: bool = True, **kwargs: Any) -> None:
-        if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 < decay < 1:
+        if not (is_number(decay) and 0 < decay < 1):
             raise ConfigError(f"callbacks.ema.decay={decay}: a number in (0, 1), e.g. 0.999 (closer to 1 averages "
                               "over more steps)")
         super().__init__(decay=decay, **kwargs)
