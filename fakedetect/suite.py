@@ -49,12 +49,13 @@ class Deadline:
 def load(path: Path) -> dict:
     if not path.exists():
         return {"stages": []}
+    refused = f"{path}: not a suite record (JSON with a 'stages' list)"
     try:
         record = json.loads(path.read_text())
-        assert isinstance(record.get("stages"), list)
-    except (ValueError, AssertionError) as e:
-        raise ConfigError(f"{path}: not a suite record (JSON with a 'stages' list): {e}; move it away to "
-                          "start a new one") from None
+    except ValueError as e:
+        raise ConfigError(f"{refused}: {e}; move it away to start a new one") from None
+    if not isinstance(record, dict) or not isinstance(record.get("stages"), list):
+        raise ConfigError(f"{refused}; move it away to start a new one")
     return record
 
 

@@ -102,6 +102,10 @@ def test_gpu_suite_record_that_is_not_one_is_a_config_error(tmp_path: Path) -> N
     path.write_text('{"stages": 3}')
     with pytest.raises(ConfigError, match="not a suite record .* move it away"):
         load(path)
+    for text in ("[1, 2]", "{not json"):  # JSON of another shape, or none: the same one line, not a traceback
+        path.write_text(text)
+        with pytest.raises(ConfigError, match="not a suite record .*move it away"):
+            load(path)
 
 
 def test_utilisation_averages_the_readings_inside_a_timed_span() -> None:
