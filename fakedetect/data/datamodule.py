@@ -141,7 +141,7 @@ class Split:
 
 
 @dataclass
-class Rows:
+class Listed:
     """Every image the splits are planned from, in one order."""
 
     labels: np.ndarray
@@ -301,7 +301,8 @@ class ImageDataModule(L.LightningDataModule):
         else:
             self._data = self.decoded()
             self.skipped = self._data.skipped
-            rows = Rows(self._data.labels, self._data.splits, self._data.names, self._data.sources, self._data.digests)
+            data = self._data
+            rows = Listed(data.labels, data.splits, data.names, data.sources, data.digests)
         self.source_names = sorted(set(rows.sources.tolist()))
         sources = np.searchsorted(self.source_names, rows.sources).astype(np.int64)
         index = plan_splits(rows.labels, rows.splits, self.val_fraction, self.test_fraction, self.seed,
@@ -318,11 +319,11 @@ class ImageDataModule(L.LightningDataModule):
         log.info("splits: %s; sources %s; mean %s std %s", self.split_sizes, self.source_names,
                  np.round(self.mean, 4).tolist(), np.round(self.std, 4).tolist())
 
-    def _listed_rows(self) -> Rows:
+    def _listed_rows(self) -> Listed:
         source = self._source()
         source.check_streamable()
         self._entries = self._listing(source).entries
-        return Rows(np.array([e.label for e in self._entries], dtype=np.int64),
+        return Listed(np.array([e.label for e in self._entries], dtype=np.int64),
                     np.array([e.split for e in self._entries]), [e.name for e in self._entries],
                     np.array([e.source for e in self._entries]), self._stream_digests(source, self._entries))
 
@@ -337,7 +338,7 @@ class ImageDataModule(L.LightningDataModule):
         log.info("data.exclude lists %d of these files (%s); they leave train", excluded.sum(), self.exclude)
         return excluded
 
-    def _only_train_sources(self, index: dict[str, np.ndarray], rows: Rows) -> dict[str, np.ndarray]:
+    def _only_train_sources(self, index: dict[str, np.ndarray], rows: Listed) -> dict[str, np.ndarray]:
         """Train and val keep the fakes of `train_sources` and every real image; test keeps everything."""
         unknown = sorted(set(self.train_sources) - set(self.source_names))
         if unknown:
@@ -543,8 +544,8 @@ class ImageDataModule(L.LightningDataModule):
                            drop_last=drop_last)
         if self.loader == "memory":
             images, labels, sources = self._on_the_device(split, self._device())
-            where = torch.from_numpy(positions).to(images.device)
             if keep is not None:
+                where = torch.from_numpy(positions).to(images.device)
                 images, labels, sources = images[where], labels[where], sources[where]
             return DeviceBatches(images, labels, sources, order)
         if self.loader == "cached":

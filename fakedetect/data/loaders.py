@@ -158,7 +158,8 @@ class StreamDataset(Dataset):
                                  max_pixels=self.max_pixels, rng=rng)
         except Exception as err:  # noqa: BLE001 - a bad file is skipped or reported by name, never a crash mid-epoch
             return Unreadable(entry.name, entry.label, f"{type(err).__name__}: {err}")
-        return torch.from_numpy(image).permute(2, 0, 1), entry.label, int(self.sources[i])
+        # decode_image's array is a read-only view of Pillow's buffer: one writable copy, as torch wants
+        return torch.from_numpy(np.require(image, requirements="W")).permute(2, 0, 1), entry.label, int(self.sources[i])
 
 
 def collate_skipping(items: list[tuple[Tensor, int, int] | Unreadable]) -> tuple[Tensor, Tensor, Tensor,
