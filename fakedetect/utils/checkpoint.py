@@ -113,14 +113,10 @@ def load_trained(ckpt_path: str | Path, data: Mapping[str, Any] | None = None) -
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"ckpt_path={path}: no state dict of tensors in it; {WHERE}")
     model.on_load_checkpoint(checkpoint)  # as Lightning would: lets the module upgrade older checkpoints
-    load_weights(model, state, path)
-    step = checkpoint.get("global_step", 0)
-    return Trained(model.eval(), datamodule, cfg, step if isinstance(step, int) else 0, checkpoint.get("thresholds"))
-
-
-def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
     check_weights(model, state, path)
     model.load_state_dict(state)
+    step = checkpoint.get("global_step", 0)
+    return Trained(model.eval(), datamodule, cfg, step if isinstance(step, int) else 0, checkpoint.get("thresholds"))
 
 
 def check_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
