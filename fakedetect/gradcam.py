@@ -13,7 +13,7 @@ from fakedetect.reporting.figures import log_figure
 from fakedetect.reporting.gradcam import explain_test_images
 from fakedetect.utils.builders import build_list
 from fakedetect.utils.checkpoint import load_trained
-from fakedetect.utils.errors import ConfigError, one_line_errors
+from fakedetect.utils.errors import ConfigError, is_int, one_line_errors
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 def gradcam(cfg: DictConfig) -> Path:
     """Write the grid of n test images (hits and misses of both classes) and log it; returns the PNG path."""
     for key in ("n", "pool"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
+        if not is_int(cfg[key]) or cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]} must be a positive whole number")
     trained = load_trained(cfg.ckpt_path, cfg.get("data"))
     fig = explain_test_images(trained.model, trained.datamodule, trained.model.decision_threshold,

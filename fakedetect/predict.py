@@ -31,7 +31,7 @@ from fakedetect.data.layouts import IMAGE_SUFFIXES
 from fakedetect.metrics.thresholds import decide
 from fakedetect.reporting.predictions import choose_tta, score
 from fakedetect.utils.checkpoint import load_trained
-from fakedetect.utils.errors import ConfigError, one_line_errors
+from fakedetect.utils.errors import ConfigError, is_int, is_number, one_line_errors
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def resolve_device(device: str) -> torch.device:
 def check_crops(crops: object, max_tiles: object) -> int | str:
     if crops not in CROPS or isinstance(crops, bool):
         raise ConfigError(f"crops={crops} must be 1 (the image as fit= makes it), 5 (corners and centre) or tiles")
-    if crops == "tiles" and (isinstance(max_tiles, bool) or not isinstance(max_tiles, int) or max_tiles < 1):
+    if crops == "tiles" and not (is_int(max_tiles) and max_tiles >= 1):
         raise ConfigError(f"max_tiles={max_tiles} must be a positive integer (the most tiles scored per image)")
     return crops
 
@@ -146,7 +146,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     datamodule, model = trained.datamodule, trained.model
     choose_tta(model, cfg.get("tta"))
     threshold = model.decision_threshold if cfg.threshold is None else cfg.threshold
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+    if not (is_number(threshold) and 0 <= threshold <= 1):
         raise ConfigError(f"threshold={cfg.threshold} must be a probability in [0, 1], or null for the checkpoint's")
     threshold = float(threshold)
     device = resolve_device(cfg.device)

@@ -59,6 +59,13 @@ def test_kept_buckets_are_what_pick_examples_needs() -> None:
     assert k_probs[pick_examples(k_labels, k_probs, 0.5, 6)].tolist() == picked.tolist()
 
 
+@pytest.mark.parametrize("bad", ["n=0", "pool=-3", "n=true", "pool=2.5"])
+def test_bad_n_or_pool_stops_before_the_checkpoint_is_read(bad: str, tmp_path: Path) -> None:
+    key = bad.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{key}=\S+ must be a positive whole number$"):
+        gradcam(compose_config("gradcam", ["ckpt_path=missing.ckpt", bad], tmp_path))
+
+
 @pytest.mark.parametrize("model", ["cnn", "resnet18"])
 def test_gradcam_writes_png_and_tensorboard_image(
     model: str, tmp_path_factory: pytest.TempPathFactory, cifake_path: Path, cache_dir: Path
