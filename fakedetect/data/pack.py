@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import hydra
@@ -23,8 +23,14 @@ from fakedetect.utils.errors import ConfigError, one_line_errors
 log = logging.getLogger(__name__)
 
 
+@lru_cache(maxsize=1)
+def _rows(images: str) -> np.ndarray:
+    """The cache's images memory-mapped once per packing process, not once per item."""
+    return np.load(images, mmap_mode="r")
+
+
 def _item(position: int, images: str, index: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> dict:
-    row = np.load(images, mmap_mode="r")[index[position]]
+    row = _rows(images)[index[position]]
     return {"image": np.ascontiguousarray(row), "label": int(labels[position]), "source": int(sources[position])}
 
 
@@ -41,6 +47,7 @@ def pack(datamodule: ImageDataModule, output: str, chunk_bytes: str = "64MB", ov
             raise ConfigError(f"output={output} already holds packed data ({PACK_META}); pass overwrite=true or "
                               "another output")
         (target / PACK_META).unlink()  # until the new pack is whole
+    _rows.cache_clear()  # a cache rewritten under the same name since an earlier pack in this process
     datamodule.prepare_data()
     datamodule.setup("fit")
     data = datamodule.decoded()  # the memory-mapped cache setup planned the splits over
