@@ -45,9 +45,9 @@ from fakedetect.search.storage import ask_lock, describe, open_storage
 log = logging.getLogger(__name__)
 
 OPTUNA_TARGETS = ("optuna.samplers.*", "optuna.pruners.*", "hydra_plugins.hydra_optuna_sweeper.*")
-# what a job's metrics.json contributes to its trial's user attributes (trial attr: record key)
 # trial user attributes: the process that asked for the trial, and a trial failed because that process died
 OWNER, ORPHAN = "sweep_process", "orphaned"
+# what a job's metrics.json contributes to its trial's user attributes (trial attr: record key)
 RECORD_ATTRS = {"n_params": "params", "train_time_s": "train_time_s", "epochs": "epochs", "ckpt_path": "ckpt_path"}
 
 
@@ -197,7 +197,8 @@ class SearchSweeper(OptunaSweeperImpl):
 
 def this_process() -> dict[str, object]:
     """Who runs a trial: host, pid and start time (a pid alone may be reused after the process died)."""
-    return {"host": socket.gethostname(), "pid": psutil.Process().pid, "started": psutil.Process().create_time()}
+    me = psutil.Process()
+    return {"host": socket.gethostname(), "pid": me.pid, "started": me.create_time()}
 
 
 def process_gone(owner: dict[str, object]) -> bool:
