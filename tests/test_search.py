@@ -25,7 +25,7 @@ from tensorboard.backend.event_processing.plugin_event_accumulator import EventA
 from fakedetect.search.pruning import OptunaTrialCallback
 from fakedetect.search.report import write_report
 from fakedetect.search.storage import load_study
-from fakedetect.search.sweeper import SearchSweeper, outcome
+from fakedetect.search.sweeper import OWNER, SearchSweeper, fail_orphans, outcome, this_process
 from fakedetect.train import metric_value
 from fakedetect.utils.builders import build_model
 from tests.conftest import CONF, ROOT, SUBSET, compose_config
@@ -126,6 +126,27 @@ def fake_trainer(**metrics: float) -> SimpleNamespace:
     return SimpleNamespace(sanity_checking=False, current_epoch=0, is_global_zero=True,
                            callback_metrics={k.replace("__", "/"): torch.tensor(v) for k, v in metrics.items()},
                            strategy=SimpleNamespace(broadcast=lambda x: x))
+
+
+def test_only_trials_of_an_ended_process_on_this_host_are_orphans() -> None:
+    """A RUNNING trial is failed and requeued only if its owner ended here: not one of a live process (this one),
+    not one whose pid now belongs to another process (another start time), not one of another host."""
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    me = this_process()
+    owners = [me, {**me, "pid": int(ended.stdout)}, {**me, "started": me["started"] - 1},
+              {**me, "host": "elsewhere", "pid": int(ended.stdout)}]
+    study = optuna.create_study()
+    for i, owner in enumerate(owners):
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        trial.set_user_attr(OWNER, owner)
+        assert trial.number == i
+    assert fail_orphans(study) == [1, 2]
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.RUNNING, TrialState.FAIL, TrialState.FAIL, TrialState.RUNNING,
+                                         TrialState.WAITING, TrialState.WAITING]
+    assert [t.user_attrs.get("retry_of") for t in trials[4:]] == [1, 2]
+    rerun = [study.ask().suggest_float("x", 0, 1) for _ in range(2)]  # the queued trials, asked as a sweep does
+    assert rerun == [trials[1].params["x"], trials[2].params["x"]]
 
 
 def test_trial_callback_reports_prunes_and_stops_on_nan(tmp_path: Path) -> None:
