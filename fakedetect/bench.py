@@ -58,7 +58,7 @@ class Span(NamedTuple):
 
 
 class Utilisation(Sampler):
-    """GPU utilisation (%) read every `interval` s in a thread; `mean(span)` averages the readings inside it."""
+    """GPU utilisation (%) read every `interval` s in a thread; `mean(*spans)` averages the readings inside them."""
 
     def __init__(self, read: Callable[[], float], interval: float = 0.2) -> None:
         super().__init__(interval)
@@ -75,8 +75,8 @@ class Utilisation(Sampler):
             return False
         return True
 
-    def mean(self, span: Span) -> float | None:
-        inside = [v for t, v in self.samples if span.start <= t <= span.end]
+    def mean(self, *spans: Span) -> float | None:
+        inside = [v for t, v in self.samples if any(s.start <= t <= s.end for s in spans)]
         return statistics.fmean(inside) if inside else None
 
 
@@ -269,18 +269,12 @@ def measure_row(cfg: DictConfig, name: str, device: torch.device) -> dict:
            "batch_size": model_cfg.data.batch_size, "train_images": datamodule.split_sizes["train"],
            "prepare_s": prepare_s, "prepare_timings": dict(datamodule.timings), "fakedetect_img_s": fake,
            "plain_img_s": plain, "time_ratio": plain / fake, "rates": rates, **steps,
-           "gpu_util_pct": {loop: _mean_or_none([gpu.mean(s) for s in runs]) for loop, runs in spans.items()}
-           if gpu else None}
+           "gpu_util_pct": {loop: gpu.mean(*runs) for loop, runs in spans.items()} if gpu else None}
     if gpu and gpu.error:
         row["gpu_util_error"] = gpu.error
     if device.type == "cuda":
         row["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return row
-
-
-def _mean_or_none(values: list[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return statistics.fmean(known) if known else None
 
 
 def row_data_overrides(cfg: DictConfig, own: dict) -> list[str]:

@@ -115,6 +115,8 @@ def test_utilisation_averages_the_readings_inside_a_timed_span() -> None:
     times = [t for t, _ in gpu.samples]
     assert len(times) >= 5 and gpu.error is None
     assert gpu.mean(Span(0.0, times[2], times[4])) == statistics.fmean([2.0, 3.0, 4.0])
+    assert gpu.mean(Span(0.0, times[0], times[1]), Span(0.0, times[4], times[4])) == statistics.fmean(
+        [0.0, 1.0, 4.0]), "a loop's repeats: the readings inside any of its spans"
     assert gpu.mean(Span(0.0, times[-1] + 1, times[-1] + 2)) is None, "no reading inside: unknown, not 0%"
 
 
