@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import imagehash
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from fakedetect.data.cache import read_batches
 from fakedetect.data.decode import DEFAULT_MAX_PIXELS, file_digest, open_image, to_rgb
 from fakedetect.data.layouts import DataLayoutError, Entry
 from fakedetect.data.shortcuts import audit_shortcuts, header_facts
@@ -58,22 +59,6 @@ def _describe_chunk(names: list[str], blobs: list[bytes | str], max_pixels: int 
     return names, [describe(b, max_pixels, decode) for b in blobs]
 
 
-def _chunks(pairs: Iterable[tuple[str, bytes | str]], max_bytes: int, max_files: int
-            ) -> Iterator[tuple[list[str], list[bytes | str]]]:
-    names: list[str] = []
-    blobs: list[bytes | str] = []
-    size = 0
-    for name, blob in pairs:
-        names.append(name)
-        blobs.append(blob)
-        size += len(blob)
-        if size >= max_bytes or len(names) >= max_files:
-            yield names, blobs
-            names, blobs, size = [], [], 0
-    if names:
-        yield names, blobs
-
-
 def describe_all(source: Source, entries: list[Entry], workers: int | None = None, chunk_bytes: int = 64 << 20,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, decode: bool = True) -> list[dict]:
     """`describe` every entry on every core, reading the source in chunks of at most `chunk_bytes` with at most two
@@ -91,8 +76,8 @@ def describe_all(source: Source, entries: list[Entry], workers: int | None = Non
                 out[position[name]] = f
 
     with ProcessPoolExecutor(workers) as pool:
-        for names, blobs in _chunks(source.read(list(position)), chunk_bytes, 2048):
-            pending.add(pool.submit(describe_chunk, names, blobs))
+        for batch in read_batches(source, list(position), 2048, chunk_bytes):
+            pending.add(pool.submit(describe_chunk, [n for n, _ in batch], [b for _, b in batch]))
             if len(pending) >= 2 * workers:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 collect(done)
