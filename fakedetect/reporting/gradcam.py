@@ -89,7 +89,7 @@ class FirstOfEachBucket:
             idx = torch.nonzero(groups == b).squeeze(1)[: max(self.n - int(self.counts[b]), 0)]
             keep[idx] = True
             self.counts[b] += len(idx)
-        self.images.append(images[keep])
+        self.images.append(images[keep.to(images.device)].cpu())
         self.labels.append(labels[keep])
         self.probs.append(probs[keep])
 

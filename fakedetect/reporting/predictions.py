@@ -56,8 +56,9 @@ def score(
     """P(FAKE), labels and sources on the CPU for every image of `batches`, in order.
 
     - `transform` changes each uint8 batch before preprocessing (a degradation, for the robustness table).
-    - `keep(images, probs, labels)` sees every scored batch on the CPU, so a caller can hold the few images it
-      shows (the most confident mistakes, Grad-CAM examples) without holding the split.
+    - `keep(images, probs, labels)` sees every scored batch (its images where the loader left them, on the device
+      for the memory loader; probs and labels on the CPU), so a caller copies to the CPU only the few images it
+      shows (the most confident mistakes, Grad-CAM examples), never the split.
     - `limit` stops after that many images; `context` is the precision context of the forward pass (a
       Trainer's `precision_plugin.forward_context`, to match its test step).
     The model is scored in eval mode and left in the mode it came in.
@@ -84,7 +85,7 @@ def score(
             labels.append(y.cpu())
             sources.append(s.cpu())
             if keep is not None:
-                keep(images.cpu(), p, labels[-1])
+                keep(images, p, labels[-1])
             seen += len(y)
     finally:
         model.train(training)
@@ -105,3 +106,4 @@ def tested_images(trainer: L.Trainer, datamodule: L.LightningDataModule) -> int:
     """How many test images the last `trainer.test` saw on every process (all of them unless limit_test_batches
     cut it short): the prefix of the test split that reports scored after it must cover."""
     return sum(trainer.num_test_batches) * datamodule.eval_batch_size * trainer.world_size
+

@@ -52,8 +52,8 @@ class ConfidentMistakes:
         wrong = decide(probs, self.threshold) != labels
         for c in (0, 1):
             idx = (wrong & (labels == c)).nonzero().squeeze(1)
-            kept = self.images[c]
-            pool = images[idx] if kept is None else torch.cat([kept, images[idx]])
+            kept, found = self.images[c], images[idx.to(images.device)].cpu()
+            pool = found if kept is None else torch.cat([kept, found])
             p = torch.cat([self.probs[c], probs[idx]])
             # the surest wrong call first: highest P(FAKE) for a REAL image, lowest for a FAKE one
             top = (p if c == 0 else -p).argsort(descending=True, stable=True)[: self.per_kind]
