@@ -238,10 +238,12 @@ def search(cfg: DictConfig, run: DictConfig, folder: Path, share: float, earlier
             code = worker.wait(timeout=max(share - (time.perf_counter() - start), 1))
             if code:
                 error = f"worker {i} exit {code}: {last_line(folder / f'worker{i}.log')}"
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired:  # the rest are killed too, and their exit codes are not the cause
             error = f"stopped at the stage's deadline after {share:.0f} s"
             for w in workers:
                 w.kill()
+                w.wait()
+            break
     wall = time.perf_counter() - start
     try:
         trials = optuna.load_study(study_name=run.study, storage=storage).get_trials(deepcopy=False)

@@ -108,6 +108,23 @@ def test_gpu_suite_record_that_is_not_one_is_a_config_error(tmp_path: Path) -> N
             load(path)
 
 
+def test_gpu_suite_search_past_its_deadline_is_reported_as_such(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers still running at the deadline are all killed, and the run says the deadline stopped it (not the
+    exit code of a worker that was killed)."""
+    from fakedetect.suite import search
+
+    slow = tmp_path / "python"
+    slow.write_text("#!/bin/sh\nexec sleep 60\n")
+    slow.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(slow))
+    cfg = OmegaConf.create({"data": {"root": "x"}, "trainer": {"accelerator": "cpu", "precision": "32-true"}})
+    run = OmegaConf.create({"overrides": [], "study": "s", "trials": 2, "workers": 2})
+    start = time.monotonic()
+    result = search(cfg, run, tmp_path / "search", 1.0, {})
+    assert time.monotonic() - start < 20
+    assert result["error"] == "stopped at the stage's deadline after 1 s" and result["states"] == {}
+
 def test_utilisation_averages_the_readings_inside_a_timed_span() -> None:
     values = iter(range(10_000))
     with Utilisation(lambda: float(next(values)), interval=0.005) as gpu:
