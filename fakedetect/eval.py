@@ -27,7 +27,7 @@ from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.metrics.thresholds import SelectedThresholds
 from fakedetect.reporting.dedup import dedup_metrics
 from fakedetect.reporting.per_source import per_source_metrics, write_per_source
-from fakedetect.reporting.predictions import Scores, choose_tta, split_scores
+from fakedetect.reporting.predictions import Scores, choose_tta, split_scores, tested_scores
 from fakedetect.reporting.report import ConfidentMistakes, write_report
 from fakedetect.reporting.robustness import parse_condition, robustness_table, write_robustness
 from fakedetect.utils.builders import build_list, build_trainer
@@ -106,7 +106,7 @@ def evaluate_set(cfg: DictConfig, data: dict[str, Any], name: str | None, robust
                     "thresholds": {**known, "selected": model.threshold_name, "value": threshold,
                                    "source": cfg.thresholds}}
     mistakes = ConfidentMistakes(threshold)
-    clean = split_scores(model, datamodule, trainer, "test", keep=mistakes)
+    clean = tested_scores(model, datamodule, trainer, keep=mistakes)
     record["per_source"], source_metrics = per_source_metrics(model, datamodule, trainer, clean, name or "test")
     metrics.update(source_metrics)
     if cfg.get("report"):
@@ -115,8 +115,7 @@ def evaluate_set(cfg: DictConfig, data: dict[str, Any], name: str | None, robust
     if robustness:
 
         def degraded(transform: Callable[[torch.Tensor], torch.Tensor] | None) -> Scores:
-            return clean if transform is None else split_scores(model, datamodule, trainer, "test",
-                                                                transform=transform)
+            return clean if transform is None else tested_scores(model, datamodule, trainer, transform=transform)
 
         record["robustness"] = robustness_table(degraded, threshold, robustness)
         write_robustness(folder, record["robustness"], trainer.loggers)

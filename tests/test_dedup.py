@@ -144,11 +144,15 @@ def test_planted_copies_change_acc_dedup_as_scored_by_hand(tmp_path: Path) -> No
     evaluated = evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "report=false",
                                                  f"data.cache_dir={tmp_path / 'cache'}"], tmp_path / "eval"))
     assert evaluated["test/acc_dedup"] == metrics["test/acc_dedup"]
-    short = evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "report=false",
-                                             "data.eval_batch_size=4", "+trainer.limit_test_batches=2"],
-                                    tmp_path / "short"))
+    short = evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "data.eval_batch_size=4",
+                                             "+trainer.limit_test_batches=2", "robustness.enabled=true",
+                                             "robustness.conditions=[clean,blur:1.0]"], tmp_path / "short"))
     assert short["test/n_dedup_removed"] == dm.test_duplicates[:8].sum()
     assert short["test/acc_dedup"] == pytest.approx(correct[:8][kept[:8]].float().mean().item(), abs=1e-6)
+    # the report, the per-source table and the robustness rows cover the same 8 images as test/acc
+    record = json.loads((tmp_path / "short" / "metrics.json").read_text())
+    assert record["report"]["n"] == 8 and record["per_source"][-1]["n"] == 8
+    assert record["report"]["at_threshold"]["youden"]["acc"] == short["test/acc"] == record["robustness"][0]["acc"]
 
 
 def _archive_digests(path: Path) -> dict[str, str]:

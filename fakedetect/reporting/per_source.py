@@ -22,7 +22,7 @@ from torchmetrics.functional.classification import binary_accuracy, binary_auroc
 
 from fakedetect.metrics.thresholds import decide
 from fakedetect.modules.detector import Detector
-from fakedetect.reporting.predictions import Scores, split_scores, tested_images
+from fakedetect.reporting.predictions import Scores, tested_scores
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def per_source_metrics(model: Detector, datamodule: L.LightningDataModule, train
     """The rows of a run's test scores (those given, else the images `trainer.test` just saw, scored again) at its
     decision threshold, logged to the trainer's loggers; train and eval both call it after testing."""
     if scores is None:
-        scores = split_scores(model, datamodule, trainer, "test", limit=tested_images(trainer, datamodule))
+        scores = tested_scores(model, datamodule, trainer)
     rows = source_rows(scores, datamodule.source_names, model.decision_threshold, test_set)
     metrics = log_per_source(trainer.loggers, rows, trainer.global_step)
     log.info("per source:\n%s", markdown(rows))

@@ -107,3 +107,8 @@ def tested_images(trainer: L.Trainer, datamodule: L.LightningDataModule) -> int:
     cut it short): the prefix of the test split that reports scored after it must cover."""
     return sum(trainer.num_test_batches) * datamodule.eval_batch_size * trainer.world_size
 
+
+def tested_scores(model: Detector, datamodule: L.LightningDataModule, trainer: L.Trainer, **kwargs: object) -> Scores:
+    """The images the last `trainer.test` saw, scored as its test step scored them: what a report, per-source table
+    or robustness row made after testing covers, so that each agrees with test/acc."""
+    return split_scores(model, datamodule, trainer, "test", limit=tested_images(trainer, datamodule), **kwargs)
