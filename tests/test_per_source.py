@@ -125,6 +125,11 @@ def test_cross_generator_table_from_run_files(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "fakedetect.reporting.cross_generator", "--runs",
                            str(tmp_path / "table")], cwd=ROOT, capture_output=True, text=True)
     assert_one_line(done, "no training run with per-source results under")
+    with pytest.raises(ConfigError, match="no training run with per-source results under"):
+        write_table(tmp_path / "table", tmp_path / "table")
+    done = subprocess.run([sys.executable, "-m", "fakedetect.reporting.cross_generator", "--runs",
+                           str(tmp_path / "missing")], cwd=ROOT, capture_output=True, text=True)
+    assert_one_line(done, "--runs", "missing: no such folder")
 
 
 def test_cross_generator_multirun_at_cpu_scale(tmp_path: Path, cache_dir: Path) -> None:

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from fakedetect.reporting.figures import plt
 from fakedetect.reporting.per_source import METRICS
+from fakedetect.utils.errors import ConfigError, one_line_errors
 
 GENERATOR_KINDS = ("fake", "mixed")
 
@@ -77,10 +78,10 @@ def heat_map(rows: list[str], columns: list[str], values: np.ndarray, metric: st
 
 
 def write_table(runs: Path, out: Path, metric: str = "acc") -> str:
-    """Write cross_generator.md and .png into `out`; returns the Markdown. No run found is a one-line error."""
+    """Write cross_generator.md and .png into `out`; returns the Markdown. No run found is a ConfigError."""
     table = collect(runs)
     if not table:
-        raise SystemExit(f"error: no training run with per-source results under {runs}; run "
+        raise ConfigError(f"no training run with per-source results under {runs}; run "
                          "python -m fakedetect.train -m experiment=cross_generator data.root=... "
                          "data.train_sources='[a]','[b]' first, and give its multirun folder")
     rows, columns, values = matrix(table, metric)
@@ -91,6 +92,7 @@ def write_table(runs: Path, out: Path, metric: str = "acc") -> str:
     return text
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, required=True, help="a multirun folder (outputs/train/multiruns/<time>)")
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metric", choices=[m for m in METRICS if m != "specificity"], default="acc")
     args = parser.parse_args(argv)
     if not args.runs.is_dir():
-        raise SystemExit(f"error: --runs {args.runs}: no such folder; give the multirun folder of the sweep")
+        raise ConfigError(f"--runs {args.runs}: no such folder; give the multirun folder of the sweep")
     print(write_table(args.runs, args.out or args.runs, args.metric))
 
 
