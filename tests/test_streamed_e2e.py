@@ -54,6 +54,7 @@ def test_streamed_train_eval_gradcam_predict(tmp_path: Path, cache_dir: Path) ->
     evaluated = json.loads((out / "metrics.json").read_text())
     assert evaluated["test_sets"]["synthetic"]["robustness"][0]["acc"] == metrics["synthetic/test/acc"]
     assert len(evaluated["per_source"]) == 8 and metrics["whole/test/source/gen_b/recall"] >= 0
+    assert metrics["whole/test/source/gen_b/recall"] == pytest.approx(float(rows["whole", "gen_b"]["recall"]))
     events = EventAccumulator(str(out / "tensorboard" / "whole"))
     events.Reload()
     assert {f"test/source/{s}/acc" for s in SOURCES} <= set(events.Tags()["scalars"])
