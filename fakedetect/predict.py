@@ -14,7 +14,8 @@ import glob
 import json
 import logging
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -93,19 +94,18 @@ def views(data: bytes, resolution: int, fit: str = "squash", crops: int | str = 
 
 
 class ImageFiles(Dataset):
-    """Each file's windows to score (`views`), or the decoder's error for a file that cannot be read."""
+    """Each file's windows to score (`windows(file bytes)`, a `views`), or the decoder's error for a file that
+    cannot be read."""
 
-    def __init__(self, paths: list[Path], resolution: int, fit: str = "squash", crops: int | str = 1,
-                 max_tiles: int = 16) -> None:
-        self.paths, self.resolution, self.fit, self.crops, self.max_tiles = paths, resolution, fit, crops, max_tiles
+    def __init__(self, paths: list[Path], windows: Callable[[bytes], Tensor]) -> None:
+        self.paths, self.windows = paths, windows
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, Tensor | None, str]:
         try:
-            return i, views(self.paths[i].read_bytes(), self.resolution, self.fit, self.crops,
-                            max_tiles=self.max_tiles), ""
+            return i, self.windows(self.paths[i].read_bytes()), ""
         except Exception as err:  # noqa: BLE001 - any failure to read or decode is reported on the file's row
             return i, None, f"{type(err).__name__}: {err}"
 
@@ -151,7 +151,9 @@ def predict(cfg: DictConfig) -> list[dict]:
     threshold = float(threshold)
     device = resolve_device(cfg.device)
     per_file = 1 if crops == 1 else 5 if crops == 5 else cfg.max_tiles
-    files = ImageFiles(paths, datamodule.resolution, datamodule.fit, crops, cfg.max_tiles)
+    # decoded as the checkpoint's data module decodes: its resolution, fit (or fit=) and pixel limit
+    files = ImageFiles(paths, partial(views, resolution=datamodule.resolution, fit=datamodule.fit, crops=crops,
+                                      max_pixels=datamodule.max_pixels, max_tiles=cfg.max_tiles))
     # about batch_size windows per forward pass, however many each file gives
     loader = DataLoader(files, batch_size=max(1, cfg.batch_size // per_file), num_workers=cfg.num_workers,
                         collate_fn=collate, pin_memory=device.type == "cuda")

@@ -22,7 +22,7 @@ from fakedetect.data.decode import decode_image
 from fakedetect.predict import expand_input, predict, views
 from fakedetect.reporting.predictions import score
 from fakedetect.train import train
-from fakedetect.utils.checkpoint import load_checkpoint, load_trained
+from fakedetect.utils.checkpoint import CONFIG_KEY, load_checkpoint, load_trained
 from fakedetect.utils.errors import ConfigError
 from tests.conftest import ROOT, SUBSET, assert_one_line, compose_config
 
@@ -249,3 +249,17 @@ def test_predict_heic_with_the_fit_overridden(checkpoint: Path, tmp_path: Path) 
         expected = score(trained.model, [(image, torch.zeros(1, dtype=torch.long))], trained.datamodule.preprocess)[0]
         assert prob == pytest.approx(expected.item(), abs=1e-5)
     assert probs["squash"] != probs["resize_crop"]
+
+
+def test_predict_keeps_the_checkpoints_pixel_limit(checkpoint: Path, photos: Path, tmp_path: Path) -> None:
+    """Files are refused above the checkpoint's data.max_pixels, as its training data was, not above a default."""
+    stored = torch.load(checkpoint, weights_only=True)
+    stored[CONFIG_KEY]["data"]["max_pixels"] = 10_000  # photo.jpg has 640 x 480 pixels, the others under 10,000
+    small_limit = tmp_path / "small_limit.ckpt"
+    torch.save(stored, small_limit)
+    for crops in (1, 5):
+        rows = predict(compose_config("predict", [f"ckpt_path={small_limit}", f"input={photos}", f"crops={crops}",
+                                                  "num_workers=0", f"output={tmp_path}/{crops}.csv"], tmp_path))
+        refused = {Path(r["path"]).name for r in rows if r["error"] and "max_pixels=10000" in r["error"]}
+        assert refused == {"photo.jpg"}
+        assert {Path(r["path"]).name for r in rows if not r["error"]} == set(NAMES) - {"photo.jpg", "broken.jpg"}
