@@ -63,7 +63,7 @@ def test_flip_tta_averages_an_image_with_its_mirror() -> None:
 
 @pytest.mark.parametrize("bad", ["median", None, float("nan")])
 def test_bad_threshold_is_a_config_error_naming_the_key(bad: object) -> None:
-    with pytest.raises(ConfigError, match=r"^model.threshold must be a number, youden or f1 .*, got "):
+    with pytest.raises(ConfigError, match=r"^model.threshold must be a number, or 'youden' or 'f1' .*, got "):
         Detector(LeftMinusRight(), nn.BCEWithLogitsLoss(), partial(torch.optim.SGD, lr=0.1), threshold=bad)
 
 

@@ -90,7 +90,7 @@ class Detector(L.LightningModule):
             raise ConfigError(f"model.net must be a fakedetect.nets.DetectorNet (FlexibleCNN, MLP, Backbone, ...); "
                               f"got {type(net).__module__}.{type(net).__name__}")
         require("model.threshold", threshold, threshold in NAMED_THRESHOLDS if isinstance(threshold, str)
-                else is_number(threshold), "a number, youden or f1 (chosen on the validation split)")
+                else is_number(threshold), "a number, or 'youden' or 'f1' (chosen on the validation split)")
         self.save_hyperparameters(logger=False, ignore=list(self.not_hparams))
         self.net, self.loss = net, loss
         self.tta = tta
