@@ -8,11 +8,11 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from fakedetect.predict import resolve_device
 from fakedetect.reporting.figures import log_figure
 from fakedetect.reporting.gradcam import explain_test_images
 from fakedetect.utils.builders import build_list
 from fakedetect.utils.checkpoint import load_trained
+from fakedetect.utils.device import resolve_device
 from fakedetect.utils.errors import ConfigError, is_int, one_line_errors
 
 log = logging.getLogger(__name__)

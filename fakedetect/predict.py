@@ -32,6 +32,7 @@ from fakedetect.data.layouts import IMAGE_SUFFIXES
 from fakedetect.metrics.thresholds import decide
 from fakedetect.reporting.predictions import choose_tta, score
 from fakedetect.utils.checkpoint import load_trained
+from fakedetect.utils.device import resolve_device
 from fakedetect.utils.errors import ConfigError, is_int, is_number, one_line_errors
 
 log = logging.getLogger(__name__)
@@ -117,10 +118,6 @@ def collate(items: list[tuple[int, Tensor | None, str]]) -> tuple[Tensor, Tensor
     images = torch.cat([image for _, image in good]) if good else None
     owners = torch.tensor([i for i, image in good for _ in range(len(image))], dtype=torch.long)
     return owners, images, {i: error for i, image, error in items if image is None}
-
-
-def resolve_device(device: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
 
 
 def check_crops(crops: object, max_tiles: object) -> int | str:
