@@ -17,11 +17,11 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
+from fakedetect.search.adapter import parse_overrides, trial_id
 from fakedetect.search.pruning import OptunaTrialCallback
 from fakedetect.search.report import write_report
 from fakedetect.search.storage import load_study
@@ -69,7 +69,7 @@ def test_search_config_names_real_keys(search: str, tmp_path: Path) -> None:
 def test_fakefinder_space_matches_the_write_up(tmp_path: Path) -> None:
     compose_config("train", ["hparams_search=optuna", "data.root=x"], tmp_path)
     params = HydraConfig.get().sweeper.params
-    distributions, _, _ = create_params_from_overrides([f"{k}={v}" for k, v in params.items()])
+    distributions, _, _ = parse_overrides([f"{k}={v}" for k, v in params.items()])
     d = {k: (getattr(v, "low", None), getattr(v, "high", None), getattr(v, "step", None), getattr(v, "log", None),
              getattr(v, "choices", None)) for k, v in distributions.items()}
     assert d["model.net.n_layers"][:3] == (1, 3, 1)
@@ -83,10 +83,9 @@ def test_fakefinder_space_matches_the_write_up(tmp_path: Path) -> None:
 def test_group_choice_searches_an_options_params_only_when_chosen(tmp_path: Path) -> None:
     search = "hparams_search=model_loss_optuna"
     sweeper = sweeper_for(tmp_path, search)
-    distributions, fixed, fixed_overrides = create_params_from_overrides(sweeper._parse_sweeper_params_config())
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
     trials = [study.ask() for _ in range(12)]
-    overrides = sweeper._configure_trials(trials, distributions, fixed, fixed_overrides)
+    overrides = sweeper.configure_trials(trials, sweeper.search_space([]))
     assert {t.params["model"] for t in trials} == {"cnn", "mlp"}
     assert {t.params["loss"] for t in trials} == {"bce", "bce_smooth", "focal"}
     for trial, trial_overrides in zip(trials, overrides, strict=True):
@@ -95,7 +94,7 @@ def test_group_choice_searches_an_options_params_only_when_chosen(tmp_path: Path
         assert ("loss.gamma" in trial.params) == (loss == "focal")
         assert ("loss.label_smoothing" in trial.params) == (loss == "bce_smooth")
         cfg = compose_config("train", [search, "data.root=x", *trial_overrides], tmp_path)
-        assert cfg.optuna_trial.trial_id == trial._trial_id
+        assert cfg.optuna_trial.trial_id == trial_id(trial)
         model = build_model(cfg)
         assert type(model.net).__name__ == ("FlexibleCNN" if cnn else "MLP")
         assert type(model.loss).__name__ == ("FocalLoss" if loss == "focal" else "BCEWithLogits")
@@ -154,7 +153,7 @@ def test_trial_callback_reports_prunes_and_stops_on_nan(tmp_path: Path) -> None:
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
     study.set_user_attr("pruner", {"_target_": "optuna.pruners.ThresholdPruner", "lower": 0.8})
     trial = study.ask()
-    callback = OptunaTrialCallback(storage, "s", trial._trial_id, monitor="val/acc_best")
+    callback = OptunaTrialCallback(storage, "s", trial_id(trial), monitor="val/acc_best")
     callback.setup(None, None, "fit")
     with pytest.raises(optuna.TrialPruned, match="ThresholdPruner"):
         callback.on_validation_end(fake_trainer(val__acc_best=0.6, val__loss=0.7), None)

@@ -14,6 +14,7 @@ import lightning as L
 import optuna
 from hydra.utils import instantiate
 
+from fakedetect.search.adapter import reopen_trial
 from fakedetect.search.storage import load_study
 
 
@@ -43,23 +44,25 @@ class OptunaTrialCallback(L.Callback):
             study = load_study(self.storage, self.study_name, sampler=optuna.samplers.RandomSampler())
             spec = study.user_attrs.get("pruner") or {"_target_": "optuna.pruners.NopPruner"}
             study.pruner = instantiate(spec, _execution_whitelist_="optuna.pruners.*")
-            self.trial = optuna.trial.Trial(study, self.trial_id)
+            self.trial = reopen_trial(study, self.trial_id)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
+        assert self.trial is not None, "setup() opens the trial"
         epoch = trainer.current_epoch
         for name in self.finite:
-            value = trainer.callback_metrics.get(name)
-            if value is not None and not math.isfinite(float(value)):
-                raise optuna.TrialPruned(f"diverged: {name} is {float(value)} at epoch {epoch}")
+            metric = trainer.callback_metrics.get(name)
+            if metric is not None and not math.isfinite(float(metric)):
+                raise optuna.TrialPruned(f"diverged: {name} is {float(metric)} at epoch {epoch}")
         if len(self.trial.study.directions) > 1:
             return
-        value = float(trainer.callback_metrics[self.monitor])
+        monitor = self.monitor if isinstance(self.monitor, str) else self.monitor[0]
+        value = float(trainer.callback_metrics[monitor])
         prune = False
         if trainer.is_global_zero:
             self.trial.report(value, epoch)
             prune = self.trial.should_prune()
         if trainer.strategy.broadcast(prune):
-            raise optuna.TrialPruned(f"{self.monitor}={value:.4f} at epoch {epoch}, "
+            raise optuna.TrialPruned(f"{monitor}={value:.4f} at epoch {epoch}, "
                                      f"pruned by {type(self.trial.study.pruner).__name__}")

@@ -17,6 +17,7 @@ import contextlib
 import sqlite3
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import optuna
 from filelock import FileLock
@@ -70,5 +71,5 @@ def describe(url: str | None) -> str:
     return url if url.startswith(JOURNAL) else make_url(url).render_as_string(hide_password=True)
 
 
-def load_study(url: str, study_name: str, **kwargs: object) -> optuna.Study:
+def load_study(url: str, study_name: str, **kwargs: Any) -> optuna.Study:
     return optuna.load_study(study_name=study_name, storage=open_storage(url), **kwargs)

@@ -34,11 +34,20 @@ import psutil
 import torch
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
 from optuna.trial import Trial, TrialState
 
+from fakedetect.search.adapter import (
+    SearchSpace,
+    StockSweeper,
+    job_error,
+    parse_overrides,
+    set_trial_user_attr,
+    suggest,
+    tell,
+    trial_id,
+)
 from fakedetect.search.report import write_report
 from fakedetect.search.storage import ask_lock, describe, open_storage
 
@@ -51,7 +60,7 @@ OWNER, ORPHAN = "sweep_process", "orphaned"
 RECORD_ATTRS = {"n_params": "params", "train_time_s": "train_time_s", "epochs": "epochs", "ckpt_path": "ckpt_path"}
 
 
-class SearchSweeper(OptunaSweeperImpl):
+class SearchSweeper(StockSweeper):
     def __init__(
         self,
         sampler: DictConfig,
@@ -78,12 +87,7 @@ class SearchSweeper(OptunaSweeperImpl):
         self.custom_search_space_extender = extend
 
     def sweep(self, arguments: list[str]) -> None:
-        self._process_searchspace_config()
-        distributions, fixed, fixed_overrides = create_params_from_overrides(
-            [*self._parse_sweeper_params_config(), *arguments]
-        )
-        for name in fixed:  # a value given on the command line is no longer searched
-            distributions.pop(name, None)
+        space = self.search_space(arguments)
         study = self._open_study()
         failed = added = 0
         while added < self.n_trials:
@@ -92,7 +96,7 @@ class SearchSweeper(OptunaSweeperImpl):
                 log.info("study '%s' holds its study_trials=%d trials", study.study_name, self.study_trials)
                 break
             added += len(trials)
-            overrides = self._configure_trials(trials, distributions, fixed, fixed_overrides)
+            overrides = self.configure_trials(trials, space)
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             self.job_idx += len(returns)
             states = [self._tell(study, trial, ret) for trial, ret in zip(trials, returns, strict=True)]
@@ -113,7 +117,7 @@ class SearchSweeper(OptunaSweeperImpl):
         pruner = instantiate(self.pruner_cfg, _execution_whitelist_=OPTUNA_TARGETS)
         storage = open_storage(self.storage) if self.storage else None
         study = optuna.create_study(study_name=self.study_name, storage=storage, pruner=pruner,
-                                    directions=self._get_directions(), load_if_exists=True)
+                                    directions=self.directions(), load_if_exists=True)
         # the job's callback rebuilds the pruner from here: the storage is its only link to the sweep
         study.set_user_attr("pruner", OmegaConf.to_container(self.pruner_cfg, resolve=True))
         metric = self.config.get("optimized_metric")
@@ -147,15 +151,16 @@ class SearchSweeper(OptunaSweeperImpl):
         kwargs = {} if seed is None else {"seed": seed + held}
         return instantiate(self.sampler_cfg, **kwargs, _execution_whitelist_=OPTUNA_TARGETS)
 
-    def _configure_trials(self, trials: list[Trial], *args: Any) -> list[tuple[str, ...]]:
-        overrides = super()._configure_trials(trials, *args)
+    def configure_trials(self, trials: list[Trial], space: SearchSpace) -> list[tuple[str, ...]]:
+        overrides = super().configure_trials(trials, space)
         if not self.storage:  # an in-memory study cannot be reached from the job: no pruning
-            return list(overrides)
+            return overrides
         return [(*o, f"+optuna_trial.storage={quote(self.storage)}",
-                 f"+optuna_trial.study_name={quote(t.study.study_name)}", f"+optuna_trial.trial_id={t._trial_id}")
+                 f"+optuna_trial.study_name={quote(t.study.study_name)}", f"+optuna_trial.trial_id={trial_id(t)}")
                 for o, t in zip(overrides, trials, strict=True)]
 
     def _tell(self, study: optuna.Study, trial: Trial, ret: JobReturn) -> TrialState:
+        assert ret.hydra_cfg is not None, "a launched job carries its Hydra config"
         output_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir)
         trial.set_user_attr("output_dir", str(output_dir))
         if (output_dir / "metrics.json").exists():
@@ -166,11 +171,7 @@ class SearchSweeper(OptunaSweeperImpl):
         state, values, reason = outcome(ret, len(study.directions))
         if reason:
             trial.set_user_attr("fail_reason" if state is TrialState.FAIL else "prune_reason", reason)
-        try:
-            study.tell(trial, state=state, values=values)
-        except RuntimeError as e:  # an exhausted BruteForceSampler calls study.stop(), valid only in optimize()
-            if "Study.stop" not in str(e):
-                raise
+        if tell(study, trial, state, values):
             self.exhausted = True
         log.info("trial %d %s: %s", trial.number, state.name, values if values else reason)
         return state
@@ -195,13 +196,13 @@ class SearchSweeper(OptunaSweeperImpl):
         write_report(study, Path(self.config.hydra.sweep.dir) / "report", top_k=self.report_cfg.top_k, tests=tests)
 
 
-def this_process() -> dict[str, object]:
+def this_process() -> dict[str, Any]:
     """Who runs a trial: host, pid and start time (a pid alone may be reused after the process died)."""
     me = psutil.Process()
     return {"host": socket.gethostname(), "pid": me.pid, "started": me.create_time()}
 
 
-def process_gone(owner: dict[str, object]) -> bool:
+def process_gone(owner: dict[str, Any]) -> bool:
     """Whether the sweep process that asked for a trial has ended; only knowable on the same host."""
     if owner.get("host") != socket.gethostname():
         return False
@@ -223,8 +224,8 @@ def fail_orphans(study: optuna.Study) -> list[int]:
         if not owner or not process_gone(owner):
             continue
         reason = f"its sweep process (pid {owner['pid']} on {owner['host']}) ended before the trial did"
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-        study._storage.set_trial_user_attr(trial._trial_id, ORPHAN, True)
+        set_trial_user_attr(study, trial, "fail_reason", reason)
+        set_trial_user_attr(study, trial, ORPHAN, True)
         study.tell(trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
         log.warning("trial %d: %s; marked FAIL, its parameters are queued to run again", trial.number, reason)
@@ -242,7 +243,7 @@ def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def outcome(ret: JobReturn, n_objectives: int) -> tuple[TrialState, list[float] | None, str | None]:
     """The trial state, objective values and reason a finished job amounts to."""
     if ret.status is not JobStatus.COMPLETED:
-        error = ret._return_value  # not `return_value`, which re-raises (and prints) the job's exception
+        error = job_error(ret)
         if isinstance(error, optuna.TrialPruned):
             return TrialState.PRUNED, None, str(error) or "pruned"
         log.warning("trial failed with %r", error, exc_info=error)
@@ -265,7 +266,7 @@ def parse_conditional(spec: Mapping[str, Mapping[str, str]]) -> list[tuple[str, 
     parsed = []
     for condition, params in (spec or {}).items():
         name, sep, value = condition.partition("=")
-        distributions, fixed, _ = create_params_from_overrides([f"{k}={v}" for k, v in params.items()])
+        distributions, fixed, _ = parse_overrides([f"{k}={v}" for k, v in params.items()])
         if not sep or fixed:
             raise ValueError(f"conditional_params: want '<param>=<value>' keys holding sweeps only; got "
                              f"'{condition}' with fixed values {sorted(fixed)}")
@@ -277,7 +278,7 @@ def suggest_conditional(trial: Trial, conditional: list[tuple[str, str, dict[str
     for name, value, distributions in conditional:
         if name in trial.params and str(trial.params[name]) == value:
             for key, distribution in distributions.items():
-                trial._suggest(key, distribution)  # as the stock sweeper suggests from distributions
+                suggest(trial, key, distribution)
 
 
 def evaluate_checkpoint(trial: optuna.trial.FrozenTrial, out: Path, overrides: list[str]) -> dict[str, float]:
