@@ -7,7 +7,6 @@ import json
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ from fakedetect.losses import BCEWithLogits
 from fakedetect.modules.autoencoder import AutoencoderDetector
 from fakedetect.nets import ConvAutoencoder, TransferAutoencoder
 from fakedetect.train import train
-from fakedetect.utils.checkpoint import load_checkpoint
+from fakedetect.utils.checkpoint import CONFIG_KEY, load_checkpoint, load_trained
 from tests.conftest import compose_config, subset_train_config
 from tests.test_losses import WEIGHTS, needs
 
@@ -62,10 +61,11 @@ def test_reconstruction_target_is_the_unnormalized_batch() -> None:
     model = AutoencoderDetector(ConvAutoencoder(in_channels=1), BCEWithLogits(), nn.MSELoss(),
                                 partial(torch.optim.Adam))
     images = torch.rand(2, 1, 32, 32)
-    model.trainer = SimpleNamespace(datamodule=SimpleNamespace(mean=[0.4], std=[0.2]))
-    assert torch.allclose(model._unnormalize((images - 0.4) / 0.2), images, atol=1e-6)
-    model.trainer = SimpleNamespace(datamodule=None)  # no statistics: the batch is taken as [0, 1] images
-    assert torch.equal(model._unnormalize(images), images)
+    with pytest.raises(RuntimeError, match="no normalization statistics"):  # never a silently wrong target
+        model.unnormalize(images)
+    model.set_statistics([0.4], [0.2])
+    assert torch.allclose(model.unnormalize((images - 0.4) / 0.2), images, atol=1e-6)
+    assert {"data_mean", "data_std"} <= set(model.state_dict())  # buffers: saved in every checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,24 @@ def test_eval_applies_the_checkpoints_threshold(ae_run: tuple[DictConfig, dict],
     result = evaluate(compose_config("eval", [f"ckpt_path={ckpt_path}", "trainer=cpu", "report=false"], tmp_path))
     for key in ("test/threshold", "test/acc", "test/f1", "test/recon_loss"):
         assert result[key] == pytest.approx(metrics[key], abs=1e-6), key
+
+
+def test_module_brings_its_statistics_and_old_checkpoints_load(ae_run: tuple[DictConfig, dict],
+                                                               tmp_path: Path) -> None:
+    """The trained module carries the data's statistics; a checkpoint written before they were buffers (and
+    with the autoencoder's old `model.n_images`) still loads, its statistics taken from the data module's state."""
+    cfg, _ = ae_run
+    ckpt_path = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["ckpt_path"]
+    trained = load_trained(ckpt_path)
+    mean, std = trained.datamodule.mean, trained.datamodule.std
+    model = trained.model
+    assert model.data_mean.tolist() == pytest.approx(mean) and model.data_std.tolist() == pytest.approx(std)
+    old = load_checkpoint(ckpt_path)
+    del old["state_dict"]["data_mean"], old["state_dict"]["data_std"]
+    old[CONFIG_KEY]["model"]["n_images"] = 8
+    torch.save(old, tmp_path / "old.ckpt")
+    loaded = load_trained(tmp_path / "old.ckpt").model
+    assert loaded.data_mean.tolist() == pytest.approx(mean) and loaded.data_std.tolist() == pytest.approx(std)
 
 
 def test_tensorboard_has_reconstructions_mistakes_and_schedule(ae_run: tuple[DictConfig, dict]) -> None:

@@ -288,6 +288,13 @@ class ImageDataModule(L.LightningDataModule):
             self.decoded()
 
     def setup(self, stage: str | None = None) -> None:
+        self._plan()
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        if hasattr(model, "set_statistics"):  # kept as buffers on the model: a checkpoint's module needs no data
+            model.set_statistics(self.mean, self.std)
+
+    def _plan(self) -> None:
+        """Splits, sources, duplicates and normalization statistics, once."""
         if self.splits:
             return
         if self.fit == "random_crop" and self.loader != "stream":

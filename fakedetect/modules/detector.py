@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
@@ -14,17 +14,14 @@ from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
-    BinaryConfusionMatrix,
     BinaryF1Score,
     BinaryPrecision,
     BinaryRecall,
-    BinaryROC,
 )
 from torchvision.transforms.v2.functional import horizontal_flip
 
 from fakedetect.metrics.thresholds import SelectedThresholds
 from fakedetect.nets.base import DetectorNet
-from fakedetect.reporting.figures import log_figure
 from fakedetect.utils.errors import ConfigError, is_number, require
 
 log = logging.getLogger(__name__)
@@ -33,6 +30,10 @@ log = logging.getLogger(__name__)
 NAMED_THRESHOLDS = ("youden", "f1")
 # test-time augmentations: None (off), or flip (P(FAKE) averaged over the image and its horizontal mirror)
 TTA = (None, "flip")
+# buffers of the training data's per-channel normalization statistics
+STATISTICS = ("data_mean", "data_std")
+# where a checkpoint keeps the data module's state (its class name, as Lightning saves it)
+DATA_STATE = "ImageDataModule"
 
 
 # Inputs are sigmoid probabilities and 0/1 labels by construction; torchmetrics' checks of them would read the
@@ -68,7 +69,11 @@ class Detector(L.LightningModule):
     `predict_step` is the one scorer of a preprocessed batch: test metrics, eval's report, robustness,
     Grad-CAM, predict and the bench all turn logits into P(FAKE) through it or the same `probabilities`.
     `tta` (test-time augmentation) applies there and to validation and test steps alike, so thresholds are
-    fitted on the scores they decide; eval and predict may set another `tta` on a trained detector.
+    fitted on the scores they decide; eval and predict may set another `tta` on a trained detector. Validation
+    and test steps return those P(FAKE), for callbacks (`fakedetect.reporting.callbacks` draws the figures).
+
+    The training data's per-channel normalization statistics are buffers (`data_mean`, `data_std`: empty until
+    `set_statistics`, which the data module calls in its setup), so a checkpoint's module brings them itself.
     """
 
     # constructor arguments that are modules or factories, kept out of the saved hyperparameters
@@ -99,11 +104,11 @@ class Detector(L.LightningModule):
         self.train_acc = BinaryAccuracy(threshold=fixed, **UNCHECKED)
         self.val_metrics = detection_metrics(fixed, "val/")
         self.test_metrics = detection_metrics(fixed, "test/")
-        self.test_confusion = BinaryConfusionMatrix(threshold=fixed)
-        self.test_roc = BinaryROC()
         self.val_acc_best = MaxMetric()
         self.val_scores = SelectedThresholds()
         self.register_buffer("val_thresholds", torch.full((len(NAMED_THRESHOLDS),), math.nan))
+        for name in STATISTICS:
+            self.register_buffer(name, torch.empty(0))
 
     @property
     def tta(self) -> str | None:
@@ -145,6 +150,19 @@ class Detector(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def set_statistics(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """The per-channel mean and std the data module normalizes batches with."""
+        self.data_mean = torch.tensor(mean, dtype=torch.float32, device=self.val_thresholds.device)
+        self.data_std = torch.tensor(std, dtype=torch.float32, device=self.val_thresholds.device)
+
+    def unnormalize(self, x: Tensor) -> Tensor:
+        """A normalized batch brought back to [0, 1] images."""
+        if not len(self.data_mean):
+            raise RuntimeError(f"{type(self).__name__} has no normalization statistics: fit or test it with "
+                               "ImageDataModule, or load it from a checkpoint")
+        std, mean = self.data_std.view(1, -1, 1, 1), self.data_mean.view(1, -1, 1, 1)
+        return (x * std.to(x.dtype) + mean.to(x.dtype)).clamp_(0, 1)
+
     @staticmethod
     def probabilities(logits: Tensor) -> Tensor:
         return logits.detach().float().sigmoid()
@@ -184,12 +202,13 @@ class Detector(L.LightningModule):
     def on_train_start(self) -> None:
         self.val_acc_best.reset()
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, probs, y = self._step(batch)
         probs = self.augmented(batch[0], probs)
         self.val_metrics.update(probs, y)
         self.val_scores.update(probs, y)
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        return probs
 
     def on_validation_epoch_end(self) -> None:
         # computed values are already reduced across ranks by torchmetrics; sync_dist averages equal values
@@ -205,28 +224,21 @@ class Detector(L.LightningModule):
 
     def on_test_start(self) -> None:
         threshold = self.decision_threshold
-        for metric in [*self.test_metrics.values(), self.test_confusion]:
+        for metric in self.test_metrics.values():
             if hasattr(metric, "threshold"):  # AUROC has none
                 metric.threshold = threshold
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, probs, y = self._step(batch)
         probs = self.augmented(batch[0], probs)
         self.test_metrics.update(probs, y)
-        self.test_confusion.update(probs, y)
-        self.test_roc.update(probs, y)
         self.log("test/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        return probs
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.log("test/threshold", self.decision_threshold, sync_dist=True)
         self.test_metrics.reset()
-        fig, _ = self.test_confusion.plot(labels=self.class_names())
-        log_figure(self.loggers, "test/confusion_matrix", fig, self.global_step)
-        fig, _ = self.test_roc.plot(score=True)
-        log_figure(self.loggers, "test/roc", fig, self.global_step)
-        self.test_confusion.reset()
-        self.test_roc.reset()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """The thresholds as plain numbers too, for readers of the file (None before any validation)."""
@@ -235,19 +247,21 @@ class Detector(L.LightningModule):
                                     "value": thresholds[self.threshold_name]}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Older checkpoints load: without thresholds (none chosen, not a missing-key error), or with the
-        `_orig_mod.` keys of a net that `torch.compile` wrapped."""
+        """Older checkpoints load: without thresholds (none chosen, not a missing-key error), without statistics
+        (taken from the data module's state saved beside them), or with the `_orig_mod.` keys of a net that
+        `torch.compile` wrapped. The statistics buffers take the checkpoint's shape (1 or 3 channels)."""
         state = checkpoint["state_dict"]
         for key in [k for k in state if "._orig_mod." in k]:
             state[key.replace("._orig_mod.", ".", 1)] = state.pop(key)
         if "val_thresholds" not in state:
             log.warning("checkpoint predates val_thresholds: no youden or f1 threshold is known, a number still works")
             state["val_thresholds"] = torch.full((len(NAMED_THRESHOLDS),), math.nan)
-
-    def class_names(self) -> list[str] | None:
-        """The data module's class names (negative first); None when the data comes without one."""
-        classes = getattr(self.trainer.datamodule, "classes", None)
-        return list(classes) if classes else None
+        data = checkpoint.get(DATA_STATE)
+        for name, key in zip(STATISTICS, ("mean", "std"), strict=True):
+            if name not in state and isinstance(data, dict) and data.get(key) is not None:
+                state[name] = torch.tensor(data[key], dtype=torch.float32)
+            if isinstance(state.get(name), Tensor):
+                setattr(self, name, torch.empty_like(state[name], device=self.val_thresholds.device))
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer_factory(params=self.net.param_groups())

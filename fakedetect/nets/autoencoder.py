@@ -15,13 +15,12 @@ import torch
 from torch import nn
 
 from fakedetect.nets.backbone import Backbone
-from fakedetect.nets.base import DetectorNet
+from fakedetect.nets.base import DetectorNet, conv_bn_relu
 
 
 def _upsample(c_in: int, c_out: int, batch_norm: bool) -> list[nn.Module]:
     """A transposed conv that doubles the size, [BatchNorm], ReLU."""
-    return [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=not batch_norm),
-            *([nn.BatchNorm2d(c_out)] if batch_norm else []), nn.ReLU(inplace=True)]
+    return conv_bn_relu(nn.ConvTranspose2d, c_in, c_out, batch_norm, kernel_size=4, stride=2, padding=1)
 
 
 class ConvAutoencoder(DetectorNet):
@@ -41,14 +40,10 @@ class ConvAutoencoder(DetectorNet):
         if resolution % 2 ** len(filters):
             raise ValueError(f"resolution {resolution} must be a multiple of {2 ** len(filters)} for "
                              f"{len(filters)} stride-2 layers")
-        encoder: list[nn.Module] = []
-        channels = in_channels
-        for out in filters:
-            encoder += [nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=not batch_norm)]
-            encoder += [nn.BatchNorm2d(out)] if batch_norm else []
-            encoder += [nn.ReLU(inplace=True)]
-            channels = out
-        self.encoder = nn.Sequential(*encoder)
+        channels = [in_channels, *filters]
+        self.encoder = nn.Sequential(*(m for c_in, c_out in pairwise(channels) for m in
+                                       conv_bn_relu(nn.Conv2d, c_in, c_out, batch_norm, kernel_size=3, stride=2,
+                                                    padding=1)))
         decoder = [m for c_in, c_out in pairwise(reversed(filters)) for m in _upsample(c_in, c_out, batch_norm)]
         decoder += [nn.ConvTranspose2d(filters[0], in_channels, 4, stride=2, padding=1), nn.Sigmoid()]
         self.decoder = nn.Sequential(*decoder)

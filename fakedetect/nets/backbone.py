@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import huggingface_hub.constants
@@ -21,6 +23,18 @@ log = logging.getLogger(__name__)
 
 # HF_HUB_OFFLINE values (unset included) that keep timm to its cache
 HUB_OFFLINE = {"1", "ON", "YES", "TRUE"}
+
+
+@contextmanager
+def hub_offline(offline: bool) -> Iterator[None]:
+    """huggingface_hub's offline flag set for the calls inside only (timm passes no offline argument to the hub),
+    and restored after."""
+    saved = huggingface_hub.constants.HF_HUB_OFFLINE
+    huggingface_hub.constants.HF_HUB_OFFLINE = offline
+    try:
+        yield
+    finally:
+        huggingface_hub.constants.HF_HUB_OFFLINE = saved
 
 
 class PretrainedWeightsError(ConfigError):
@@ -126,15 +140,12 @@ class Backbone(DetectorNet):
             if not Path(self.weights_path).is_file():
                 raise PretrainedWeightsError(f"model.net.weights_path={self.weights_path} is not a file")
             return load_state_dict(self.weights_path)
-        offline = huggingface_hub.constants.HF_HUB_OFFLINE
-        huggingface_hub.constants.HF_HUB_OFFLINE = os.environ.get("HF_HUB_OFFLINE", "1").upper() in HUB_OFFLINE
         try:
-            return timm.create_model(self.name, pretrained=True).state_dict()
+            with hub_offline(os.environ.get("HF_HUB_OFFLINE", "1").upper() in HUB_OFFLINE):
+                return timm.create_model(self.name, pretrained=True).state_dict()
         except Exception as err:  # noqa: BLE001 - offline, no cache, no such weights: all mean the same to the user
             raise PretrainedWeightsError(
                 f"no pretrained weights for {self.name}: not in timm's cache and not downloaded "
                 f"({type(err).__name__}; HF_HUB_OFFLINE=0 allows a download); pass a local file with "
                 f"model.net.weights_path=/path/to/file.pth or train from scratch with model.net.pretrained=false"
             ) from None
-        finally:
-            huggingface_hub.constants.HF_HUB_OFFLINE = offline

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
+
+
+def conv_bn_relu(conv: type[nn.Conv2d | nn.ConvTranspose2d], c_in: int, c_out: int, batch_norm: bool,
+                 **conv_args: Any) -> list[nn.Module]:
+    """conv -> [BatchNorm] -> ReLU, the block of every conv net here; no conv bias under BatchNorm, which
+    would cancel it."""
+    return [conv(c_in, c_out, bias=not batch_norm, **conv_args), *([nn.BatchNorm2d(c_out)] if batch_norm else []),
+            nn.ReLU(inplace=True)]
 
 
 class DetectorNet(nn.Module):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from fakedetect.nets.base import DetectorNet
+from fakedetect.nets.base import DetectorNet, conv_bn_relu
 
 
 class FlexibleCNN(DetectorNet):
@@ -39,9 +39,8 @@ class FlexibleCNN(DetectorNet):
         blocks: list[nn.Module] = []
         channels = in_channels
         for out, k in zip(filters[:n_layers], kernel_sizes[:n_layers], strict=True):
-            blocks += [nn.Conv2d(channels, out, k, padding="same", bias=not batch_norm)]
-            blocks += [nn.BatchNorm2d(out)] if batch_norm else []
-            blocks += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            blocks += [*conv_bn_relu(nn.Conv2d, channels, out, batch_norm, kernel_size=k, padding="same"),
+                       nn.MaxPool2d(2)]
             channels = out
         self.features = nn.Sequential(*blocks)
         with torch.no_grad():

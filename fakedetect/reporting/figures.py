@@ -1,20 +1,32 @@
-"""Sending matplotlib figures to whichever loggers can show them."""
+"""Figures drawn on their own Agg canvas, so no matplotlib backend is chosen or switched, and sent to loggers."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torchmetrics import Metric
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+
+def new_figure(**kwargs: Any) -> Figure:
+    """A Figure (figsize=..., ...) with a non-interactive canvas: `savefig` and TensorBoard work, no window opens."""
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def metric_figure(metric: Metric, **kwargs: Any) -> Figure:
+    """A torchmetrics metric's own `plot` (confusion matrix, ROC, ...), drawn on a new Agg figure."""
+    fig = new_figure()
+    metric.plot(ax=fig.subplots(), **kwargs)
+    return fig
 
 
 def log_figure(loggers: Iterable[object], tag: str, fig: Figure, step: int) -> None:
-    """Add the figure to every logger with a TensorBoard-style `add_figure`, then close it."""
+    """Add the figure to every logger with a TensorBoard-style `add_figure`."""
     for logger in loggers:
         experiment = getattr(logger, "experiment", None)
         if hasattr(experiment, "add_figure"):
             experiment.add_figure(tag, fig, global_step=step, close=False)
-    plt.close(fig)

@@ -16,7 +16,7 @@ from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.metrics.thresholds import decide
 from fakedetect.modules.detector import Detector
 from fakedetect.nets.base import DetectorNet
-from fakedetect.reporting.figures import plt
+from fakedetect.reporting.figures import new_figure
 from fakedetect.reporting.predictions import score
 from fakedetect.utils.errors import ConfigError
 
@@ -108,8 +108,8 @@ def gradcam_figure(
 ) -> Figure:
     """Image and overlay side by side; titles give the true class and P(FAKE), green if right, red if wrong."""
     rows = math.ceil(len(images) / cols)
-    fig, axes = plt.subplots(rows, 2 * cols, figsize=(4 * cols, 2.3 * rows + 0.5), squeeze=False,
-                             layout="constrained")
+    fig = new_figure(figsize=(4 * cols, 2.3 * rows + 0.5), layout="constrained")
+    axes = fig.subplots(rows, 2 * cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     predictions = decide(probs, threshold)

@@ -25,7 +25,7 @@ from torchmetrics.functional.classification import (
 )
 
 from fakedetect.metrics.thresholds import decide
-from fakedetect.reporting.figures import log_figure, plt
+from fakedetect.reporting.figures import log_figure, metric_figure, new_figure
 
 
 def threshold_metrics(probs: torch.Tensor, labels: torch.Tensor, threshold: float, classes: Sequence[str]
@@ -68,7 +68,8 @@ def reliability_figure(probs: np.ndarray, labels: np.ndarray, ece: float, positi
     counts = np.bincount(which, minlength=bins)
     observed = np.bincount(which, weights=labels, minlength=bins) / np.maximum(counts, 1)
     centres = (edges[:-1] + edges[1:]) / 2
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = new_figure(figsize=(5, 5))
+    ax = fig.subplots()
     ax.bar(centres[counts > 0], observed[counts > 0], width=1 / bins, edgecolor="black", alpha=0.7, label="observed")
     ax.plot([0, 1], [0, 1], "k--", label="calibrated")
     ax.set(xlabel=f"predicted probability of {positive}", ylabel=f"fraction {positive}",
@@ -80,7 +81,8 @@ def reliability_figure(probs: np.ndarray, labels: np.ndarray, ece: float, positi
 def mistakes_figure(mistakes: ConfidentMistakes, classes: Sequence[str]) -> Figure:
     """The most confident false positives and false negatives."""
     per_kind = mistakes.per_kind
-    fig, axes = plt.subplots(2, per_kind, figsize=(1.6 * per_kind, 4), squeeze=False)
+    fig = new_figure(figsize=(1.6 * per_kind, 4))
+    axes = fig.subplots(2, per_kind, squeeze=False)
     for c, (images, probs) in enumerate(zip(mistakes.images, mistakes.probs, strict=True)):
         for k in range(per_kind):
             ax = axes[c][k]
@@ -123,7 +125,8 @@ def write_report(
     for name, metric in (("confusion_matrix", BinaryConfusionMatrix(threshold=mistakes.threshold)),
                          ("roc", BinaryROC()), ("precision_recall", BinaryPrecisionRecallCurve())):
         metric.update(p, y)
-        figures[name] = metric.plot(**({"labels": list(classes)} if name == "confusion_matrix" else {"score": True}))[0]
+        figures[name] = metric_figure(metric, **({"labels": list(classes)} if name == "confusion_matrix" else
+                                                 {"score": True}))
     figures["reliability"] = reliability_figure(p.numpy(), y.numpy(), ece, classes[1])
     figures["mistakes"] = mistakes_figure(mistakes, classes)
     for name, fig in figures.items():

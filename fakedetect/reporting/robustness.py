@@ -13,7 +13,7 @@ from torchmetrics.functional.classification import binary_accuracy, binary_auroc
 
 from fakedetect.data.degrade import DEGRADATIONS, degrade
 from fakedetect.metrics.thresholds import decide
-from fakedetect.reporting.figures import log_figure, plt
+from fakedetect.reporting.figures import log_figure, new_figure
 from fakedetect.utils.errors import ConfigError
 
 DEFAULT_CONDITIONS = ("clean", "jpeg:95", "jpeg:75", "jpeg:50", "resize:0.5", "resize:0.25", "blur:0.5", "blur:1.0",
@@ -61,7 +61,8 @@ def write_robustness(folder: Path, rows: list[dict], loggers: Iterable[object] =
     lines = ["| condition | accuracy | AUROC |", "| --- | --- | --- |"]
     lines += [f"| {r['condition']} | {r['acc']:.4f} | {r['auroc']:.4f} |" for r in rows]
     (folder / "robustness.md").write_text("\n".join(lines) + "\n")
-    fig, ax = plt.subplots(figsize=(1 + 0.8 * len(rows), 4))
+    fig = new_figure(figsize=(1 + 0.8 * len(rows), 4))
+    ax = fig.subplots()
     x = np.arange(len(rows))
     ax.bar(x - 0.2, [r["acc"] for r in rows], 0.4, label="accuracy")
     ax.bar(x + 0.2, [r["auroc"] for r in rows], 0.4, label="AUROC")

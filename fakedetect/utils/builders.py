@@ -46,9 +46,11 @@ MODEL_TARGETS = (
     "torchmetrics.regression.*",
     "pytorch_msssim.*",
 )
-# What a run's own config (conf/ and the command line) may build besides: Lightning's trainer and its parts.
+# What a run's own config (conf/ and the command line) may build besides: Lightning's trainer and its parts, and
+# the figure callbacks.
 RUN_TARGETS = (
     *MODEL_TARGETS,
+    "fakedetect.reporting.callbacks.*",
     "lightning.pytorch.trainer.*",
     "lightning.pytorch.callbacks.*",
     "lightning.pytorch.loggers.*",

@@ -77,6 +77,7 @@ def checkpoint_config(checkpoint: Mapping[str, Any], path: str | Path = "") -> D
     missing = [key for key in ("data", "model", "loss") if not isinstance(cfg.get(key), DictConfig)]
     if missing:
         raise ConfigError(f"ckpt_path={path}: its fakedetect config has no {', '.join(missing)} section")
+    cfg.model.pop("n_images", None)  # autoencoders' before their figures moved to callbacks.reconstructions
     return cfg
 
 

@@ -1,0 +1,130 @@
+"""TensorBoard figures and image grids of a run, as Lightning callbacks: the LightningModules draw nothing.
+
+Both read what a Detector's validation and test steps return, P(FAKE) of the batch, and the batch itself; the
+class names come from the data module when it has them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+from torchmetrics.classification import BinaryConfusionMatrix, BinaryROC
+from torchvision.utils import make_grid
+
+from fakedetect.metrics.thresholds import decide
+from fakedetect.reporting.figures import log_figure, metric_figure, new_figure
+
+# names of label 0 and 1 when the data module gives none
+DEFAULT_CLASSES = ("0", "1")
+
+
+def class_names(trainer: L.Trainer) -> list[str]:
+    classes = getattr(trainer.datamodule, "classes", None)
+    return list(classes) if classes else list(DEFAULT_CLASSES)
+
+
+class TestFigures(L.Callback):
+    """The test split's confusion matrix (at the module's decision threshold) and ROC curve: `test/confusion_matrix`
+    and `test/roc`."""
+
+    def __init__(self) -> None:
+        self.confusion = BinaryConfusionMatrix()
+        self.roc = BinaryROC()
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.confusion = BinaryConfusionMatrix(threshold=pl_module.decision_threshold).to(pl_module.device)
+        self.roc = BinaryROC().to(pl_module.device)
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Tensor,
+                          batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.confusion.update(outputs, batch[1])
+        self.roc.update(outputs, batch[1])
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = pl_module.global_step
+        log_figure(pl_module.loggers, "test/confusion_matrix",
+                   metric_figure(self.confusion, labels=class_names(trainer)), step)
+        log_figure(pl_module.loggers, "test/roc", metric_figure(self.roc, score=True), step)
+        self.confusion.reset()
+        self.roc.reset()
+
+
+class Reconstructions(L.Callback):
+    """For a net with `autoencode` (the autoencoders; other nets are left alone): the first `n_images` of every
+    validation and of the test, originals over reconstructions (`val/reconstructions`, `test/reconstructions`),
+    and the first `n_images` misclassified test images with their reconstruction and confidence
+    (`test/misclassified`)."""
+
+    def __init__(self, n_images: int = 8) -> None:
+        self.n_images = n_images
+        self._threshold = 0.5
+        self._mistakes: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+
+    @torch.no_grad()
+    def _pairs(self, pl_module: L.LightningModule, x: Tensor) -> tuple[Tensor, Tensor]:
+        """[0, 1] images of the normalized batch `x`, and the net's reconstructions of them, on the CPU."""
+        _, reconstruction = pl_module.net.autoencode(x)
+        return pl_module.unnormalize(x).cpu(), reconstruction.float().cpu()
+
+    def _grid(self, pl_module: L.LightningModule, stage: str, x: Tensor) -> None:
+        """Originals (top row) over their reconstructions (bottom row), to every TensorBoard-like logger."""
+        images, reconstructions = self._pairs(pl_module, x[: self.n_images])
+        grid = make_grid(torch.cat([images, reconstructions]), nrow=len(images), pad_value=1.0)
+        for logger in pl_module.loggers:
+            if hasattr(getattr(logger, "experiment", None), "add_image"):
+                logger.experiment.add_image(f"{stage}/reconstructions", grid, pl_module.global_step)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Tensor,
+                                batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx == 0 and not trainer.sanity_checking and hasattr(pl_module.net, "autoencode"):
+            self._grid(pl_module, "val", batch[0])
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._threshold = pl_module.decision_threshold
+        self._mistakes = []
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Tensor,
+                          batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if not hasattr(pl_module.net, "autoencode"):
+            return
+        x, labels = batch
+        if batch_idx == 0:
+            self._grid(pl_module, "test", x)
+        room = self.n_images - sum(len(m[0]) for m in self._mistakes)
+        if room > 0:
+            wrong = (decide(outputs, self._threshold) != labels).nonzero().squeeze(1)[:room]
+            if len(wrong):
+                self._mistakes.append((*self._pairs(pl_module, x[wrong]), labels[wrong].cpu(), outputs[wrong].cpu()))
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._mistakes:
+            images, reconstructions, labels, probs = (torch.cat(t) for t in zip(*self._mistakes, strict=True))
+            self._mistakes = []
+            fig = reconstruction_mistakes_figure(images, reconstructions, labels, probs, self._threshold,
+                                                 class_names(trainer))
+            log_figure(pl_module.loggers, "test/misclassified", fig, pl_module.global_step)
+
+
+def reconstruction_mistakes_figure(
+    images: Tensor, reconstructions: Tensor, labels: Tensor, probs: Tensor, threshold: float, classes: Sequence[str]
+) -> Figure:
+    """Misclassified images over their reconstructions, titled as in the write-up: actual class, predicted
+    class and the confidence of that prediction."""
+    n = len(images)
+    predictions = decide(probs, threshold).tolist()
+    fig = new_figure(figsize=(1.7 * n, 4.2))
+    axes = fig.subplots(2, n, squeeze=False)
+    for i, predicted in enumerate(predictions):
+        confidence = float(probs[i] if predicted else 1 - probs[i])
+        axes[0, i].set_title(f"Actual: {classes[int(labels[i])]}\nPred: {classes[predicted]}\nConf: {confidence:.2f}",
+                             fontsize=8)
+        for row, image in enumerate((images[i], reconstructions[i])):
+            axes[row, i].imshow(image.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[row, i].axis("off")
+    fig.suptitle("Misclassified test images (top) and their reconstructions (bottom)", fontsize=9)
+    fig.tight_layout()
+    return fig
