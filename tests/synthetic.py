@@ -14,6 +14,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 # source -> (label, mean RGB of its images)
@@ -39,6 +40,19 @@ def synthetic_image(rng: np.random.Generator, label: int, mean: tuple[int, int, 
     if label:
         field += 12 * (((x // 2 + y // 2) % 2)[..., None] - 0.5)
     return np.clip(field, 0, 255).astype(np.uint8)
+
+
+def smooth_images(n: int, seed: int = 0, detail: int = 8) -> torch.Tensor:
+    """(n, 3, 32, 32) uint8 noise drawn at `detail` px and upsampled: smooth as photos are (raw noise makes JPEG and
+    blur behave unlike on photos), with detail that a round trip through fewer pixels loses."""
+    g = torch.Generator().manual_seed(seed)
+    small = torch.randint(0, 256, (n, 3, detail, detail), generator=g, dtype=torch.uint8).float()
+    return torch.nn.functional.interpolate(small, size=32, mode="bilinear").round().to(torch.uint8)
+
+
+def noise_photo(rng: np.random.Generator, width: int, height: int, mode: str = "RGB") -> Image.Image:
+    """Random pixels in any PIL mode (greyscale, RGBA, palette...): a file as a user might hand it in."""
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).convert(mode)
 
 
 def encode(pixels: np.ndarray, fmt: str) -> bytes:

@@ -6,18 +6,12 @@ import torch
 
 from fakedetect.data.augment import BatchAugment, random_resize
 from fakedetect.data.degrade import resize
-
-
-def smooth_images(n: int, seed: int = 0) -> torch.Tensor:
-    """uint8 images with some detail above 8 px, so that a round trip through 8 px loses something."""
-    g = torch.Generator().manual_seed(seed)
-    small = torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8).float()
-    return torch.nn.functional.interpolate(small, size=32, mode="bilinear").round().to(torch.uint8)
+from tests.synthetic import smooth_images
 
 
 def test_random_resize_is_the_robustness_resize_on_the_chosen_share() -> None:
     torch.manual_seed(0)
-    x = smooth_images(400)
+    x = smooth_images(400, detail=16)  # detail above 8 px: a round trip through 8 px loses some
     out = random_resize(x.float() / 255, 1.0, (0.25, 0.25))
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
     assert (out * 255 - resize(x, 0.25).float()).abs().max() <= 1, "training and testing see the same operation"

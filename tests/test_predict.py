@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from fakedetect.train import train
 from fakedetect.utils.checkpoint import CONFIG_KEY, load_checkpoint, load_trained
 from fakedetect.utils.errors import ConfigError
 from tests.conftest import ROOT, SUBSET, assert_one_line, compose_config
+from tests.synthetic import noise_photo
 
 
 def train_tiny(out: Path, cifake: Path, cache: Path, *overrides: str) -> Path:
@@ -55,10 +57,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Images as people have them: JPEG, PNG, WebP, GIF; RGB, greyscale, RGBA, palette; any size; one corrupt."""
     root = tmp_path_factory.mktemp("photos")
     rng = np.random.default_rng(0)
-
-    def image(width: int, height: int, mode: str) -> Image.Image:
-        return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).convert(mode)
-
+    image = partial(noise_photo, rng)
     image(640, 480, "RGB").save(root / "photo.jpg", quality=90)
     image(50, 70, "L").save(root / "grey.png")
     image(33, 21, "RGBA").save(root / "alpha.webp")

@@ -28,17 +28,11 @@ from fakedetect.reporting.robustness import parse_condition, robustness_table
 from fakedetect.train import train
 from fakedetect.utils.errors import ConfigError
 from tests.conftest import ROOT, compose_config, subset_train_config
-
-
-def images(n: int = 8, seed: int = 0) -> torch.Tensor:
-    """Smooth random uint8 images (noise would make JPEG and blur behave unlike photos)."""
-    g = torch.Generator().manual_seed(seed)
-    small = torch.randint(0, 256, (n, 3, 8, 8), generator=g, dtype=torch.uint8).float()
-    return torch.nn.functional.interpolate(small, size=32, mode="bilinear").round().to(torch.uint8)
+from tests.synthetic import smooth_images
 
 
 def test_degradations_keep_shape_and_grow_with_strength() -> None:
-    x = images()
+    x = smooth_images(8)
     error = {}
     for kind, weak, strong in (("jpeg", 95, 30), ("resize", 0.5, 0.25), ("blur", 0.5, 2.0), ("noise", 0.01, 0.1)):
         a, b = degrade(x, kind, weak), degrade(x, kind, strong)
@@ -55,7 +49,7 @@ def test_degradations_keep_shape_and_grow_with_strength() -> None:
 
 def test_blur_jpeg_augmentation_changes_about_the_asked_share() -> None:
     torch.manual_seed(0)
-    x = images(400).float() / 255
+    x = smooth_images(400).float() / 255
     out = BatchAugment(blur_prob=0.5, blur_sigma=2.0)(x)
     changed = (out - x).abs().flatten(1).amax(1) > 1e-3
     assert 0.35 < changed.float().mean() < 0.65

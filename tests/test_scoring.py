@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
-from PIL import Image
 
 from fakedetect.eval import evaluate
 from fakedetect.gradcam import gradcam
@@ -26,6 +25,7 @@ from fakedetect.train import train
 from fakedetect.utils.checkpoint import load_checkpoint, load_trained
 from fakedetect.utils.errors import ConfigError
 from tests.conftest import ROOT, assert_one_line, compose_config, subset_train_config
+from tests.synthetic import noise_photo
 
 # model option -> extra overrides; ae_transfer gets timm's tiny test ResNet as its encoder and an MSE reconstruction
 # (no LPIPS weights needed), to stay fast: the code paths are those of the default ResNet-18
@@ -47,8 +47,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("photos")
     rng = np.random.default_rng(0)
     for i, (size, mode) in enumerate([((48, 40), "RGB"), ((32, 32), "L"), ((20, 64), "RGBA")]):
-        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-        Image.fromarray(pixels).convert(mode).save(root / f"{i}.png")
+        noise_photo(rng, *size, mode).save(root / f"{i}.png")
     (root / "readme.txt").write_text("not an image")
     return root
 

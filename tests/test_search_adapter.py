@@ -152,31 +152,22 @@ def test_a_failed_jobs_exception_is_read_without_raising() -> None:
         job.return_value  # noqa: B018
 
 
-def private_attributes(path: Path) -> set[str]:
-    """The `x._name` attributes a file reads (its own `self._helpers` included)."""
-    return {
-        node.attr
-        for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
-    }
-
-
-def private_imports(path: Path) -> set[str]:
-    return {
-        node.module
-        for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, ast.ImportFrom)
-        and node.module
-        and any(part.startswith("_") and part != "__future__" for part in node.module.split("."))
-    }
+def private_names(path: Path) -> tuple[set[str], set[str]]:
+    """The `x._name` attributes a file reads (its own `self._helpers` included), and the private modules it imports
+    from."""
+    nodes = list(ast.walk(ast.parse(path.read_text())))
+    attributes = {n.attr for n in nodes if isinstance(n, ast.Attribute) and n.attr.startswith("_") and n.attr[1] != "_"}
+    modules = {n.module for n in nodes if isinstance(n, ast.ImportFrom) and n.module and n.module != "__future__"}
+    return attributes, {m for m in modules if any(part.startswith("_") for part in m.split("."))}
 
 
 def test_only_the_adapter_touches_internals_and_each_is_checked() -> None:
     path = ROOT / "fakedetect" / "search" / "adapter.py"
-    used = private_attributes(path)
+    used, _ = private_names(path)
     assert used <= CHECKED, f"adapter.py touches {sorted(used - CHECKED)}: add a check for it here"
     others = [*(ROOT / "fakedetect" / "search").glob("*.py"), *(ROOT / "hydra_plugins").rglob("*.py")]
     for other in others:
         if other != path:
-            leaks = (private_attributes(other) & CHECKED) | private_imports(other)
+            attributes, modules = private_names(other)
+            leaks = (attributes & CHECKED) | modules
             assert not leaks, f"{other.relative_to(ROOT)} uses {sorted(leaks)}: go through fakedetect/search/adapter.py"
