@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.metrics.thresholds import SelectedThresholds
+from fakedetect.reporting.callbacks import Reconstructions, TestFigures
 from fakedetect.reporting.dedup import dedup_metrics
 from fakedetect.reporting.per_source import per_source_metrics, write_per_source
 from fakedetect.reporting.predictions import Scores, choose_tta, split_scores, tested_scores
@@ -86,7 +87,7 @@ def evaluate_set(cfg: DictConfig, data: dict[str, Any], name: str | None, robust
     trained = load_trained(cfg.ckpt_path, data)
     model, datamodule, run_cfg = trained.model, trained.datamodule, trained.config
     choose_tta(model, cfg.get("tta"))
-    trainer = build_trainer(cfg, callbacks=[], loggers=set_loggers(cfg, name))
+    trainer = build_trainer(cfg, callbacks=[TestFigures(), Reconstructions()], loggers=set_loggers(cfg, name))
     where = f"test set {name}" if name else f"data.root={run_cfg.data.root}"
     if cfg.thresholds == "refit":
         datamodule.setup("validate")

@@ -77,6 +77,21 @@ def ae_run(tmp_path_factory: pytest.TempPathFactory, cifake_path: Path, cache_di
     return cfg, train(cfg)
 
 
+def image_tags(folder: Path) -> set[str]:
+    """The image tags of every TensorBoard event file under `folder`."""
+    tags: set[str] = set()
+    for event_file in folder.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(event_file))
+        acc.Reload()
+        if "images" in acc.ActivePlugins():
+            tags |= set(acc.PluginTagToContent("images"))
+    return tags
+
+
+# what fakedetect.reporting.callbacks draws for an autoencoder's test
+FIGURES = {"test/reconstructions", "test/misclassified", "test/confusion_matrix", "test/roc"}
+
+
 def test_ae_conv_learns_and_tests_at_the_youden_threshold(ae_run: tuple[DictConfig, dict]) -> None:
     cfg, metrics = ae_run
     assert metrics["test/acc"] > 0.65, metrics
@@ -95,6 +110,7 @@ def test_eval_applies_the_checkpoints_threshold(ae_run: tuple[DictConfig, dict],
     result = evaluate(compose_config("eval", [f"ckpt_path={ckpt_path}", "trainer=cpu", "report=false"], tmp_path))
     for key in ("test/threshold", "test/acc", "test/f1", "test/recon_loss"):
         assert result[key] == pytest.approx(metrics[key], abs=1e-6), key
+    assert image_tags(tmp_path) >= FIGURES  # eval's TensorBoard has the figure callbacks' images too
 
 
 def test_module_brings_its_statistics_and_old_checkpoints_load(ae_run: tuple[DictConfig, dict],
@@ -117,16 +133,13 @@ def test_module_brings_its_statistics_and_old_checkpoints_load(ae_run: tuple[Dic
 
 def test_tensorboard_has_reconstructions_mistakes_and_schedule(ae_run: tuple[DictConfig, dict]) -> None:
     cfg, _ = ae_run
-    images: set[str] = set()
     c_weights: list[float] = []
     for event_file in (Path(cfg.paths.output_dir) / "tensorboard").glob("events.out.tfevents.*"):
         acc = EventAccumulator(str(event_file))
         acc.Reload()
-        if "images" in acc.ActivePlugins():
-            images |= set(acc.PluginTagToContent("images"))
         if "train/c_weight" in acc.PluginTagToContent("scalars"):
             c_weights = [float(make_ndarray(e.tensor_proto)) for e in acc.Tensors("train/c_weight")]
-    assert {"val/reconstructions", "test/reconstructions", "test/misclassified"} <= images
+    assert {"val/reconstructions", *FIGURES} <= image_tags(Path(cfg.paths.output_dir) / "tensorboard")
     # frozen for the first quarter of the steps: epoch 1 averages below 1, epoch 2 is all 1
     assert len(c_weights) == 2 and 0.3 < c_weights[0] < 0.7 and c_weights[1] == 1.0
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fakedetect.data.degrade import blur, jpeg, shrink
-from fakedetect.utils.errors import is_int, is_number, require
+from fakedetect.utils.errors import is_int, is_number, require_each
 
 
 def random_flip(x: Tensor) -> Tensor:
@@ -155,5 +155,4 @@ def _check_arguments(args: dict) -> None:
         ("resize_prob", share, "a probability in [0, 1]"),
         ("resize_scale", lambda v: pair(v, lambda f: is_number(f) and 0 < f <= 1), "[low, high] factors in (0, 1]"),
     ]
-    for key, ok, expected in checks:
-        require(f"data.augment.{key}", args[key], ok(args[key]), expected)
+    require_each("data.augment", args, checks)

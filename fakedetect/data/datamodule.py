@@ -39,7 +39,7 @@ from fakedetect.data.loaders import (
     litdata_loader,
 )
 from fakedetect.data.sources import Source
-from fakedetect.utils.errors import ConfigError, is_int, is_number, require
+from fakedetect.utils.errors import ConfigError, is_int, is_number, require, require_each
 
 log = logging.getLogger(__name__)
 
@@ -641,8 +641,7 @@ def _check_arguments(args: dict) -> None:
         ("litdata_dir", lambda v: v is None or (isinstance(v, str) and v),
          "null or the folder (or object storage URL) that python -m fakedetect.data.pack wrote"),
     ]
-    for key, ok, expected in checks:
-        require(f"data.{key}", args[key], ok(args[key]), expected)
+    require_each("data", args, checks)
     require("data.litdata_dir", args["litdata_dir"], args["loader"] != "litdata" or args["litdata_dir"],
             "set with data.loader=litdata: the output folder of python -m fakedetect.data.pack")
 

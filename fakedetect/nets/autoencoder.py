@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fakedetect.nets.backbone import Backbone
-from fakedetect.nets.base import DetectorNet, conv_bn_relu
+from fakedetect.nets.base import DetectorNet, conv_bn_relu, fc_head
 
 
 def _upsample(c_in: int, c_out: int, batch_norm: bool) -> list[nn.Module]:
@@ -48,9 +48,7 @@ class ConvAutoencoder(DetectorNet):
         decoder += [nn.ConvTranspose2d(filters[0], in_channels, 4, stride=2, padding=1), nn.Sigmoid()]
         self.decoder = nn.Sequential(*decoder)
         code = filters[-1] * (resolution // 2 ** len(filters)) ** 2
-        self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(code, fc_size), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(fc_size, 1)
-        )
+        self.classifier = fc_head(code, fc_size, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.encoder(x)).squeeze(1)

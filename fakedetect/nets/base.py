@@ -15,6 +15,12 @@ def conv_bn_relu(conv: type[nn.Conv2d | nn.ConvTranspose2d], c_in: int, c_out: i
             nn.ReLU(inplace=True)]
 
 
+def fc_head(features: int, fc_size: int, dropout: float) -> nn.Sequential:
+    """The conv nets' classifier: flatten -> FC(fc_size) -> ReLU -> dropout -> 1 logit."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(features, fc_size), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                         nn.Linear(fc_size, 1))
+
+
 class DetectorNet(nn.Module):
     """Base of every net: `forward` maps (N, C, H, W) float images to N logits (FAKE positive).
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from fakedetect.nets.base import DetectorNet, conv_bn_relu
+from fakedetect.nets.base import DetectorNet, conv_bn_relu, fc_head
 
 
 class FlexibleCNN(DetectorNet):
@@ -45,13 +45,7 @@ class FlexibleCNN(DetectorNet):
         self.features = nn.Sequential(*blocks)
         with torch.no_grad():
             flat = self.features(torch.zeros(1, in_channels, resolution, resolution)).numel()
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(flat, fc_size),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(fc_size, 1),
-        )
+        self.classifier = fc_head(flat, fc_size, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x)).squeeze(1)

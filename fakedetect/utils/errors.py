@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 from hydra.core.hydra_config import HydraConfig
@@ -32,6 +32,13 @@ def require(key: str, value: object, ok: bool, expected: str) -> None:
     """Raise `key must be <expected>, got <value>` unless ok: checked at construction, before anything runs on it."""
     if not ok:
         raise ConfigError(f"{key} must be {expected}, got {value!r}")
+
+
+def require_each(prefix: str, values: Mapping[str, object],
+                 checks: Iterable[tuple[str, Callable[[object], bool], str]]) -> None:
+    """`require` of every (key, test, expected) in `checks` on `values[key]`, named `<prefix>.<key>`."""
+    for key, ok, expected in checks:
+        require(f"{prefix}.{key}", values[key], ok(values[key]), expected)
 
 
 def user_error(err: BaseException) -> ConfigError | None:
