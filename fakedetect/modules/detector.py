@@ -152,8 +152,8 @@ class Detector(L.LightningModule):
 
     def set_statistics(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """The per-channel mean and std the data module normalizes batches with."""
-        self.data_mean = torch.tensor(mean, dtype=torch.float32, device=self.val_thresholds.device)
-        self.data_std = torch.tensor(std, dtype=torch.float32, device=self.val_thresholds.device)
+        self.data_mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
+        self.data_std = torch.tensor(std, dtype=torch.float32, device=self.device)
 
     def unnormalize(self, x: Tensor) -> Tensor:
         """A normalized batch brought back to [0, 1] images."""
@@ -261,7 +261,7 @@ class Detector(L.LightningModule):
             if name not in state and isinstance(data, dict) and data.get(key) is not None:
                 state[name] = torch.tensor(data[key], dtype=torch.float32)
             if isinstance(state.get(name), Tensor):
-                setattr(self, name, torch.empty_like(state[name], device=self.val_thresholds.device))
+                setattr(self, name, torch.empty_like(state[name], device=self.device))
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer_factory(params=self.net.param_groups())

@@ -6,7 +6,8 @@ class names come from the data module when it has them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -16,15 +17,31 @@ from torchmetrics.classification import BinaryConfusionMatrix, BinaryROC
 from torchvision.utils import make_grid
 
 from fakedetect.metrics.thresholds import decide
-from fakedetect.reporting.figures import log_figure, metric_figure, new_figure
+from fakedetect.modules.detector import Detector
+from fakedetect.reporting.figures import log_figure, log_image, metric_figure, new_figure
 
 # names of label 0 and 1 when the data module gives none
 DEFAULT_CLASSES = ("0", "1")
+# what a Lightning hook receives as a step's output
+StepOutput = Tensor | Mapping[str, Any] | None
 
 
 def class_names(trainer: L.Trainer) -> list[str]:
-    classes = getattr(trainer.datamodule, "classes", None)
+    classes = getattr(getattr(trainer, "datamodule", None), "classes", None)
     return list(classes) if classes else list(DEFAULT_CLASSES)
+
+
+def detector(pl_module: L.LightningModule) -> Detector:
+    if not isinstance(pl_module, Detector):
+        raise TypeError(f"the figure callbacks draw a fakedetect Detector's outputs, not a {type(pl_module).__name__}")
+    return pl_module
+
+
+def probabilities(outputs: StepOutput) -> Tensor:
+    """P(FAKE) of the batch: what Detector's validation and test steps return."""
+    if not isinstance(outputs, Tensor):
+        raise TypeError(f"the figure callbacks need a step that returns P(FAKE) as a tensor, got {type(outputs)}")
+    return outputs
 
 
 class TestFigures(L.Callback):
@@ -36,13 +53,13 @@ class TestFigures(L.Callback):
         self.roc = BinaryROC()
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.confusion = BinaryConfusionMatrix(threshold=pl_module.decision_threshold).to(pl_module.device)
+        self.confusion = BinaryConfusionMatrix(threshold=detector(pl_module).decision_threshold).to(pl_module.device)
         self.roc = BinaryROC().to(pl_module.device)
 
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Tensor,
-                          batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self.confusion.update(outputs, batch[1])
-        self.roc.update(outputs, batch[1])
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: StepOutput, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.confusion.update(probabilities(outputs), batch[1])
+        self.roc.update(probabilities(outputs), batch[1])
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = pl_module.global_step
@@ -64,41 +81,46 @@ class Reconstructions(L.Callback):
         self._threshold = 0.5
         self._mistakes: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
 
+    @staticmethod
+    def _autoencode(pl_module: L.LightningModule) -> Callable[[Tensor], tuple[Tensor, Tensor]] | None:
+        return getattr(detector(pl_module).net, "autoencode", None)
+
     @torch.no_grad()
     def _pairs(self, pl_module: L.LightningModule, x: Tensor) -> tuple[Tensor, Tensor]:
         """[0, 1] images of the normalized batch `x`, and the net's reconstructions of them, on the CPU."""
-        _, reconstruction = pl_module.net.autoencode(x)
-        return pl_module.unnormalize(x).cpu(), reconstruction.float().cpu()
+        autoencode = self._autoencode(pl_module)
+        assert autoencode is not None  # the hooks below return early without one
+        _, reconstruction = autoencode(x)
+        return detector(pl_module).unnormalize(x).cpu(), reconstruction.float().cpu()
 
     def _grid(self, pl_module: L.LightningModule, stage: str, x: Tensor) -> None:
-        """Originals (top row) over their reconstructions (bottom row), to every TensorBoard-like logger."""
+        """Originals (top row) over their reconstructions (bottom row)."""
         images, reconstructions = self._pairs(pl_module, x[: self.n_images])
         grid = make_grid(torch.cat([images, reconstructions]), nrow=len(images), pad_value=1.0)
-        for logger in pl_module.loggers:
-            if hasattr(getattr(logger, "experiment", None), "add_image"):
-                logger.experiment.add_image(f"{stage}/reconstructions", grid, pl_module.global_step)
+        log_image(pl_module.loggers, f"{stage}/reconstructions", grid, pl_module.global_step)
 
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Tensor,
-                                batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        if batch_idx == 0 and not trainer.sanity_checking and hasattr(pl_module.net, "autoencode"):
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: StepOutput,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx == 0 and not trainer.sanity_checking and self._autoencode(pl_module) is not None:
             self._grid(pl_module, "val", batch[0])
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._threshold = pl_module.decision_threshold
+        self._threshold = detector(pl_module).decision_threshold
         self._mistakes = []
 
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Tensor,
-                          batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        if not hasattr(pl_module.net, "autoencode"):
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: StepOutput, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._autoencode(pl_module) is None:
             return
         x, labels = batch
         if batch_idx == 0:
             self._grid(pl_module, "test", x)
         room = self.n_images - sum(len(m[0]) for m in self._mistakes)
         if room > 0:
-            wrong = (decide(outputs, self._threshold) != labels).nonzero().squeeze(1)[:room]
+            probs = probabilities(outputs)
+            wrong = (decide(probs, self._threshold) != labels).nonzero().squeeze(1)[:room]
             if len(wrong):
-                self._mistakes.append((*self._pairs(pl_module, x[wrong]), labels[wrong].cpu(), outputs[wrong].cpu()))
+                self._mistakes.append((*self._pairs(pl_module, x[wrong]), labels[wrong].cpu(), probs[wrong].cpu()))
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._mistakes:

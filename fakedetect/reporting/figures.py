@@ -7,6 +7,7 @@ from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from torch import Tensor
 from torchmetrics import Metric
 
 
@@ -27,6 +28,14 @@ def metric_figure(metric: Metric, **kwargs: Any) -> Figure:
 def log_figure(loggers: Iterable[object], tag: str, fig: Figure, step: int) -> None:
     """Add the figure to every logger with a TensorBoard-style `add_figure`."""
     for logger in loggers:
-        experiment = getattr(logger, "experiment", None)
-        if hasattr(experiment, "add_figure"):
-            experiment.add_figure(tag, fig, global_step=step, close=False)
+        add_figure = getattr(getattr(logger, "experiment", None), "add_figure", None)
+        if add_figure is not None:
+            add_figure(tag, fig, global_step=step, close=False)
+
+
+def log_image(loggers: Iterable[object], tag: str, image: Tensor, step: int) -> None:
+    """Add a (C, H, W) image in [0, 1] to every logger with a TensorBoard-style `add_image`."""
+    for logger in loggers:
+        add_image = getattr(getattr(logger, "experiment", None), "add_image", None)
+        if add_image is not None:
+            add_image(tag, image, step)
