@@ -161,3 +161,27 @@ def test_commands_are_found_by_their_hydra_main() -> None:
     tree = ast.parse("import hydra\n@hydra.main(config_path='c', config_name='x')\ndef main(cfg):\n    pass\n")
     assert hydra_mains(tree) and not hydra_mains(ast.parse("def main():\n    pass\n"))
 
+
+
+def test_figures_need_no_pyplot_backend(tmp_path: Path) -> None:
+    """Every figure of the report and the figure callbacks is drawn on its own Agg canvas: pyplot manages none of
+    them, so no backend is chosen, switched or opened (a window, on a desktop)."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    from fakedetect.reporting.callbacks import reconstruction_mistakes_figure
+    from fakedetect.reporting.report import ConfidentMistakes, write_report
+    from fakedetect.reporting.robustness import write_robustness
+
+    generator = torch.Generator().manual_seed(0)
+    probs, labels = torch.rand(32, generator=generator), torch.arange(32) % 2
+    mistakes = ConfidentMistakes(0.5, per_kind=2)
+    mistakes(torch.rand(32, 3, 8, 8, generator=generator), probs, labels)
+    plt.close("all")
+    write_report(tmp_path, probs, labels, mistakes, {"0.5": 0.5}, ["REAL", "FAKE"])
+    write_robustness(tmp_path, [{"condition": "clean", "acc": 0.9, "auroc": 0.95}])
+    reconstruction_mistakes_figure(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8), torch.tensor([0, 1]),
+                                   torch.tensor([0.9, 0.1]), 0.5, ["REAL", "FAKE"]).savefig(tmp_path / "ae.png")
+    assert plt.get_fignums() == []
+    assert {"confusion_matrix.png", "roc.png", "mistakes.png", "robustness.png", "ae.png"} <= {
+        p.name for p in tmp_path.iterdir()}
