@@ -18,7 +18,11 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-CIFAKE = Path(os.environ.get("CIFAKE_TEST_ARCHIVE", ROOT.parent / "shared" / "data" / "cifake" / "cifake.tar.gz"))
+# This machine's shared data and weights, from the variables conf/paths/default.yaml reads (paths.shared_dir,
+# paths.weights_dir), with the same defaults
+SHARED_DIR = Path(os.environ.get("FAKEDETECT_SHARED", ROOT.parent / "shared"))
+WEIGHTS_DIR = Path(os.environ.get("FAKEDETECT_WEIGHTS", SHARED_DIR / "weights"))
+CIFAKE = Path(os.environ.get("CIFAKE_TEST_ARCHIVE", SHARED_DIR / "data" / "cifake" / "cifake.tar.gz"))
 # One small stratified CIFAKE subset shared by the training tests, so it is decoded once per session.
 SUBSET = ["data.train_limit=2000", "data.test_limit=1000"]
 

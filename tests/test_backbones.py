@@ -22,9 +22,9 @@ from fakedetect.losses import BCEWithLogits
 from fakedetect.modules import Detector
 from fakedetect.nets import MLP, Backbone, PretrainedWeightsError
 from fakedetect.train import train
-from tests.conftest import ROOT, SUBSET
+from tests.conftest import ROOT, SUBSET, WEIGHTS_DIR
 
-EFFNET = ROOT.parent / "shared" / "weights" / "tf_efficientnet_lite0_in1k.pth"
+EFFNET = WEIGHTS_DIR / "tf_efficientnet_lite0_in1k.pth"
 
 
 def trainable(net: torch.nn.Module) -> int:

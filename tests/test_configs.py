@@ -1,4 +1,5 @@
-"""Every config group option and every experiment composes, and the nets and modules they name build."""
+"""Every config group option, experiment, search and command config composes, and the nets and modules they name
+build; the shared groups (optimizer, scheduler, augment, paths) give the keys the recipes always had."""
 
 from __future__ import annotations
 
@@ -8,25 +9,110 @@ import pytest
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fakedetect.modules import Detector
+from fakedetect.reporting.robustness import parse_condition
 from fakedetect.utils.builders import build_list, build_model, resolve_precision
-from tests.conftest import CONF, compose_config
+from tests.conftest import CONF, ROOT, WEIGHTS_DIR, compose_config
+
+ONE_CYCLE = {"_target_": "torch.optim.lr_scheduler.OneCycleLR", "_partial_": True, "pct_start": 0.2}
+# groups of other commands' configs: suite (bench's), checkpoint (eval's and gradcam's)
+NOT_TRAIN_GROUPS = {"experiment", "suite", "checkpoint"}
+# every command's primary config that knows this machine's paths
+COMMANDS = sorted(p.stem for p in CONF.glob("*.yaml") if "- paths: default" in p.read_text())
 
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize(
-    ("group", "option"),
-    [(g, o) for g in ("data", "model", "loss", "trainer", "logger", "callbacks", "paths", "hydra", "debug")
-     for o in options(g)],
-)
+def train_groups() -> list[str]:
+    return sorted(d.name for d in CONF.iterdir() if d.is_dir() and d.name not in NOT_TRAIN_GROUPS and options(d.name))
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in train_groups() for o in options(g)])
 def test_group_option_composes(group: str, option: str, tmp_path: Path) -> None:
     cfg = compose_config("train", [f"{group}={option}", "data.root=x"], tmp_path)
     assert cfg.model._target_ and cfg.data._target_ and cfg.trainer._target_
+    assert cfg.model.optimizer._target_ and cfg.model.scheduler_interval and cfg.data.augment._target_
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_with_paths_composes_and_reads_the_local_config(name: str, monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    monkeypatch.delenv("FAKEDETECT_WEIGHTS", raising=False)
+    assert Path(compose_config(name, [], tmp_path).paths.weights_dir).name == "weights"
+    local = compose_config(name, ["local=example"], tmp_path)
+    assert (local.paths.shared_dir, local.paths.weights_dir) == ("/data/shared", "/data/shared/weights")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "optimizer", "scheduler", "interval", "augment"),
+    [
+        ([], {"_target_": "torch.optim.Adam", "lr": 1e-3, "weight_decay": 0.0}, None, "epoch", (True, 2)),
+        (["optimizer=sgd", "scheduler=onecycle", "augment=none"],
+         {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+         {**ONE_CYCLE, "max_lr": 0.1}, "step", (False, 0)),
+        (["experiment=cnnv3"], {"_target_": "torch.optim.Adam", "lr": 2e-3, "weight_decay": 0.0},
+         {**ONE_CYCLE, "max_lr": 2e-3}, "step", (True, 4)),
+        (["experiment=resnet18_fast"],
+         {"_target_": "torch.optim.SGD", "lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+         {**ONE_CYCLE, "max_lr": 0.2, "pct_start": 0.25}, "step", (True, 4)),
+        (["experiment=cifake_top"], {"_target_": "torch.optim.AdamW", "lr": 2e-3, "weight_decay": 5e-2},
+         {**ONE_CYCLE, "max_lr": 2e-3}, "step", (True, 2)),
+        (["experiment=ae_transfer_hybrid"], {"_target_": "torch.optim.Adam", "lr": 1e-3, "weight_decay": 0.0},
+         {**ONE_CYCLE, "max_lr": 1e-3}, "step", (True, 2)),
+        (["experiment=fakefinder_best"], {"_target_": "torch.optim.Adam", "lr": 7.32e-4, "weight_decay": 0.0}, None,
+         "epoch", (False, 0)),
+        (["experiment=resnet18_scratch"], {"_target_": "torch.optim.Adam", "lr": 5e-4, "weight_decay": 0.0}, None,
+         "epoch", (True, 0)),
+        (["hparams_search=optuna"], {"_target_": "torch.optim.Adam", "lr": 1e-3, "weight_decay": 0.0}, None, "epoch",
+         (False, 0)),
+    ],
+)
+def test_group_choices_give_the_recipes_keys(overrides: list[str], optimizer: dict, scheduler: dict | None,
+                                             interval: str, augment: tuple[bool, int], tmp_path: Path) -> None:
+    """optimizer=, scheduler= and augment= (on the command line or an experiment's `override /...`) land at
+    model.optimizer, model.scheduler, model.scheduler_interval and data.augment with the values the recipes had
+    when each wrote its own block."""
+    cfg = compose_config("train", [*overrides, "data.root=x"], tmp_path)
+    assert OmegaConf.to_container(cfg.model.optimizer, resolve=True) == {**optimizer, "_partial_": True}
+    assert OmegaConf.to_container(cfg.model, resolve=True)["scheduler"] == scheduler
+    assert cfg.model.scheduler_interval == interval
+    assert (cfg.data.augment.flip, cfg.data.augment.translate) == augment
+    assert cfg.model.threshold == 0.5 and cfg.model.compile is False
+
+
+def test_robust_recipes_keep_their_degradations(tmp_path: Path) -> None:
+    blurjpeg = compose_config("train", ["experiment=cnnv3_blurjpeg", "data.root=x"], tmp_path).data.augment
+    robust = compose_config("train", ["experiment=cnnv3_robust", "data.root=x"], tmp_path).data.augment
+    assert (blurjpeg.blur_prob, blurjpeg.blur_sigma, blurjpeg.jpeg_prob, blurjpeg.resize_prob) == (0.5, 1.0, 0.5, 0.0)
+    assert (robust.blur_prob, robust.blur_sigma, robust.jpeg_prob, robust.resize_prob) == (0.5, 1.5, 0.5, 0.5)
+    assert robust.translate == blurjpeg.translate == 4 and list(robust.jpeg_quality) == [30, 100]
+
+
+def test_machine_paths_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """One home for this machine's locations: paths.shared_dir / weights_dir, read from FAKEDETECT_SHARED /
+    FAKEDETECT_WEIGHTS, feed every weights file the configs name; the tests' WEIGHTS_DIR reads the same."""
+    effnet = compose_config("train", ["experiment=effnet_lite0_pretrained", "data.root=x"], tmp_path)
+    assert Path(effnet.paths.weights_dir).resolve() == WEIGHTS_DIR.resolve()
+    lpips = compose_config("train", ["model=ae_transfer", "data.root=x"], tmp_path).model.reconstruction
+    monkeypatch.delenv("FAKEDETECT_SHARED", raising=False)
+    monkeypatch.delenv("FAKEDETECT_WEIGHTS", raising=False)
+    assert effnet.model.net.weights_path == f"{ROOT}/../shared/weights/tf_efficientnet_lite0_in1k.pth"
+    monkeypatch.setenv("FAKEDETECT_SHARED", "/mnt/shared")
+    assert effnet.model.net.weights_path == "/mnt/shared/weights/tf_efficientnet_lite0_in1k.pth"
+    assert lpips.weights_path == "/mnt/shared/weights/alexnet_features_imagenet.pth"
+    monkeypatch.setenv("FAKEDETECT_WEIGHTS", "/w")
+    assert lpips.weights_path == "/w/alexnet_features_imagenet.pth"
+
+
+def test_local_config_overrides_the_experiment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("FAKEDETECT_WEIGHTS", raising=False)
+    cfg = compose_config("train", ["experiment=effnet_lite0_pretrained", "local=example", "data.root=x"], tmp_path)
+    assert cfg.model.net.weights_path == "/data/shared/weights/tf_efficientnet_lite0_in1k.pth"
+    assert cfg.data.cache_dir == "/scratch/fakedetect-cache"
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
@@ -52,7 +138,7 @@ def test_loggers_and_callbacks_instantiate(logger: str, tmp_path: Path) -> None:
     assert len(build_list(cfg.logger)) == (2 if logger == "many" else 1)
     callbacks = build_list(cfg.callbacks)
     checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
-    assert len(callbacks) == 5 and [c.monitor for c in checkpoints] == ["val/acc", None], "best, then latest"
+    assert len(callbacks) == 7 and [c.monitor for c in checkpoints] == ["val/acc", None], "best, then latest"
 
 
 @pytest.mark.parametrize(
@@ -83,9 +169,17 @@ def test_ddp_sim_trainer_instantiates(tmp_path: Path) -> None:
     assert trainer.num_devices == 2
 
 
-def test_eval_config_composes(tmp_path: Path) -> None:
-    cfg = compose_config("eval", ["ckpt_path=some.ckpt", "data.root=other"], tmp_path)
-    assert cfg.ckpt_path == "some.ckpt" and cfg.data.root == "other"
+@pytest.mark.parametrize("name", ["eval", "gradcam"])
+def test_checkpoint_commands_replace_its_data_settings(name: str, tmp_path: Path) -> None:
+    cfg = compose_config(name, ["ckpt_path=some.ckpt", "data.root=other"], tmp_path)
+    assert cfg.ckpt_path == "some.ckpt" and cfg.data.root == "other" and cfg.data.test_limit is None
+    assert cfg.data.cache_dir == cfg.paths.cache_dir, "this machine's cache, never the checkpoint's"
+
+
+def test_eval_robustness_conditions_parse(tmp_path: Path) -> None:
+    """conf/eval.yaml holds the one list of default degradations; each is a condition robustness knows."""
+    conditions = compose_config("eval", ["ckpt_path=x"], tmp_path).robustness.conditions
+    assert conditions[0] == "clean" and all(parse_condition(c) for c in conditions)
 
 
 def test_slurm_launcher_composes(tmp_path: Path) -> None:

@@ -12,11 +12,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fakedetect.losses import BCEWithLogits, FocalLoss, HybridLoss, LossSchedule, LPIPSLoss, LPIPSWeightsError
-from tests.conftest import ROOT
+from tests.conftest import SHARED_DIR, WEIGHTS_DIR
 
-SHARED = ROOT.parent / "shared"
-WEIGHTS = Path(os.environ.get("FAKEDETECT_WEIGHTS", SHARED / "weights")) / "alexnet_features_imagenet.pth"
-REFERENCE = SHARED / "data" / "lpips-reference"
+WEIGHTS = WEIGHTS_DIR / "alexnet_features_imagenet.pth"
+REFERENCE = SHARED_DIR / "data" / "lpips-reference"
 # LPIPS (alex, v0.1) published by IQA-PyTorch for the five reference pairs (README of lpips-reference)
 PUBLISHED_LPIPS = {"I03": 0.7237, "I04": 0.2572, "I06": 0.05079, "I08": 0.05205, "I19": 0.4253}
 

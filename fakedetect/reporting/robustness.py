@@ -16,9 +16,6 @@ from fakedetect.metrics.thresholds import decide
 from fakedetect.reporting.figures import log_figure, new_figure
 from fakedetect.utils.errors import ConfigError
 
-DEFAULT_CONDITIONS = ("clean", "jpeg:95", "jpeg:75", "jpeg:50", "resize:0.5", "resize:0.25", "blur:0.5", "blur:1.0",
-                      "noise:0.02", "noise:0.05")
-
 
 def parse_condition(condition: str) -> tuple[str, float | None]:
     """'jpeg:75' -> ('jpeg', 75.0); 'clean' -> ('clean', None); anything else is a one-line config error."""
@@ -38,10 +35,11 @@ def parse_condition(condition: str) -> tuple[str, float | None]:
 def robustness_table(
     score: Callable[[Callable[[torch.Tensor], torch.Tensor] | None], tuple[torch.Tensor, ...]],
     threshold: float,
-    conditions: Iterable[str] = DEFAULT_CONDITIONS,
+    conditions: Iterable[str],
 ) -> list[dict]:
     """One row per condition: accuracy at `threshold` and AUROC of `score(transform)` -> (P(FAKE), labels, ...),
-    where `transform` degrades each uint8 NCHW test batch (None for the clean one)."""
+    where `transform` degrades each uint8 NCHW test batch (None for the clean one). The default conditions are
+    eval's `robustness.conditions` (conf/eval.yaml)."""
     parsed = {condition: parse_condition(condition) for condition in conditions}  # all checked before scoring
     rows = []
     for condition, (kind, strength) in parsed.items():
