@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
@@ -31,9 +30,10 @@ from fakedetect.reporting.per_source import per_source_metrics, write_per_source
 from fakedetect.reporting.predictions import Scores, choose_tta, split_scores, tested_scores
 from fakedetect.reporting.report import ConfidentMistakes, write_report
 from fakedetect.reporting.robustness import parse_condition, robustness_table, write_robustness
+from fakedetect.utils.app import command
 from fakedetect.utils.builders import build_list, build_trainer
 from fakedetect.utils.checkpoint import load_trained
-from fakedetect.utils.errors import ConfigError, one_line_errors
+from fakedetect.utils.errors import ConfigError
 from fakedetect.utils.records import machine, print_config, scalars, write_metrics
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("print_config"):
         print_config(cfg)
     if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed)
+        L.seed_everything(cfg.seed, verbose=False)
     out = Path(cfg.paths.output_dir)
     record: dict = {"task": "eval", "ckpt_path": str(cfg.ckpt_path), "machine": machine()}
     results = {name: evaluate_set(cfg, data, name, robustness, out / "report" / (name or ""))
@@ -158,8 +158,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
-@one_line_errors
+@command("eval")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
+from fakedetect.utils.app import command
 from fakedetect.utils.checkpoint import DETECTOR_JSON, WEIGHTS_FILE, export_detector, load_trained
-from fakedetect.utils.errors import ConfigError, one_line_errors
+from fakedetect.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,7 @@ def export(cfg: DictConfig) -> Path:
     return output
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
-@one_line_errors
+@command("export")
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
 from fakedetect.reporting.figures import log_figure
 from fakedetect.reporting.gradcam import explain_test_images
+from fakedetect.utils.app import command
 from fakedetect.utils.builders import build_list
 from fakedetect.utils.checkpoint import load_trained
 from fakedetect.utils.device import resolve_device
-from fakedetect.utils.errors import ConfigError, is_int, one_line_errors
+from fakedetect.utils.errors import ConfigError, is_int
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,7 @@ def gradcam(cfg: DictConfig) -> Path:
     return output
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="gradcam")
-@one_line_errors
+@command("gradcam")
 def main(cfg: DictConfig) -> None:
     gradcam(cfg)
 

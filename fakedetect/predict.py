@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
@@ -31,9 +30,10 @@ from fakedetect.data.decode import DEFAULT_MAX_PIXELS, check_fit, cover, decode_
 from fakedetect.data.layouts import IMAGE_SUFFIXES
 from fakedetect.metrics.thresholds import decide
 from fakedetect.reporting.predictions import choose_tta, score
+from fakedetect.utils.app import command
 from fakedetect.utils.checkpoint import load_trained
 from fakedetect.utils.device import resolve_device
-from fakedetect.utils.errors import ConfigError, is_int, is_number, one_line_errors
+from fakedetect.utils.errors import ConfigError, is_int, is_number
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,10 @@ def views(data: bytes, resolution: int, fit: str = "squash", crops: int | str = 
     under `resolution`), torchvision's five crops (corners and centre), or the non-overlapping tiles of the
     centred grid, at most `max_tiles` of them spread evenly over it."""
     if crops == 1:
-        return torch.from_numpy(decode_image(data, resolution, fit, max_pixels)).permute(2, 0, 1)[None]
+        # a copy: PIL's arrays are read-only, and torch warns on a tensor over read-only memory
+        return torch.from_numpy(decode_image(data, resolution, fit, max_pixels).copy()).permute(2, 0, 1)[None]
     with open_image(data, max_pixels) as img:
-        image = torch.from_numpy(np.asarray(cover(to_rgb(img), resolution))).permute(2, 0, 1)
+        image = torch.from_numpy(np.array(cover(to_rgb(img), resolution))).permute(2, 0, 1)
     if crops == 5:
         return torch.stack(five_crop(image, [resolution, resolution]))
     _, height, width = image.shape
@@ -192,8 +193,7 @@ def write_rows(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
-@one_line_errors
+@command("predict")
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

@@ -7,7 +7,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -15,9 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 from fakedetect.reporting.dedup import dedup_metrics
 from fakedetect.reporting.per_source import per_source_metrics
 from fakedetect.search.pruning import OptunaTrialCallback
+from fakedetect.utils.app import command
 from fakedetect.utils.builders import build_list, build_model, build_trainer, count_parameters, instantiate
+from fakedetect.utils.callbacks import LogInterval
 from fakedetect.utils.checkpoint import StoreConfig, resume_path
-from fakedetect.utils.errors import one_line_errors
 from fakedetect.utils.records import log_hparams, machine, print_config, scalars, write_metrics
 
 log = logging.getLogger(__name__)
@@ -28,10 +28,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("print_config"):
         print_config(cfg)
     if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     model = build_model(cfg)
-    callbacks = [*build_list(cfg.get("callbacks")), StoreConfig(OmegaConf.to_container(cfg, resolve=True))]
+    callbacks = [*build_list(cfg.get("callbacks")), StoreConfig(OmegaConf.to_container(cfg, resolve=True)),
+                 LogInterval()]
     if cfg.get("optuna_trial"):  # set by the fakedetect_optuna sweeper: report to, and be pruned by, this trial
         callbacks.append(OptunaTrialCallback(**cfg.optuna_trial, monitor=cfg.optimized_metric))
     loggers = build_list(cfg.get("logger"))
@@ -81,8 +82,7 @@ def metric_value(metrics: dict[str, float], name: str | Sequence[str] | None) ->
     return metrics[name]
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-@one_line_errors
+@command("train")
 def main(cfg: DictConfig) -> float | None:
     return metric_value(train(cfg), cfg.get("optimized_metric"))
 

@@ -373,11 +373,11 @@ def test_missing_exclude_file_names_the_key(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("command", "make_args", "expected"), [
-    ("train", lambda tmp: [], "`python -m fakedetect.data.download cifake`"),  # a new user's very first command
+    ("train", lambda tmp: [], "`python -m fakedetect.download cifake`"),  # a new user's very first command
     ("train", lambda tmp: [f"data.root={_garbage_zip(tmp)}"], "is not a readable .zip archive"),
     ("train", lambda tmp: ["loss=focal", "loss.gamma=abc"], "loss.gamma must be a number >= 0, got 'abc'"),
-    ("data.inspect", lambda tmp: [f"root={_truncated_tar(tmp)}"], "is not a readable .tar/.tar.gz archive"),
-], ids=["train-no-data", "train-not-a-zip", "train-loss-type", "inspect-truncated-tar"])
+    ("audit", lambda tmp: [f"root={_truncated_tar(tmp)}"], "is not a readable .tar/.tar.gz archive"),
+], ids=["train-no-data", "train-not-a-zip", "train-loss-type", "audit-truncated-tar"])
 def test_commands_end_in_one_line(command: str, make_args: Callable[[Path], list[str]], expected: str,
                                   tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("CIFAKE", "HYDRA_FULL_ERROR", "PROJECT_ROOT")}

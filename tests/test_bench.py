@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from fakedetect.bench import Span, Utilisation, measure_row, nvidia_smi_reader
+from fakedetect.benchmarks.throughput import Span, Utilisation, measure_row, nvidia_smi_reader
 from fakedetect.utils.errors import ConfigError
 from tests.conftest import ROOT, assert_one_line
 
@@ -95,7 +95,7 @@ def test_gpu_suite_unknown_stage_is_one_line(tmp_path: Path) -> None:
 
 
 def test_gpu_suite_record_that_is_not_one_is_a_config_error(tmp_path: Path) -> None:
-    from fakedetect.suite import load
+    from fakedetect.benchmarks.suite import load
     from fakedetect.utils.errors import ConfigError
 
     path = tmp_path / "bench-gpu.json"
@@ -112,7 +112,7 @@ def test_gpu_suite_search_past_its_deadline_is_reported_as_such(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers still running at the deadline are all killed, and the run says the deadline stopped it (not the
     exit code of a worker that was killed)."""
-    from fakedetect.suite import search
+    from fakedetect.benchmarks.suite import search
 
     slow = tmp_path / "python"
     slow.write_text("#!/bin/sh\nexec sleep 60\n")

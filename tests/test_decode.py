@@ -306,6 +306,6 @@ def test_decode_bench_generates_times_and_measures_memory(tmp_path: Path) -> Non
                                                (["root=.", "mode=fast"], "mode=fast is not a mode"),
                                                (["root=.", "fit=crop"], "fit=crop is not a fit")])
 def test_decode_bench_bad_arguments_are_one_line(args: list[str], message: str, tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "fakedetect.data.decode_bench", *args, f"hydra.run.dir={tmp_path}"],
+    done = subprocess.run([sys.executable, "-m", "fakedetect.decode_bench", *args, f"hydra.run.dir={tmp_path}"],
                           cwd=ROOT, capture_output=True, text=True)
     assert message in assert_one_line(done)

@@ -1,4 +1,4 @@
-"""`python -m fakedetect.data.download cifake` against a local HTTP server with Range support, serving the sample."""
+"""`python -m fakedetect.download cifake` against a local HTTP server with Range support, serving the sample."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def server() -> Iterator[ThreadingHTTPServer]:
 def run_download(*overrides: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_") and k != "HYDRA_FULL_ERROR"}
     env["KAGGLE_CONFIG_DIR"] = "/nonexistent"
-    return subprocess.run([sys.executable, "-m", "fakedetect.data.download", "cifake", *overrides],
+    return subprocess.run([sys.executable, "-m", "fakedetect.download", "cifake", *overrides],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
 
 

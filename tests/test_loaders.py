@@ -208,7 +208,7 @@ def test_tiny_training_run(loader: str, manifest_root, tmp_path: Path) -> None:
     extra = [f"data.loader={loader}", "data.num_workers=1"]
     if loader == "litdata":  # the pack command, as users run it
         packed = tmp_path / "packed"
-        done = subprocess.run([sys.executable, "-m", "fakedetect.data.pack", f"data.root={root}",
+        done = subprocess.run([sys.executable, "-m", "fakedetect.pack", f"data.root={root}",
                                "data.manifest=labels.csv", "data.resolution=16", f"data.cache_dir={tmp_path / 'cache'}",
                                f"output={packed}", f"hydra.run.dir={tmp_path / 'pack'}"],
                               capture_output=True, text=True, cwd=ROOT)

@@ -122,14 +122,14 @@ def test_cross_generator_table_from_run_files(tmp_path: Path) -> None:
     assert "| gen_a | 95.0 | 55.0 | 75.0 |" in text and "| gen_b | 60.0 | 90.0 | 75.0 |" in text
     assert "camera" not in text  # columns are generators only
     assert (tmp_path / "table" / "cross_generator.png").stat().st_size > 5000
-    done = subprocess.run([sys.executable, "-m", "fakedetect.reporting.cross_generator", "--runs",
-                           str(tmp_path / "table")], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "fakedetect.cross_generator",
+                           f"runs={tmp_path / 'table'}"], cwd=ROOT, capture_output=True, text=True)
     assert_one_line(done, "no training run with per-source results under")
     with pytest.raises(ConfigError, match="no training run with per-source results under"):
         write_table(tmp_path / "table", tmp_path / "table")
-    done = subprocess.run([sys.executable, "-m", "fakedetect.reporting.cross_generator", "--runs",
-                           str(tmp_path / "missing")], cwd=ROOT, capture_output=True, text=True)
-    assert_one_line(done, "--runs", "missing: no such folder")
+    done = subprocess.run([sys.executable, "-m", "fakedetect.cross_generator",
+                           f"runs={tmp_path / 'missing'}"], cwd=ROOT, capture_output=True, text=True)
+    assert_one_line(done, "runs=", "missing: no such folder")
 
 
 def test_cross_generator_multirun_at_cpu_scale(tmp_path: Path, cache_dir: Path) -> None:
@@ -150,8 +150,8 @@ def test_cross_generator_multirun_at_cpu_scale(tmp_path: Path, cache_dir: Path) 
         # train and val: that generator's fakes and every real image
         assert record["images"]["train"] + record["images"]["val"] == 6 + 6 * 2, record["images"]
         assert {r["source"] for r in record["per_source"]} == {"camera", "gen_a", "gen_b", "all"}, trained_on
-    done = subprocess.run([sys.executable, "-m", "fakedetect.reporting.cross_generator", "--runs", str(sweep),
-                           "--metric", "auroc"], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "fakedetect.cross_generator", f"runs={sweep}",
+                           "metric=auroc"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     lines = (sweep / "cross_generator.md").read_text().splitlines()
     assert "| trained on | gen_a | gen_b | mean |" in lines

@@ -1,4 +1,4 @@
-"""The shortcut audit: JPEG quality from quantization tables, the single-attribute rules, and `data.inspect`'s
+"""The shortcut audit: JPEG quality from quantization tables, the single-attribute rules, and `audit`'s
 warnings on generated sets where the format, the size or the JPEG quality gives the class away, and on a balanced
 set where nothing does."""
 
@@ -142,7 +142,7 @@ def test_per_source_shortcut_of_one_generator(tmp_path: Path) -> None:
 def test_inspect_command_bad_input_is_one_line(args: list[str], expected: str, tmp_path: Path) -> None:
     root = _write_tree(tmp_path / "data", {"a.png": _image((8, 8), "PNG", 0), "b.png": _image((8, 8), "PNG", 1)})
     (root / "labels.csv").write_text("path,label\na.png,REAL\nb.png,dog\n")
-    done = subprocess.run([sys.executable, "-m", "fakedetect.data.inspect", f"root={root}", *args, "decode=false",
+    done = subprocess.run([sys.executable, "-m", "fakedetect.audit", f"root={root}", *args, "decode=false",
                            "workers=1", f"hydra.run.dir={tmp_path / 'run'}"],
                           capture_output=True, text=True, timeout=120)
     assert_one_line(done, expected)

@@ -359,7 +359,7 @@ class ImageDataModule(L.LightningDataModule):
         return f"{self.litdata_dir.rstrip('/')}/{part}"
 
     def _setup_packed(self) -> None:
-        """The splits `python -m fakedetect.data.pack` planned and wrote, checked against this run's data config."""
+        """The splits `python -m fakedetect.pack` planned and wrote, checked against this run's data config."""
         if self.train_sources is not None:
             raise ConfigError("data.train_sources cannot filter packed data (data.loader=litdata): pack with "
                               "data.train_sources set instead")
@@ -368,7 +368,7 @@ class ImageDataModule(L.LightningDataModule):
                 meta = json.load(f)
         except (OSError, ValueError) as err:
             raise DataLayoutError(f"data.litdata_dir={self.litdata_dir}: no readable {PACK_META} there ({err}); "
-                                  "write the chunks with python -m fakedetect.data.pack data.root=... "
+                                  "write the chunks with python -m fakedetect.pack data.root=... "
                                   "output=DIR") from None
         packed_from = meta["data"]["root"]
         if _resolved(packed_from) != _resolved(self.root):
@@ -435,7 +435,7 @@ class ImageDataModule(L.LightningDataModule):
                 bad = [n for n in self.skipped if PurePosixPath(n).parent.as_posix().lower().endswith(folder.lower())]
                 if bad:
                     why = (f"its {len(bad)} files in '{folder}' are unreadable (e.g. {bad[0]}); replace them, or "
-                           "list them with python -m fakedetect.data.inspect")
+                           "list them with python -m fakedetect.audit")
                 elif split == "val":
                     why = (f"data.val_fraction={self.val_fraction} carves none of the '{folder}' images; raise it, "
                            "add images, or set data.val_fraction=0 to train without validation")
@@ -480,7 +480,7 @@ class ImageDataModule(L.LightningDataModule):
                 if not len(images):
                     raise DataLayoutError(f"{self.root}: none of the {len(sample)} train images sampled for the "
                                           "normalization statistics could be decoded; check them with "
-                                          "python -m fakedetect.data.inspect")
+                                          "python -m fakedetect.audit")
                 mean, std = channel_stats(images, self.channels)
                 del images
         _write_atomic(path, json.dumps({"mean": mean, "std": std}))
@@ -639,11 +639,11 @@ def _check_arguments(args: dict) -> None:
         ("train_sources", lambda v: v is None or (names(v) and len(list(v)) > 0),
          "null (every source) or a non-empty list of source names, e.g. [REAL, sdv14]"),
         ("litdata_dir", lambda v: v is None or (isinstance(v, str) and v),
-         "null or the folder (or object storage URL) that python -m fakedetect.data.pack wrote"),
+         "null or the folder (or object storage URL) that python -m fakedetect.pack wrote"),
     ]
     require_each("data", args, checks)
     require("data.litdata_dir", args["litdata_dir"], args["loader"] != "litdata" or args["litdata_dir"],
-            "set with data.loader=litdata: the output folder of python -m fakedetect.data.pack")
+            "set with data.loader=litdata: the output folder of python -m fakedetect.pack")
 
 
 def _resolved(root: str) -> str:

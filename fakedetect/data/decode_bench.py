@@ -1,19 +1,17 @@
-"""`python -m fakedetect.data.decode_bench root=FOLDER [mode=speed|cache|generate]`: how fast images decode, and
-how much memory caching a folder takes.
+"""How fast images decode, and how much memory caching a folder takes (the `python -m fakedetect.decode_bench`
+command: `root=FOLDER [mode=speed|cache|generate]`).
 
 - speed: images/s of `decode_image` over the folder's JPEGs (read into memory first, so only decoding is timed; one
   process), to `resolution` by `fit`, with and without JPEG draft mode; the median of `repeats` passes.
 - cache: caches the whole folder as training does (`decode_entries` into a fresh cache folder, `workers`
   processes) while sampling the resident memory of this process and its workers; peak and baseline RSS.
 - generate: writes `count` large JPEGs (`size` px, noisy photo-like content) into root, to measure caching at scale.
-Results go to `<output_dir>/decode_bench.json` and the log.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import statistics
 import tempfile
@@ -21,17 +19,15 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path, PurePosixPath
 
-import hydra
 import numpy as np
 import psutil
-from omegaconf import DictConfig
 from PIL import Image
 
 from fakedetect.data.cache import decode_entries
-from fakedetect.data.decode import check_fit, decode_image
+from fakedetect.data.decode import decode_image
 from fakedetect.data.layouts import IMAGE_SUFFIXES, Entry
 from fakedetect.data.sources import FolderSource
-from fakedetect.utils.errors import ConfigError, one_line_errors
+from fakedetect.utils.errors import ConfigError
 from fakedetect.utils.sampling import Sampler
 
 log = logging.getLogger(__name__)
@@ -122,26 +118,3 @@ def generate(root: str, count: int, size: int, workers: int) -> dict:
         list(pool.map(_write_jpegs, parts))
     total = sum(p.stat().st_size for p in path.glob("*.jpg"))
     return {"files": count, "size": size, "folder_gb": total / 1e9}
-
-
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="decode_bench")
-@one_line_errors
-def main(cfg: DictConfig) -> None:
-    check_fit(cfg.fit, "fit")
-    if cfg.mode == "speed":
-        result = decode_speed(cfg.root, cfg.resolution, cfg.fit, cfg.repeats)
-    elif cfg.mode == "cache":
-        result = cache_memory(cfg.root, cfg.resolution, cfg.fit, cfg.workers)
-    elif cfg.mode == "generate":
-        result = generate(cfg.root, cfg.count, cfg.size, cfg.workers or 1)
-    else:
-        raise ConfigError(f"mode={cfg.mode} is not a mode; use speed, cache or generate")
-    result["mode"] = cfg.mode
-    out = Path(cfg.output_dir) / "decode_bench.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    log.info("%s", json.dumps(result))
-
-
-if __name__ == "__main__":
-    main()

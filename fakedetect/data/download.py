@@ -1,7 +1,7 @@
-"""`python -m fakedetect.data.download cifake [dest=PATH]`: fetch CIFAKE, for machines with internet access.
+"""Fetch CIFAKE, for machines with internet access (the `python -m fakedetect.download cifake [dest=PATH]` command).
 
 Kaggle's API when credentials and the `kaggle` package exist, else `url` (resumed from a `.part` file with an HTTP
-Range request), then checked against `sha256`. `python -m fakedetect.data.download sample source=FULL_CIFAKE`
+Range request), then checked against `sha256`. `python -m fakedetect.download sample sample.source=FULL_CIFAKE`
 rebuilds the small sample shipped in the package, byte for byte, so that it is no mystery blob.
 """
 
@@ -11,19 +11,16 @@ import hashlib
 import http.client
 import logging
 import os
-import sys
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
-import hydra
-from omegaconf import DictConfig
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from fakedetect.data.sources import Source
-from fakedetect.utils.errors import ConfigError, one_line_errors
+from fakedetect.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -184,27 +181,3 @@ def build_sample(source: str | os.PathLike, dest: Path = SAMPLE, train_per_class
     tmp.replace(dest)
     log.info("%s: %d images, %.2f MB, sha256 %s", dest, len(blobs), dest.stat().st_size / 1e6, sha256_of(dest))
     return dest
-
-
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="download")
-@one_line_errors
-def main(cfg: DictConfig) -> None:
-    if cfg.dataset == "cifake":
-        fetch_cifake(Path(cfg.dest), cfg.get("url"), cfg.get("sha256"), cfg.get("kaggle"), cfg.timeout)
-    elif cfg.dataset == "sample":
-        build_sample(cfg.sample.source, Path(cfg.sample.dest), cfg.sample.train_per_class,
-                     cfg.sample.test_per_class, tuple(cfg.sample.classes), cfg.sample.seed)
-    else:
-        raise ConfigError(f"unknown dataset '{cfg.dataset}': python -m fakedetect.data.download cifake (or sample)")
-
-
-def dataset_word(argv: list[str]) -> list[str]:
-    """`download cifake ...` reads as `download dataset=cifake ...`: Hydra takes key=value arguments only."""
-    if len(argv) > 1 and "=" not in argv[1] and not argv[1].startswith("-"):
-        return [argv[0], f"dataset={argv[1]}", *argv[2:]]
-    return argv
-
-
-if __name__ == "__main__":
-    sys.argv = dataset_word(sys.argv)
-    main()

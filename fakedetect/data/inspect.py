@@ -1,4 +1,4 @@
-"""`python -m fakedetect.data.inspect root=...`: audit a dataset before training on it.
+"""Audit a dataset before training on it (the `python -m fakedetect.audit` command).
 
 Image sizes, aspect ratios and area outliers (IQR), per-channel statistics, and duplicates: byte-identical
 files and near-identical images (equal perceptual hashes, or within a Hamming distance) inside a split
@@ -15,21 +15,19 @@ import json
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
-import hydra
 import imagehash
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 
 from fakedetect.data.cache import read_batches
 from fakedetect.data.decode import DEFAULT_MAX_PIXELS, file_digest, open_image, to_rgb
 from fakedetect.data.layouts import DataLayoutError, Entry
 from fakedetect.data.shortcuts import audit_shortcuts, header_facts
 from fakedetect.data.sources import Source
-from fakedetect.utils.errors import is_number, one_line_errors, require
+from fakedetect.utils.errors import is_number, require
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +156,10 @@ def exclusions(groups: Iterable[list[int]], entries: list[Entry]) -> list[str]:
 def audit(root: str, classes: list[str], out: Path, near_distance: int = 0, workers: int | None = None,
           max_pixels: int | None = DEFAULT_MAX_PIXELS, aliases: Mapping[str, Iterable[str]] | None = None,
           layout: str = "auto", manifest: str | None = None, decode: bool = True,
-          shortcut_threshold: float = 0.9) -> dict:
+          shortcut_threshold: float = 0.9, draw_sizes: Callable[[Path, np.ndarray, np.ndarray], Path] | None = None
+          ) -> dict:
+    """The audit written into `out` (audit.json, audit.md, the exclusion lists) and returned; `draw_sizes(out,
+    widths, heights)` adds a figure of the image sizes (the command passes reporting's: data/ draws nothing)."""
     require("shortcut_threshold", shortcut_threshold, is_number(shortcut_threshold) and 0.5 <= shortcut_threshold <= 1,
             "a balanced accuracy in [0.5, 1]")
     require("decode", decode, isinstance(decode, bool), "true or false")
@@ -197,8 +198,8 @@ def audit(root: str, classes: list[str], out: Path, near_distance: int = 0, work
     if decode:
         result.update(_pixel_audit(info, entries, splits, near_distance, out))
     (out / "audit.json").write_text(json.dumps(result, indent=2))
-    (out / "audit.md").write_text(_markdown(result))
-    _histograms(out, w, h, aspect, area)
+    figure = draw_sizes(out, w, h) if draw_sizes else None
+    (out / "audit.md").write_text(_markdown(result, figure))
     for line in shortcuts["warnings"]:
         log.warning("shortcut: %s", line)
     log.info("audit of %s written to %s", root, out)
@@ -234,21 +235,7 @@ def _stats(x: np.ndarray) -> dict[str, float]:
             "max": float(x.max())}
 
 
-def _histograms(out: Path, w: np.ndarray, h: np.ndarray, aspect: np.ndarray, area: np.ndarray) -> None:
-    from fakedetect.reporting.figures import plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    axes[0].scatter(w, h, s=2, alpha=0.3)
-    axes[0].set(xlabel="width", ylabel="height", title="sizes")
-    axes[1].hist(aspect, bins=50)
-    axes[1].set(xlabel="width / height", title="aspect ratio")
-    axes[2].hist(area, bins=50)
-    axes[2].set(xlabel="pixels", title="area")
-    fig.savefig(out / "sizes.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-
-def _markdown(r: dict) -> str:
+def _markdown(r: dict, figure: Path | None = None) -> str:
     lines = [
         f"# Data audit: {r['root']}",
         "",
@@ -280,7 +267,8 @@ def _markdown(r: dict) -> str:
         ]
     else:
         lines += ["", "Read from headers only (decode=false): no channel statistics or duplicates."]
-    return "\n".join(lines + ["", *_shortcut_markdown(r["shortcuts"]), "", "![sizes](sizes.png)", ""])
+    shown = ["", f"![sizes]({figure.name})"] if figure else []
+    return "\n".join(lines + ["", *_shortcut_markdown(r["shortcuts"]), *shown, ""])
 
 
 def _shortcut_markdown(s: dict) -> list[str]:
@@ -310,18 +298,3 @@ def _span(r: dict | None) -> str:
     if r is None:
         return "-"
     return f"{r['min']:g}-{r['max']:g} ({r['median']:g})"
-
-
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="inspect")
-@one_line_errors
-def main(cfg: DictConfig) -> None:
-    aliases = cfg.get("aliases")
-    audit(cfg.root, list(cfg.classes), Path(cfg.output_dir), cfg.near_distance, cfg.get("workers"),
-          cfg.get("max_pixels", DEFAULT_MAX_PIXELS),
-          aliases=None if aliases is None else OmegaConf.to_container(aliases), layout=cfg.get("layout", "auto"),
-          manifest=cfg.get("manifest"), decode=cfg.get("decode", True),
-          shortcut_threshold=cfg.get("shortcut_threshold", 0.9))
-
-
-if __name__ == "__main__":
-    main()

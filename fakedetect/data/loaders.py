@@ -5,7 +5,7 @@
 - `cached`: `CachedBatches` reads each batch's rows from the memory-mapped decode cache in DataLoader workers,
   so a cache larger than RAM still trains.
 - `stream`: `StreamDataset` decodes one file per item in DataLoader workers (no cache at all).
-- `litdata`: `litdata_loader` streams the chunks `python -m fakedetect.data.pack` wrote, from local disk or object
+- `litdata`: `litdata_loader` streams the chunks `python -m fakedetect.pack` wrote, from local disk or object
   storage, each DDP rank its own share (LitData's StreamingDataset).
 
 `memory` and `cached` draw their order from `EpochOrder`, so the two give the same batches for a seed.
@@ -213,7 +213,7 @@ class StreamLoader(DataLoader):
             raise DataLayoutError(f"{dataset.source.path}: every image of class {label} read from "
                                   f"'{PurePosixPath(names[0]).parent}' in this split is unreadable ({len(names)} "
                                   f"files, e.g. {names[0]}); replace them, or list them with "
-                                  "python -m fakedetect.data.inspect")
+                                  "python -m fakedetect.audit")
 
 
 class StreamTrainLoader(StreamLoader):

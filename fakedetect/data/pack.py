@@ -1,4 +1,4 @@
-"""`python -m fakedetect.data.pack data.root=... output=DIR`: a dataset as LitData chunks, for `data.loader=litdata`.
+"""A dataset as LitData chunks, for `data.loader=litdata` (the `python -m fakedetect.pack` command).
 
 The data module plans the splits and decodes them into its memory-mapped cache (bounded memory, every core);
 `litdata.optimize` then copies each split's rows, in split order, into chunks with their label and source.
@@ -12,13 +12,10 @@ import shutil
 from functools import lru_cache, partial
 from pathlib import Path
 
-import hydra
 import numpy as np
-from omegaconf import DictConfig
 
 from fakedetect.data.datamodule import PACK_META, SPLITS, ImageDataModule
-from fakedetect.utils.builders import instantiate
-from fakedetect.utils.errors import ConfigError, one_line_errors
+from fakedetect.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +71,3 @@ def pack(datamodule: ImageDataModule, output: str, chunk_bytes: str = "64MB", ov
         log.info("packed %d %s images into %s", len(part), split, folder)
     (target / PACK_META).write_text(json.dumps(meta))
     return meta
-
-
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="pack")
-@one_line_errors
-def main(cfg: DictConfig) -> None:
-    datamodule = instantiate(cfg.data, loader="cached")
-    pack(datamodule, cfg.output, cfg.chunk_bytes, cfg.overwrite)
-
-
-if __name__ == "__main__":
-    main()

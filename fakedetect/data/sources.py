@@ -28,8 +28,8 @@ class Source:
         self.path = Path(path).expanduser()
         if not self.path.exists():
             raise DataLayoutError(
-                f"data source not found: {self.path}; get CIFAKE with `python -m fakedetect.data.download cifake`, "
-                "or try the packaged sample with `data=cifake_sample`, or point data.root (root= for data.inspect) "
+                f"data source not found: {self.path}; get CIFAKE with `python -m fakedetect.download cifake`, "
+                "or try the packaged sample with `data=cifake_sample`, or point data.root (root= for audit) "
                 "or $CIFAKE at a folder, .zip or .tar.gz laid out as train/{REAL,FAKE}, test/{REAL,FAKE}"
             )
 

@@ -1,15 +1,14 @@
-"""`python -m fakedetect.reporting.cross_generator --runs DIR`: GenImage's table, from the runs' own files.
+"""GenImage's table, from the runs' own files (the `python -m fakedetect.cross_generator runs=DIR` command).
 
 Every training run under DIR (one multirun of `experiment=cross_generator` with a `data.train_sources` sweep) gives
 a row: the sources it trained on (its `.hydra/config.yaml`), and per test source the metric its `metrics.json`
 recorded (`test/source/<name>/<metric>`: accuracy of that generator's fakes with all real images, by default).
 Writes `cross_generator.md` and a heat map `cross_generator.png` (rows: trained on, columns: tested on) into
-`--out` (default DIR). The diagonal is the seen generator; the rest is how the detector generalizes.
+`out` (default DIR). The diagonal is the seen generator; the rest is how the detector generalizes.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -17,11 +16,13 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from fakedetect.reporting.figures import plt
+from fakedetect.reporting.figures import new_figure
 from fakedetect.reporting.per_source import METRICS
-from fakedetect.utils.errors import ConfigError, one_line_errors
+from fakedetect.utils.errors import ConfigError
 
 GENERATOR_KINDS = ("fake", "mixed")
+# specificity is a real-image metric: a generator's column has no real images
+TABLE_METRICS = tuple(m for m in METRICS if m != "specificity")
 
 
 def collect(runs: Path) -> dict[str, dict[str, dict]]:
@@ -64,7 +65,8 @@ def markdown(rows: list[str], columns: list[str], values: np.ndarray, metric: st
 
 
 def heat_map(rows: list[str], columns: list[str], values: np.ndarray, metric: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(columns), 1.2 + 0.6 * len(rows)))
+    fig = new_figure(figsize=(1.5 + 0.9 * len(columns), 1.2 + 0.6 * len(rows)))
+    ax = fig.subplots()
     image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis")
     ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
     ax.set_yticks(range(len(rows)), rows)
@@ -74,11 +76,14 @@ def heat_map(rows: list[str], columns: list[str], values: np.ndarray, metric: st
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8)
     fig.colorbar(image, ax=ax)
     fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
 
 
 def write_table(runs: Path, out: Path, metric: str = "acc") -> str:
     """Write cross_generator.md and .png into `out`; returns the Markdown. No run found is a ConfigError."""
+    if metric not in TABLE_METRICS:
+        raise ConfigError(f"metric={metric} is not a per-source metric; use one of {', '.join(TABLE_METRICS)}")
+    if not runs.is_dir():
+        raise ConfigError(f"runs={runs}: no such folder; give the multirun folder of the sweep")
     table = collect(runs)
     if not table:
         raise ConfigError(f"no training run with per-source results under {runs}; run "
@@ -90,19 +95,3 @@ def write_table(runs: Path, out: Path, metric: str = "acc") -> str:
     (out / "cross_generator.md").write_text(f"# Cross-generator {metric}\n\n{text}")
     heat_map(rows, columns, values, metric, out / "cross_generator.png")
     return text
-
-
-@one_line_errors
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, required=True, help="a multirun folder (outputs/train/multiruns/<time>)")
-    parser.add_argument("--out", type=Path, default=None, help="where to write the table (default: --runs)")
-    parser.add_argument("--metric", choices=[m for m in METRICS if m != "specificity"], default="acc")
-    args = parser.parse_args(argv)
-    if not args.runs.is_dir():
-        raise ConfigError(f"--runs {args.runs}: no such folder; give the multirun folder of the sweep")
-    print(write_table(args.runs, args.out or args.runs, args.metric))
-
-
-if __name__ == "__main__":
-    main()

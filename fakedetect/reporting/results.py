@@ -1,4 +1,4 @@
-"""`python -m fakedetect.reporting.results`: the README's results table, rebuilt from the runs' own files.
+"""The README's results table, rebuilt from the runs' own files (the `python -m fakedetect.results` command).
 
 Every `metrics.json` of a training run of an `experiment=` config under the outputs folder gives a row (the
 newest run of each experiment and machine); the write-ups' figures come from the experiment files'
@@ -9,7 +9,6 @@ byte-identical copy in the run's train or val images (`test/acc_dedup`); runs ol
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -72,19 +71,3 @@ def update_readme(readme: Path, text: str) -> None:
     head, rest = content.split(START, 1)
     _, tail = rest.split(END, 1)
     readme.write_text(f"{head}{START}\n{text}\n{END}{tail}")
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--outputs", type=Path, default=Path("outputs"))
-    parser.add_argument("--min-train", type=int, default=5000, help="leave out runs on fewer training images")
-    parser.add_argument("--readme", type=Path, default=None, help="write the table between the README's markers")
-    args = parser.parse_args(argv)
-    text = table(collect(args.outputs, args.min_train))
-    if args.readme:
-        update_readme(args.readme, text)
-    print(text)
-
-
-if __name__ == "__main__":
-    main()

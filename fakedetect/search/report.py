@@ -1,12 +1,11 @@
 """What a sweep leaves behind: tables of its trials, Optuna's plots and one TensorBoard hparams view of them all.
 
 The sweeper writes it into `<sweep dir>/report/` when a sweep ends; for any stored study (a resumed one, or one
-that many workers share), `python -m fakedetect.search.report --storage URL --study NAME --out DIR`.
+that many workers share), `python -m fakedetect.search_report storage=URL study=NAME out=DIR`.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import logging
@@ -15,19 +14,14 @@ import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-from optuna.importance import PedAnovaImportanceEvaluator  # noqa: E402
-from optuna.trial import FrozenTrial, TrialState  # noqa: E402
-from optuna.visualization import matplotlib as plots  # noqa: E402
-from torch.utils.tensorboard import SummaryWriter  # noqa: E402
-from torch.utils.tensorboard.summary import hparams  # noqa: E402
-
-from fakedetect.search.storage import load_study  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
+from optuna.importance import PedAnovaImportanceEvaluator
+from optuna.trial import FrozenTrial, TrialState
+from optuna.visualization import matplotlib as plots
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
 
 log = logging.getLogger(__name__)
 
@@ -174,19 +168,3 @@ def write_tensorboard(study: optuna.Study, out: Path, names: Sequence[str]) -> N
             writer.file_writer.add_summary(session_end)
             for key, value in metrics.items():
                 writer.add_scalar(key, value)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--storage", required=True, help="e.g. sqlite:///outputs/optuna/fakefinder.db")
-    parser.add_argument("--study", required=True, help="the study name")
-    parser.add_argument("--out", type=Path, help="default: outputs/optuna/<study>_report")
-    parser.add_argument("--top-k", type=int, default=10)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    study = load_study(args.storage, args.study)
-    write_report(study, args.out or Path("outputs/optuna") / f"{args.study}_report", args.top_k)
-
-
-if __name__ == "__main__":
-    main()

@@ -24,13 +24,13 @@ import optuna
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fakedetect import bench
+from fakedetect.benchmarks import throughput as bench
 from fakedetect.data import decode_bench
 from fakedetect.utils.errors import ConfigError
 from fakedetect.utils.records import machine
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("generate", "throughput", "time_to_accuracy", "train", "search", "robustness")
 SHOWN = ("test/acc", "test/acc_dedup", "test/auroc", "val/acc_best")
 EVAL_S = 90  # seconds kept for a robustness evaluation after a training (ten conditions of the test split)

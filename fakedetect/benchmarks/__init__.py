@@ -1,0 +1,1 @@
+"""Measurements of fakedetect itself: throughput against a plain loop, time to accuracy, the staged GPU suite."""

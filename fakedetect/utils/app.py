@@ -1,0 +1,61 @@
+"""The one decorator of every command: Hydra's main over conf/, a quiet console and one-line errors.
+
+    @command("train")
+    def main(cfg: DictConfig) -> float | None: ...
+
+`main()` then reads the command line as `python -m fakedetect.train` and the `fakedetect-train` script both do.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import hydra
+from omegaconf import DictConfig
+
+from fakedetect.utils.console import quiet_console
+from fakedetect.utils.errors import one_line_errors
+
+T = TypeVar("T")
+
+# absolute, so that a console script (whose module is fakedetect.<name>, not a file) finds it too
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def hydra_options() -> dict[str, Any]:
+    """What the installed Hydra wants besides the config: 1.4 takes an execution whitelist and deprecates
+    version_base; 1.3 warns without version_base and has no whitelist.
+
+    The empty whitelist lets Hydra's logging use its built-in handlers only (no legacy-logging warning) and adds
+    nothing to the allow-lists that fakedetect.utils.builders hands every instantiate.
+    """
+    if "execution_whitelist" in inspect.signature(hydra.main).parameters:
+        return {"execution_whitelist": ()}
+    return {"version_base": "1.3"}
+
+
+def command(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[[], None]]:
+    """Make `task(cfg)` a command composing conf/<config_name>.yaml with the command line."""
+
+    def decorate(task: Callable[[DictConfig], T]) -> Callable[[], None]:
+        guarded = one_line_errors(task)
+
+        @functools.wraps(task)
+        def job(cfg: DictConfig) -> T:
+            quiet_console()  # again here: a launcher may run the job in a process of its own
+            return guarded(cfg)
+
+        app = hydra.main(config_path=CONF_DIR, config_name=config_name, **hydra_options())(job)
+
+        @functools.wraps(task)
+        def main() -> None:
+            quiet_console()  # before Hydra starts: a sweeper warns before any job runs
+            app()
+
+        return main
+
+    return decorate

@@ -1,0 +1,60 @@
+"""The commands: one home and one style (every `[project.scripts]` entry is a Hydra app in the package root), and a
+quiet console (a default training prints no warning, tip or deprecation line)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONF, ROOT, SUBSET
+
+# a warning, a deprecation, a tip, or any line Python's warnings module formats (`file.py:LINE: message`)
+NOISE = re.compile(r"warn|deprecat|\btip\b|\.py:\d+: ", re.IGNORECASE)
+
+
+def _scripts() -> dict[str, str]:
+    tomllib = pytest.importorskip("tomllib", reason="Python >= 3.11 reads pyproject.toml")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def test_every_command_is_a_listed_hydra_app_in_the_package_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    scripts = _scripts()
+    commands = sorted(p.stem for p in (ROOT / "fakedetect").glob("*.py") if p.stem != "__init__")
+    assert sorted(scripts.values()) == sorted(f"fakedetect.{name}:main" for name in commands)
+    for script, target in scripts.items():
+        name = target.removeprefix("fakedetect.").removesuffix(":main")
+        assert script == "fakedetect-" + name.replace("_", "-")
+        assert (CONF / f"{name}.yaml").is_file(), name
+        main = importlib.import_module(f"fakedetect.{name}").main
+        assert callable(main), target
+        # what `python -m fakedetect.<name> --help` and `fakedetect-<name> --help` run: Hydra's help of its config
+        monkeypatch.setattr(sys, "argv", [script, "--help"])
+        shown = io.StringIO()
+        with contextlib.redirect_stdout(shown), pytest.raises(SystemExit) as done:
+            main()
+        assert done.value.code == 0, name
+        assert f"{name} is powered by Hydra" in shown.getvalue() and "== Config ==" in shown.getvalue(), name
+
+
+def test_default_training_console_is_quiet(cifake_path: Path, tmp_path: Path) -> None:
+    """A default CPU training, as a user starts it: the config, the splits, one progress bar, the results."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "PYTHONWARNINGS")}
+    env |= {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-m", "fakedetect.train", f"data.root={cifake_path}", *SUBSET,
+                           "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    console = done.stdout + done.stderr
+    assert done.returncode == 0, console[-3000:]
+    noisy = [line for line in console.splitlines() if NOISE.search(line)]
+    assert not noisy, noisy
+    assert "GPU available" not in console and "Trainable params" not in console
+    assert "task_name: train" in console and "splits: {'train': 1800" in console
+    assert "Epoch 0/0" in console and "test/acc" in console and "metrics written to" in console
