@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONF, ROOT, SUBSET
+from tests.conftest import CONF, ROOT, SUBSET, assert_one_line
 
 # a warning, a deprecation, a tip, or any line Python's warnings module formats (`file.py:LINE: message`)
 NOISE = re.compile(r"warn|deprecat|\btip\b|\.py:\d+: ", re.IGNORECASE)
@@ -42,6 +42,17 @@ def test_every_command_is_a_listed_hydra_app_in_the_package_root(monkeypatch: py
             main()
         assert done.value.code == 0, name
         assert f"{name} is powered by Hydra" in shown.getvalue() and "== Config ==" in shown.getvalue(), name
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["cross_generator", "runs=.", "metric=specificity"], ["metric=specificity", "acc, auroc, recall"]),
+    (["search_report", "study=s"], ["storage is required: add storage=..."]),
+], ids=["cross_generator-metric", "search_report-no-storage"])
+def test_former_argparse_commands_end_in_one_line(args: list[str], expected: list[str], tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", f"fakedetect.{args[0]}", *args[1:]], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert_one_line(done, *expected)
+    assert not list(tmp_path.iterdir()), "a report command makes no run folder"
 
 
 def test_default_training_console_is_quiet(cifake_path: Path, tmp_path: Path) -> None:
