@@ -13,6 +13,7 @@ import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -59,7 +60,7 @@ def ranked(study: optuna.Study, top_k: int) -> list[FrozenTrial]:
         return sorted(study.best_trials, key=lambda t: t.values[0],
                       reverse=study.directions[0] == optuna.study.StudyDirection.MAXIMIZE)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted(complete, key=lambda t: t.value,
+    return sorted(complete, key=lambda t: t.values[0],
                   reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)[:top_k]
 
 
@@ -114,7 +115,7 @@ def save_plots(study: optuna.Study, out: Path, names: Sequence[str]) -> list[Pat
     """Optuna's own matplotlib plots as PNGs; one that the study cannot support yet (too few trials) is skipped."""
     out.mkdir(parents=True, exist_ok=True)
     single = len(names) == 1
-    makers: dict[str, Callable[[], object]] = {}
+    makers: dict[str, Callable[[], Any]] = {}  # each returns Axes, or an array of them
     for i, name in enumerate(names):
         target = None if single else functools.partial(objective, index=i)
         suffix = "" if single else "_" + name.replace("/", "_")
