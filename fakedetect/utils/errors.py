@@ -41,7 +41,7 @@ def require_each(prefix: str, values: Mapping[str, object],
         require(f"{prefix}.{key}", values[key], ok(values[key]), expected)
 
 
-def user_error(err: BaseException) -> ConfigError | None:
+def user_error(err: BaseException | None) -> ConfigError | None:
     """The ConfigError behind `err` (Hydra's instantiate wraps a constructor's error in its own), if any."""
     while err is not None:
         if isinstance(err, ConfigError):
