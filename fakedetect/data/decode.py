@@ -113,7 +113,7 @@ def cover(img: Image.Image, side: int) -> Image.Image:
     scale = side / min(img.size)
     if scale <= 1:
         return img
-    return img.resize(tuple(max(side, round(n * scale)) for n in img.size), RESAMPLE)
+    return img.resize((max(side, round(img.width * scale)), max(side, round(img.height * scale))), RESAMPLE)
 
 
 def fit_image(img: Image.Image, resolution: int, fit: str, rng: random.Random | None = None) -> Image.Image:
