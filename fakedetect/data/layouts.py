@@ -263,8 +263,8 @@ def read_manifest(text: str, where: str, classes: list[str],
         raise DataLayoutError(f"{where} row {rows.line_num}: not valid CSV ({err})") from None
     splits = {e.split for _, e in out}
     if "" in splits and len(splits) > 1:
-        row = next(n for n, e in out if not e.split)
-        raise DataLayoutError(f"{where} row {row}: no split, while other rows have one; give every row a split, or "
+        first = next(n for n, e in out if not e.split)
+        raise DataLayoutError(f"{where} row {first}: no split, while other rows have one; give every row a split, or "
                               "none")
     return out
 
