@@ -12,12 +12,13 @@ class LogInterval(Callback):
     """
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.datamodule is None:
+        datamodule = getattr(trainer, "datamodule", None)  # Lightning sets it when fit is given one
+        if datamodule is None:
             return
         try:
-            batches = len(trainer.datamodule.train_dataloader())
+            batches = len(datamodule.train_dataloader())
         except TypeError:  # an iterable loader without a length: Lightning does not warn then
             return
         limit = trainer.limit_train_batches
         batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
-        trainer.log_every_n_steps = max(1, min(trainer.log_every_n_steps, batches))
+        trainer.log_every_n_steps = max(1, min(trainer.log_every_n_steps, batches))  # type: ignore[attr-defined]
