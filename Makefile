@@ -8,6 +8,7 @@ install:  ## the project, editable, with the test and lint tools; and the git ho
 test:  ## the default suite (pytest -m slow for the long trainings)
 	pytest
 
-lint:  ## ruff, then mypy as configured in pyproject.toml
+lint:  ## ruff (lint and format check), then mypy as configured in pyproject.toml
 	ruff check .
+	ruff format --check .
 	mypy

@@ -17,11 +17,20 @@ from fakedetect.utils.app import command
 def main(cfg: DictConfig) -> None:
     aliases = cfg.get("aliases")
     names = None if aliases is None else cast("dict[str, list[str]]", OmegaConf.to_container(aliases))
-    audit(cfg.root, list(cfg.classes), Path(cfg.output_dir), cfg.near_distance, cfg.get("workers"),
-          cfg.get("max_pixels", DEFAULT_MAX_PIXELS),
-          aliases=names, layout=cfg.get("layout", "auto"),
-          manifest=cfg.get("manifest"), decode=cfg.get("decode", True),
-          shortcut_threshold=cfg.get("shortcut_threshold", 0.9), draw_sizes=draw_sizes)
+    audit(
+        cfg.root,
+        list(cfg.classes),
+        Path(cfg.output_dir),
+        cfg.near_distance,
+        cfg.get("workers"),
+        cfg.get("max_pixels", DEFAULT_MAX_PIXELS),
+        aliases=names,
+        layout=cfg.get("layout", "auto"),
+        manifest=cfg.get("manifest"),
+        decode=cfg.get("decode", True),
+        shortcut_threshold=cfg.get("shortcut_threshold", 0.9),
+        draw_sizes=draw_sizes,
+    )
 
 
 if __name__ == "__main__":

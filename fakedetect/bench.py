@@ -24,8 +24,9 @@ def main(cfg: DictConfig) -> None:
     folder = Path(cfg.report_dir or cfg.paths.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     stem = "bench-" + ("gpu" if "CPU" not in result["machine"] else "cpu")
-    (folder / f"{stem}.json").write_text(json.dumps({**result, "config": OmegaConf.to_container(cfg.data)},
-                                                    indent=2, default=str))
+    (folder / f"{stem}.json").write_text(
+        json.dumps({**result, "config": OmegaConf.to_container(cfg.data)}, indent=2, default=str)
+    )
     (folder / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))
 

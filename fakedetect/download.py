@@ -18,8 +18,14 @@ def download(cfg: DictConfig) -> None:
     if cfg.dataset == "cifake":
         fetch_cifake(Path(cfg.dest), cfg.get("url"), cfg.get("sha256"), cfg.get("kaggle"), cfg.timeout)
     elif cfg.dataset == "sample":
-        build_sample(cfg.sample.source, Path(cfg.sample.dest), cfg.sample.train_per_class,
-                     cfg.sample.test_per_class, tuple(cfg.sample.classes), cfg.sample.seed)
+        build_sample(
+            cfg.sample.source,
+            Path(cfg.sample.dest),
+            cfg.sample.train_per_class,
+            cfg.sample.test_per_class,
+            tuple(cfg.sample.classes),
+            cfg.sample.seed,
+        )
     else:
         raise ConfigError(f"unknown dataset '{cfg.dataset}': python -m fakedetect.download cifake (or sample)")
 

@@ -54,15 +54,20 @@ def named_test_sets(cfg: DictConfig) -> dict[str | None, dict[str, Any]]:
     sets: dict[str | None, dict[str, Any]] = {}
     for name, values in named.items():
         if not SET_NAME.fullmatch(str(name)):
-            raise ConfigError(f"test_sets.{name}: a set name is letters, digits, '_', '.' or '-' (it names the "
-                              f"set's report folder), e.g. {EXAMPLE}")
+            raise ConfigError(
+                f"test_sets.{name}: a set name is letters, digits, '_', '.' or '-' (it names the "
+                f"set's report folder), e.g. {EXAMPLE}"
+            )
         if not isinstance(values, Mapping) or not values:
-            raise ConfigError(f"test_sets.{name}={values}: give the set's data overrides, at least its root, "
-                              f"e.g. {EXAMPLE}")
+            raise ConfigError(
+                f"test_sets.{name}={values}: give the set's data overrides, at least its root, e.g. {EXAMPLE}"
+            )
         unknown = sorted(set(values) - DATA_KEYS)
         if unknown:
-            raise ConfigError(f"test_sets.{name}.{unknown[0]}: not a data setting; a test set takes data keys "
-                              f"({', '.join(sorted(DATA_KEYS))})")
+            raise ConfigError(
+                f"test_sets.{name}.{unknown[0]}: not a data setting; a test set takes data keys "
+                f"({', '.join(sorted(DATA_KEYS))})"
+            )
         sets[str(name)] = {**base, **OmegaConf.to_container(values, resolve=True)}
     return sets or {None: base}
 
@@ -80,8 +85,7 @@ def set_loggers(cfg: DictConfig, name: str | None) -> list:
     return build_list(own)
 
 
-def evaluate_set(cfg: DictConfig, data: dict[str, Any], name: str | None, robustness: list[str],
-                 folder: Path) -> dict:
+def evaluate_set(cfg: DictConfig, data: dict[str, Any], name: str | None, robustness: list[str], folder: Path) -> dict:
     """Test the checkpoint on one set; its report, robustness and per-source rows go to `folder`. Returns the
     set's record (metrics, thresholds, report, robustness, per_source)."""
     trained = load_trained(cfg.ckpt_path, data)
@@ -93,9 +97,11 @@ def evaluate_set(cfg: DictConfig, data: dict[str, Any], name: str | None, robust
         datamodule.setup("validate")
         val = split_scores(model, datamodule, trainer, "val")
         if len(val.labels.unique()) < 2:
-            raise ConfigError(f"thresholds=refit: the validation split of {where} does not hold both classes "
-                              f"({len(val.labels)} images), so no threshold can be fitted on it; use "
-                              "thresholds=checkpoint")
+            raise ConfigError(
+                f"thresholds=refit: the validation split of {where} does not hold both classes "
+                f"({len(val.labels)} images), so no threshold can be fitted on it; use "
+                "thresholds=checkpoint"
+            )
         fitted = SelectedThresholds()
         fitted.update(val.probs, val.labels)
         model.val_thresholds.copy_(fitted.compute())
@@ -103,16 +109,19 @@ def evaluate_set(cfg: DictConfig, data: dict[str, Any], name: str | None, robust
     metrics = {**scalars(trainer.callback_metrics), **dedup_metrics(model, datamodule, trainer)}
     threshold = model.decision_threshold
     known = {"0.5": 0.5, **{n: t for n, t in model.thresholds().items() if t is not None}}
-    record: dict = {"data_root": run_cfg.data.root, "tta": model.tta,
-                    "thresholds": {**known, "selected": model.threshold_name, "value": threshold,
-                                   "source": cfg.thresholds}}
+    record: dict = {
+        "data_root": run_cfg.data.root,
+        "tta": model.tta,
+        "thresholds": {**known, "selected": model.threshold_name, "value": threshold, "source": cfg.thresholds},
+    }
     mistakes = ConfidentMistakes(threshold)
     clean = tested_scores(model, datamodule, trainer, keep=mistakes)
     record["per_source"], source_metrics = per_source_metrics(model, datamodule, trainer, clean, name or "test")
     metrics.update(source_metrics)
     if cfg.get("report"):
-        record["report"] = write_report(folder, clean.probs, clean.labels, mistakes, known, datamodule.classes,
-                                        trainer.loggers)
+        record["report"] = write_report(
+            folder, clean.probs, clean.labels, mistakes, known, datamodule.classes, trainer.loggers
+        )
     if robustness:
 
         def degraded(transform: Callable[[torch.Tensor], torch.Tensor] | None) -> Scores:
@@ -129,8 +138,10 @@ def evaluate_set(cfg: DictConfig, data: dict[str, Any], name: str | None, robust
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Every test set's metrics (a named set's keys prefixed `<name>/`); writes metrics.json and report/."""
     if cfg.thresholds not in THRESHOLD_SOURCES:
-        raise ConfigError(f"thresholds={cfg.thresholds}: use checkpoint (those the training run chose on its "
-                          "validation split) or refit (fitted again on this data's validation split)")
+        raise ConfigError(
+            f"thresholds={cfg.thresholds}: use checkpoint (those the training run chose on its "
+            "validation split) or refit (fitted again on this data's validation split)"
+        )
     robustness = list(cfg.robustness.conditions) if cfg.robustness.get("enabled") else []
     for condition in robustness:
         parse_condition(condition)  # a typo stops the run before anything is scored
@@ -141,8 +152,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, verbose=False)
     out = Path(cfg.paths.output_dir)
     record: dict = {"task": "eval", "ckpt_path": str(cfg.ckpt_path), "machine": machine()}
-    results = {name: evaluate_set(cfg, data, name, robustness, out / "report" / (name or ""))
-               for name, data in sets.items()}
+    results = {
+        name: evaluate_set(cfg, data, name, robustness, out / "report" / (name or "")) for name, data in sets.items()
+    }
     rows = [row for result in results.values() for row in result["per_source"]]
     write_per_source(out / "report", rows)
     if None in results:

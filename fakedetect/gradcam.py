@@ -24,8 +24,14 @@ def gradcam(cfg: DictConfig) -> Path:
         if not is_int(cfg[key]) or cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]} must be a positive whole number")
     trained = load_trained(cfg.ckpt_path, cfg.get("data"))
-    fig = explain_test_images(trained.model, trained.datamodule, trained.model.decision_threshold,
-                              n=cfg.n, pool=cfg.pool, device=resolve_device(cfg.device))
+    fig = explain_test_images(
+        trained.model,
+        trained.datamodule,
+        trained.model.decision_threshold,
+        n=cfg.n,
+        pool=cfg.pool,
+        device=resolve_device(cfg.device),
+    )
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=150)

@@ -52,8 +52,10 @@ def expand_input(spec: str) -> tuple[list[Path], int]:
     files = [p for p in found if p.is_file()]
     images = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
-        raise ConfigError(f"no images found for input={spec} (a file, a folder or a glob pattern of "
-                          f"{', '.join(sorted(IMAGE_SUFFIXES))} files; {len(files)} other files)")
+        raise ConfigError(
+            f"no images found for input={spec} (a file, a folder or a glob pattern of "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))} files; {len(files)} other files)"
+        )
     return images, len(files) - len(images)
 
 
@@ -72,8 +74,14 @@ def check_output(path: Path, overwrite: bool) -> None:
         raise ConfigError(f"output={path} cannot be written ({err.strerror or err}); name another output=") from None
 
 
-def views(data: bytes, resolution: int, fit: str = "squash", crops: int | str = 1,
-          max_pixels: int | None = DEFAULT_MAX_PIXELS, max_tiles: int = 16) -> Tensor:
+def views(
+    data: bytes,
+    resolution: int,
+    fit: str = "squash",
+    crops: int | str = 1,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_tiles: int = 16,
+) -> Tensor:
     """The uint8 (K, 3, resolution, resolution) windows of one image file that predict scores and averages:
     the image as `fit` makes it (crops=1); or, at the image's own pixels (scaled up only when its short side is
     under `resolution`), torchvision's five crops (corners and centre), or the non-overlapping tiles of the
@@ -138,8 +146,12 @@ def predict(cfg: DictConfig) -> list[dict]:
         check_fit(cfg.fit, "fit")
     paths, ignored = expand_input(str(cfg.input))
     if ignored:
-        log.info("ignored %d files under input=%s that are not images (%s)", ignored, cfg.input,
-                 " ".join(sorted(IMAGE_SUFFIXES)))
+        log.info(
+            "ignored %d files under input=%s that are not images (%s)",
+            ignored,
+            cfg.input,
+            " ".join(sorted(IMAGE_SUFFIXES)),
+        )
     trained = load_trained(cfg.ckpt_path, data={"fit": cfg.fit})
     datamodule, model = trained.datamodule, trained.model
     choose_tta(model, cfg.get("tta"))
@@ -150,21 +162,38 @@ def predict(cfg: DictConfig) -> list[dict]:
     device = resolve_device(cfg.device)
     per_file = 1 if crops == 1 else 5 if crops == 5 else cfg.max_tiles
     # decoded as the checkpoint's data module decodes: its resolution, fit (or fit=) and pixel limit
-    files = ImageFiles(paths, partial(views, resolution=datamodule.resolution, fit=datamodule.fit, crops=crops,
-                                      max_pixels=datamodule.max_pixels, max_tiles=cfg.max_tiles))
+    files = ImageFiles(
+        paths,
+        partial(
+            views,
+            resolution=datamodule.resolution,
+            fit=datamodule.fit,
+            crops=crops,
+            max_pixels=datamodule.max_pixels,
+            max_tiles=cfg.max_tiles,
+        ),
+    )
     # about batch_size windows per forward pass, however many each file gives
-    loader = DataLoader(files, batch_size=max(1, cfg.batch_size // per_file), num_workers=cfg.num_workers,
-                        collate_fn=collate, pin_memory=device.type == "cuda")
-    rows: list[dict] = [{"path": str(path), "prob_fake": None, "label": None, "threshold": threshold, "crops": None,
-                         "error": None} for path in paths]
+    loader = DataLoader(
+        files,
+        batch_size=max(1, cfg.batch_size // per_file),
+        num_workers=cfg.num_workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+    )
+    rows: list[dict] = [
+        {"path": str(path), "prob_fake": None, "label": None, "threshold": threshold, "crops": None, "error": None}
+        for path in paths
+    ]
     batches = decoded(track(loader, description=f"predicting {len(paths)} images"), rows)
     scores = score(model, batches, datamodule.preprocess, device)
     owners = scores[1]
     counts = torch.bincount(owners, minlength=len(paths))
     scored = torch.nonzero(counts).flatten()
     probs = torch.zeros(len(paths)).index_add_(0, owners, scores[0])[scored] / counts[scored]
-    for i, prob, decision, n in zip(scored.tolist(), probs.tolist(), decide(probs, threshold).tolist(),
-                                    counts[scored].tolist(), strict=True):
+    for i, prob, decision, n in zip(
+        scored.tolist(), probs.tolist(), decide(probs, threshold).tolist(), counts[scored].tolist(), strict=True
+    ):
         rows[i].update(prob_fake=prob, label=datamodule.classes[decision], crops=n)
     write_rows(rows, output)
     bad = sum(1 for row in rows if row["error"])

@@ -31,14 +31,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     model = build_model(cfg)
-    callbacks = [*build_list(cfg.get("callbacks")), StoreConfig(OmegaConf.to_container(cfg, resolve=True)),
-                 LogInterval()]
+    callbacks = [
+        *build_list(cfg.get("callbacks")),
+        StoreConfig(OmegaConf.to_container(cfg, resolve=True)),
+        LogInterval(),
+    ]
     if cfg.get("optuna_trial"):  # set by the fakedetect_optuna sweeper: report to, and be pruned by, this trial
         callbacks.append(OptunaTrialCallback(**cfg.optuna_trial, monitor=cfg.optimized_metric))
     loggers = build_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks, loggers)
-    record: dict = {"task": cfg.task_name, "machine": machine(), "params": count_parameters(model),
-                    "experiment": _choice("experiment"), "data": _choice("data")}
+    record: dict = {
+        "task": cfg.task_name,
+        "machine": machine(),
+        "params": count_parameters(model),
+        "experiment": _choice("experiment"),
+        "data": _choice("data"),
+    }
     # the trainable parameter count is a metric too, for a search that trades accuracy against size
     metrics: dict[str, float] = {"params": float(record["params"])}
     if cfg.get("train"):

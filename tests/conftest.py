@@ -70,8 +70,14 @@ def compose_config(name: str, overrides: list[str], out: Path) -> DictConfig:
 
 def subset_train_config(cifake: Path, cache: Path, out: Path, *overrides: str) -> DictConfig:
     """A train config on the shared CIFAKE subset, quiet and on CPU, with outputs under `out`."""
-    base = [f"data.root={cifake}", f"data.cache_dir={cache}", *SUBSET, "trainer=cpu", "print_config=false",
-            "callbacks.progress_bar=null"]
+    base = [
+        f"data.root={cifake}",
+        f"data.cache_dir={cache}",
+        *SUBSET,
+        "trainer=cpu",
+        "print_config=false",
+        "callbacks.progress_bar=null",
+    ]
     return compose_config("train", [*base, *overrides], out)
 
 

@@ -29,8 +29,9 @@ FORMATS = [("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp")]
 CLASS_FOLDERS = ("0_real", "1_fake")
 
 
-def synthetic_image(rng: np.random.Generator, label: int, mean: tuple[int, int, int], size: tuple[int, int]
-                    ) -> np.ndarray:
+def synthetic_image(
+    rng: np.random.Generator, label: int, mean: tuple[int, int, int], size: tuple[int, int]
+) -> np.ndarray:
     """(H, W, 3) uint8: a smooth colour field around `mean`, and for fakes a faint 2-px checkerboard."""
     w, h = size
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -61,8 +62,9 @@ def encode(pixels: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def write_tree(root: Path, per_source: dict[str, int] | None = None, splits: tuple[str, ...] = ("train", "test"),
-               seed: int = 0) -> Path:
+def write_tree(
+    root: Path, per_source: dict[str, int] | None = None, splits: tuple[str, ...] = ("train", "test"), seed: int = 0
+) -> Path:
     """Write `per_source[split]` images of every source into each split under `root` (default: 12 train, 6 val
     and 6 test per source, the real source twice as many, so the classes are balanced), plus manifest.csv.
     Returns `root`."""
@@ -81,8 +83,14 @@ def write_tree(root: Path, per_source: dict[str, int] | None = None, splits: tup
                 k += 1
                 path = folder / f"{i}{suffix}"
                 path.write_bytes(encode(synthetic_image(rng, label, mean, size), fmt))
-                rows.append({"path": path.relative_to(root).as_posix(), "label": "FAKE" if label else "REAL",
-                             "split": split, "source": source})
+                rows.append(
+                    {
+                        "path": path.relative_to(root).as_posix(),
+                        "label": "FAKE" if label else "REAL",
+                        "split": split,
+                        "source": source,
+                    }
+                )
     with open(root / "manifest.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["path", "label", "split", "source"])
         writer.writeheader()

@@ -26,8 +26,10 @@ from tests.test_losses import WEIGHTS, needs
 
 
 @pytest.mark.parametrize("channels", [3, 1])
-@pytest.mark.parametrize("make", [ConvAutoencoder, partial(TransferAutoencoder, cifar_stem=True),
-                                  partial(TransferAutoencoder, cifar_stem=False)])
+@pytest.mark.parametrize(
+    "make",
+    [ConvAutoencoder, partial(TransferAutoencoder, cifar_stem=True), partial(TransferAutoencoder, cifar_stem=False)],
+)
 def test_autoencoders_classify_and_reconstruct(make: Callable[..., nn.Module], channels: int) -> None:
     net = make(in_channels=channels, resolution=32).eval()
     x = torch.randn(2, channels, 32, 32)
@@ -58,8 +60,9 @@ def test_transfer_autoencoder_trains_only_its_last_stages() -> None:
 
 
 def test_reconstruction_target_is_the_unnormalized_batch() -> None:
-    model = AutoencoderDetector(ConvAutoencoder(in_channels=1), BCEWithLogits(), nn.MSELoss(),
-                                partial(torch.optim.Adam))
+    model = AutoencoderDetector(
+        ConvAutoencoder(in_channels=1), BCEWithLogits(), nn.MSELoss(), partial(torch.optim.Adam)
+    )
     images = torch.rand(2, 1, 32, 32)
     with pytest.raises(RuntimeError, match="no normalization statistics"):  # never a silently wrong target
         model.unnormalize(images)
@@ -72,8 +75,16 @@ def test_reconstruction_target_is_the_unnormalized_batch() -> None:
 def ae_run(tmp_path_factory: pytest.TempPathFactory, cifake_path: Path, cache_dir: Path) -> tuple[DictConfig, dict]:
     """ae_conv (with BatchNorm, to learn fast), Youden threshold, classification frozen for a quarter, 2 epochs."""
     out = tmp_path_factory.mktemp("ae_run")
-    cfg = subset_train_config(cifake_path, cache_dir, out, "experiment=ae_conv", "trainer.max_epochs=2",
-                              "model.net.batch_norm=true", "model.threshold=youden", "model.c_freeze=0.25")
+    cfg = subset_train_config(
+        cifake_path,
+        cache_dir,
+        out,
+        "experiment=ae_conv",
+        "trainer.max_epochs=2",
+        "model.net.batch_norm=true",
+        "model.threshold=youden",
+        "model.c_freeze=0.25",
+    )
     return cfg, train(cfg)
 
 
@@ -113,8 +124,7 @@ def test_eval_applies_the_checkpoints_threshold(ae_run: tuple[DictConfig, dict],
     assert image_tags(tmp_path) >= FIGURES  # eval's TensorBoard has the figure callbacks' images too
 
 
-def test_module_brings_its_statistics_and_old_checkpoints_load(ae_run: tuple[DictConfig, dict],
-                                                               tmp_path: Path) -> None:
+def test_module_brings_its_statistics_and_old_checkpoints_load(ae_run: tuple[DictConfig, dict], tmp_path: Path) -> None:
     """The trained module carries the data's statistics; a checkpoint written before they were buffers (and
     with the autoencoder's old `model.n_images`) still loads, its statistics taken from the data module's state."""
     cfg, _ = ae_run

@@ -90,8 +90,9 @@ def test_backbone_and_head_learning_rates_reach_the_optimizer() -> None:
 
 
 def test_nets_without_groups_keep_one_group() -> None:
-    model = Detector(MLP(hidden=[], in_channels=1, resolution=2), BCEWithLogits(),
-                     functools.partial(torch.optim.SGD, lr=0.1))
+    model = Detector(
+        MLP(hidden=[], in_channels=1, resolution=2), BCEWithLogits(), functools.partial(torch.optim.SGD, lr=0.1)
+    )
     optimizer = model.configure_optimizers()["optimizer"]
     assert len(optimizer.param_groups) == 1 and optimizer.param_groups[0]["lr"] == 0.1
 
@@ -173,13 +174,30 @@ def test_pretrained_experiment_without_weights_stops_the_run(
 def test_cli_without_weights_ends_with_one_line(cifake_path: Path, cache_dir: Path, tmp_path: Path) -> None:
     """`python -m fakedetect.train` with no weights to be had: no traceback, no hub retries, the fix named last."""
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}  # the default: timm's cache only
-    env |= {"CIFAKE": str(cifake_path), "FAKEDETECT_CACHE": str(cache_dir), "HF_HUB_CACHE": str(tmp_path / "hub"),
-            "TORCH_HOME": str(tmp_path / "torch"), "CUDA_VISIBLE_DEVICES": ""}
+    env |= {
+        "CIFAKE": str(cifake_path),
+        "FAKEDETECT_CACHE": str(cache_dir),
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "TORCH_HOME": str(tmp_path / "torch"),
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     start = time.perf_counter()
     run = subprocess.run(
-        [sys.executable, "-m", "fakedetect.train", "model=resnet18", "model.net.pretrained=true", *SUBSET,
-         "trainer=cpu", "callbacks.progress_bar=null", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=ROOT, env=env, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "fakedetect.train",
+            "model=resnet18",
+            "model.net.pretrained=true",
+            *SUBSET,
+            "trainer=cpu",
+            "callbacks.progress_bar=null",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert run.returncode != 0
     assert "Traceback" not in run.stderr and "Retrying" not in run.stdout + run.stderr

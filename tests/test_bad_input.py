@@ -45,8 +45,12 @@ def _png(seed: int, size: int = 12) -> bytes:
 
 def _tree(root: Path, per_class: int = 4, bad: dict[str, bytes] | None = None) -> Path:
     """train/{REAL,FAKE} and test/{REAL,FAKE} of random PNGs, plus `bad` {relative name: bytes}."""
-    files = {f"{s}/{c}/{i}.png": _png(hash((s, c, i)) % 2**32) for s in ("train", "test") for c in CLASSES
-             for i in range(per_class)}
+    files = {
+        f"{s}/{c}/{i}.png": _png(hash((s, c, i)) % 2**32)
+        for s in ("train", "test")
+        for c in CLASSES
+        for i in range(per_class)
+    }
     for name, data in {**files, **(bad or {})}.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
@@ -84,8 +88,11 @@ def test_class_with_only_unreadable_files_stops_naming_the_folder(tmp_path: Path
     root = _tree(tmp_path / "data")
     for f in (root / "test" / "FAKE").iterdir():
         f.write_bytes(GARBAGE)
-    with pytest.raises(DataLayoutError, match=r"the test split has no FAKE images: its 4 files in 'test/FAKE' "
-                                              r"are unreadable"):
+    with pytest.raises(
+        DataLayoutError,
+        match=r"the test split has no FAKE images: its 4 files in 'test/FAKE' "
+        r"are unreadable",
+    ):
         _module(root, tmp_path)
 
 
@@ -96,45 +103,73 @@ def test_val_fraction_that_carves_no_class_is_an_error(tmp_path: Path) -> None:
     assert len(_module(root, tmp_path, val_fraction=0.0).splits["val"]) == 0  # no validation, on purpose
 
 
-@pytest.mark.parametrize(("key", "value"), [
-    ("val_fraction", 1.0), ("val_fraction", -0.1), ("val_fraction", "0.1"), ("test_fraction", 0.0),
-    ("test_fraction", 1.5), ("batch_size", -1), ("batch_size", 0), ("eval_batch_size", 2.5), ("resolution", 4),
-    ("resolution", 32.0), ("channels", 2), ("loader", "disk"), ("train_limit", 1), ("test_limit", -5),
-    ("max_pixels", 0), ("num_workers", -1), ("classes", ["REAL"]), ("classes", ["real", "REAL"]),
-])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("val_fraction", 1.0),
+        ("val_fraction", -0.1),
+        ("val_fraction", "0.1"),
+        ("test_fraction", 0.0),
+        ("test_fraction", 1.5),
+        ("batch_size", -1),
+        ("batch_size", 0),
+        ("eval_batch_size", 2.5),
+        ("resolution", 4),
+        ("resolution", 32.0),
+        ("channels", 2),
+        ("loader", "disk"),
+        ("train_limit", 1),
+        ("test_limit", -5),
+        ("max_pixels", 0),
+        ("num_workers", -1),
+        ("classes", ["REAL"]),
+        ("classes", ["real", "REAL"]),
+    ],
+)
 def test_data_arguments_checked_at_construction(key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=rf"^data\.{key} must be .*, got {re.escape(repr(value))}$"):
         ImageDataModule("never/read", **{key: value})
 
 
-@pytest.mark.parametrize(("key", "value"), [
-    ("translate", -1), ("blur_prob", 1.5), ("jpeg_quality", [100, 30]), ("jpeg_quality", [0, 100]), ("flip", "yes"),
-    ("resize_scale", [0.0, 1.0]), ("rotate", "10"),
-])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("translate", -1),
+        ("blur_prob", 1.5),
+        ("jpeg_quality", [100, 30]),
+        ("jpeg_quality", [0, 100]),
+        ("flip", "yes"),
+        ("resize_scale", [0.0, 1.0]),
+        ("rotate", "10"),
+    ],
+)
 def test_augment_arguments_checked_at_construction(key: str, value: object) -> None:
     with pytest.raises(ConfigError, match=rf"^data\.augment\.{key} must be .*, got {re.escape(repr(value))}$"):
         BatchAugment(**{key: value})
 
 
-@pytest.mark.parametrize(("build", "key"), [
-    (lambda: FocalLoss(gamma="abc"), "loss.gamma"),
-    (lambda: FocalLoss(gamma=-1.0), "loss.gamma"),
-    (lambda: FocalLoss(alpha=1.5), "loss.alpha"),
-    (lambda: BCEWithLogits(label_smoothing=1.0), "loss.label_smoothing"),
-    (lambda: BCEWithLogits(label_smoothing="0.1"), "loss.label_smoothing"),
-    (lambda: BCEWithLogits(pos_weight=0), "loss.pos_weight"),
-    (lambda: HybridLoss(beta=-1.0, gamma_r=0.0), "model.reconstruction.beta"),
-    (lambda: HybridLoss(ssim_window=4, gamma_r=0.0), "model.reconstruction.ssim_window"),
-    (lambda: LossSchedule(freeze=1.0), "model.c_freeze"),
-    (lambda: LossSchedule(c_weight=None), "model.c_weight"),
-])
+@pytest.mark.parametrize(
+    ("build", "key"),
+    [
+        (lambda: FocalLoss(gamma="abc"), "loss.gamma"),
+        (lambda: FocalLoss(gamma=-1.0), "loss.gamma"),
+        (lambda: FocalLoss(alpha=1.5), "loss.alpha"),
+        (lambda: BCEWithLogits(label_smoothing=1.0), "loss.label_smoothing"),
+        (lambda: BCEWithLogits(label_smoothing="0.1"), "loss.label_smoothing"),
+        (lambda: BCEWithLogits(pos_weight=0), "loss.pos_weight"),
+        (lambda: HybridLoss(beta=-1.0, gamma_r=0.0), "model.reconstruction.beta"),
+        (lambda: HybridLoss(ssim_window=4, gamma_r=0.0), "model.reconstruction.ssim_window"),
+        (lambda: LossSchedule(freeze=1.0), "model.c_freeze"),
+        (lambda: LossSchedule(c_weight=None), "model.c_weight"),
+    ],
+)
 def test_loss_arguments_checked_at_construction(build: Callable[[], object], key: str) -> None:
     with pytest.raises(ConfigError, match=rf"^{key} must be "):
         build()
 
 
 def test_sixteen_bit_greyscale_is_scaled_not_white() -> None:
-    ramp = (np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 256)  # 0 .. 65280
+    ramp = np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 256  # 0 .. 65280
     buf = io.BytesIO()
     Image.fromarray(ramp).save(buf, "PNG")
     with Image.open(io.BytesIO(buf.getvalue())) as img:
@@ -277,8 +312,11 @@ def test_stream_class_with_only_unreadable_files_stops_after_the_pass(tmp_path: 
     for f in (root / "test" / "FAKE").iterdir():
         f.write_bytes(GARBAGE)
     dm = _module(root, tmp_path, loader="stream", num_workers=0)
-    with pytest.raises(DataLayoutError, match=r"every image of class 1 read from 'test/FAKE' in this split is "
-                                              r"unreadable \(4 files, e\.g\. test/FAKE/"):
+    with pytest.raises(
+        DataLayoutError,
+        match=r"every image of class 1 read from 'test/FAKE' in this split is "
+        r"unreadable \(4 files, e\.g\. test/FAKE/",
+    ):
         list(dm.test_dataloader())
 
 
@@ -296,11 +334,25 @@ def test_stream_training_through_lightning_skips_bad_batches(tmp_path: Path, cap
 
     bad = {f"train/FAKE/bad{i}.png": GARBAGE for i in range(6)}
     root = _tree(tmp_path / "data", bad=bad)
-    cfg = compose_config("train", [
-        f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}", "data.loader=stream", "data.num_workers=0",
-        "data.resolution=16", "data.batch_size=2", "data.val_fraction=0.25", "model=mlp", "trainer=cpu",
-        "trainer.max_epochs=1", "print_config=false", "callbacks.progress_bar=null", "logger=csv",
-    ], tmp_path / "run")
+    cfg = compose_config(
+        "train",
+        [
+            f"data.root={root}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.loader=stream",
+            "data.num_workers=0",
+            "data.resolution=16",
+            "data.batch_size=2",
+            "data.val_fraction=0.25",
+            "model=mlp",
+            "trainer=cpu",
+            "trainer.max_epochs=1",
+            "print_config=false",
+            "callbacks.progress_bar=null",
+            "logger=csv",
+        ],
+        tmp_path / "run",
+    )
     metrics = train(cfg)
     assert "val/acc" in metrics and "test/acc" in metrics  # validation ran although batches were left out
     skipped = [r.message for r in caplog.records if "skipping a batch whose 2 images are all unreadable" in r.message]
@@ -311,8 +363,11 @@ def test_tar_cannot_be_streamed_one_line_at_setup(tmp_path: Path) -> None:
     archive = tmp_path / "small.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(_tree(tmp_path / "data"), arcname=".")
-    with pytest.raises(DataLayoutError, match=r"small\.tar\.gz: a \.tar archive cannot be streamed .*"
-                                              r"data\.loader=memory"):
+    with pytest.raises(
+        DataLayoutError,
+        match=r"small\.tar\.gz: a \.tar archive cannot be streamed .*"
+        r"data\.loader=memory",
+    ):
         _module(archive, tmp_path, loader="stream", num_workers=0)
 
 
@@ -351,13 +406,19 @@ def _garbage_zip(tmp_path: Path) -> Path:
     return tmp_path / "data.zip"
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda tmp: tmp / "nowhere", r"data source not found: .*nowhere; get CIFAKE with `python -m "
-                                  r"fakedetect\.data\.download cifake`, or try .* `data=cifake_sample`"),
-    (_garbage_zip, r"data\.zip is not a readable \.zip archive \(File is not a zip file\): re-download"),
-    (_truncated_tar, r"cifake\.tar\.gz is not a readable \.tar/\.tar\.gz archive, or is truncated"),
-    (_flat, r"flat: no images found in class folders"),
-])
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda tmp: tmp / "nowhere",
+            r"data source not found: .*nowhere; get CIFAKE with `python -m "
+            r"fakedetect\.data\.download cifake`, or try .* `data=cifake_sample`",
+        ),
+        (_garbage_zip, r"data\.zip is not a readable \.zip archive \(File is not a zip file\): re-download"),
+        (_truncated_tar, r"cifake\.tar\.gz is not a readable \.tar/\.tar\.gz archive, or is truncated"),
+        (_flat, r"flat: no images found in class folders"),
+    ],
+)
 def test_unusable_sources_are_one_line_errors(make: Callable[[Path], Path], message: str, tmp_path: Path) -> None:
     with pytest.raises(DataLayoutError, match=message) as err:
         _module(make(tmp_path), tmp_path)
@@ -372,18 +433,32 @@ def test_missing_exclude_file_names_the_key(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ the commands themselves
 
 
-@pytest.mark.parametrize(("command", "make_args", "expected"), [
-    ("train", lambda tmp: [], "`python -m fakedetect.download cifake`"),  # a new user's very first command
-    ("train", lambda tmp: [f"data.root={_garbage_zip(tmp)}"], "is not a readable .zip archive"),
-    ("train", lambda tmp: ["loss=focal", "loss.gamma=abc"], "loss.gamma must be a number >= 0, got 'abc'"),
-    ("audit", lambda tmp: [f"root={_truncated_tar(tmp)}"], "is not a readable .tar/.tar.gz archive"),
-], ids=["train-no-data", "train-not-a-zip", "train-loss-type", "audit-truncated-tar"])
-def test_commands_end_in_one_line(command: str, make_args: Callable[[Path], list[str]], expected: str,
-                                  tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("command", "make_args", "expected"),
+    [
+        ("train", lambda tmp: [], "`python -m fakedetect.download cifake`"),  # a new user's very first command
+        ("train", lambda tmp: [f"data.root={_garbage_zip(tmp)}"], "is not a readable .zip archive"),
+        ("train", lambda tmp: ["loss=focal", "loss.gamma=abc"], "loss.gamma must be a number >= 0, got 'abc'"),
+        ("audit", lambda tmp: [f"root={_truncated_tar(tmp)}"], "is not a readable .tar/.tar.gz archive"),
+    ],
+    ids=["train-no-data", "train-not-a-zip", "train-loss-type", "audit-truncated-tar"],
+)
+def test_commands_end_in_one_line(
+    command: str, make_args: Callable[[Path], list[str]], expected: str, tmp_path: Path
+) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("CIFAKE", "HYDRA_FULL_ERROR", "PROJECT_ROOT")}
     env |= {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    args = [f"hydra.run.dir={tmp_path / 'run'}", "print_config=false"] if command == "train" else [
-        f"hydra.run.dir={tmp_path / 'run'}"]
-    run = subprocess.run([sys.executable, "-m", f"fakedetect.{command}", *make_args(tmp_path), *args],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    args = (
+        [f"hydra.run.dir={tmp_path / 'run'}", "print_config=false"]
+        if command == "train"
+        else [f"hydra.run.dir={tmp_path / 'run'}"]
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", f"fakedetect.{command}", *make_args(tmp_path), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert_one_line(run, expected)

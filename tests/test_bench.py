@@ -19,14 +19,28 @@ from fakedetect.utils.errors import ConfigError
 from tests.conftest import ROOT, assert_one_line
 
 
-def test_bench_reports_throughput_ratio_and_time_to_accuracy(cifake_path: Path, cache_dir: Path,
-                                                             tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "fakedetect.bench", f"data.root={cifake_path}", "data.train_limit=1000",
-               "data.test_limit=500", "models=[mlp]", "warmup_steps=2", "timed_steps=4", "repeats=2",
-               "measure_decode=false",
-               "trainer.accelerator=cpu", f"report_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}",
-               "time_to_accuracy.experiment=cnnv3", "time_to_accuracy.targets=[0.0,1.01]",
-               'time_to_accuracy.overrides=["data.train_limit=1000","data.test_limit=500","trainer.max_epochs=2"]']
+def test_bench_reports_throughput_ratio_and_time_to_accuracy(
+    cifake_path: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "fakedetect.bench",
+        f"data.root={cifake_path}",
+        "data.train_limit=1000",
+        "data.test_limit=500",
+        "models=[mlp]",
+        "warmup_steps=2",
+        "timed_steps=4",
+        "repeats=2",
+        "measure_decode=false",
+        "trainer.accelerator=cpu",
+        f"report_dir={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "time_to_accuracy.experiment=cnnv3",
+        "time_to_accuracy.targets=[0.0,1.01]",
+        'time_to_accuracy.overrides=["data.train_limit=1000","data.test_limit=500","trainer.max_epochs=2"]',
+    ]
     env = {**os.environ, "FAKEDETECT_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -46,9 +60,20 @@ def test_bench_reports_throughput_ratio_and_time_to_accuracy(cifake_path: Path, 
 
 def test_gpu_suite_runs_every_stage_at_tiny_scale(cifake_path: Path, cache_dir: Path, tmp_path: Path) -> None:
     """Every stage of `suite=gpu` end to end on CPU at scale=tiny, so a GPU session spends no minutes on a crash."""
-    command = [sys.executable, "-m", "fakedetect.bench", "suite=gpu", "suite.scale=tiny", "stage=open",
-               "suite.deadline_s=3600", f"suite.report={tmp_path / 'bench-gpu'}", f"suite.run_dir={tmp_path / 'runs'}",
-               f"data.root={cifake_path}", "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path / 'run'}"]
+    command = [
+        sys.executable,
+        "-m",
+        "fakedetect.bench",
+        "suite=gpu",
+        "suite.scale=tiny",
+        "stage=open",
+        "suite.deadline_s=3600",
+        f"suite.report={tmp_path / 'bench-gpu'}",
+        f"suite.run_dir={tmp_path / 'runs'}",
+        f"data.root={cifake_path}",
+        "trainer.accelerator=cpu",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     env = {**os.environ, "FAKEDETECT_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -56,18 +81,23 @@ def test_gpu_suite_runs_every_stage_at_tiny_scale(cifake_path: Path, cache_dir: 
     stages = {s["stage"]: s for s in record["stages"]}
     assert list(stages) == ["1", "1b", "2", "3a", "3b", "4", "5"] and {s["scale"] for s in stages.values()} == {"tiny"}
     assert all(s["machine"] and s["date"] and s["commit"] for s in stages.values())
-    for row in [*stages["1"]["runs"]["throughput"]["models"].values(),
-                *stages["1b"]["runs"]["throughput"]["models"].values()]:
+    for row in [
+        *stages["1"]["runs"]["throughput"]["models"].values(),
+        *stages["1b"]["runs"]["throughput"]["models"].values(),
+    ]:
         assert row["time_ratio"] == row["plain_img_s"] / row["fakedetect_img_s"] > 0
         assert row["gpu_util_pct"] is None, "no GPU: no utilisation, not a made-up 0%"
     jpegs = stages["1b"]["runs"]["jpegs"]
     assert jpegs["files"] == 40 and [len(list((Path(jpegs["root"]) / c).glob("*.jpg"))) for c in ("REAL", "FAKE")] == [
-        20, 20], "the generated JPEGs split evenly into the two class folders"
+        20,
+        20,
+    ], "the generated JPEGs split evenly into the two class folders"
     rows = stages["1b"]["runs"]["throughput"]["models"]
     assert {n: (r["model"], r["loader"], r["resolution"], r["fit"]) for n, r in rows.items()} == {
         "resnet18_memory_32": ("resnet18", "memory", 32, "squash"),
         "resnet18_stream_224": ("resnet18", "stream", 64, "resize_crop"),
-        "resnet18_cached_224": ("resnet18", "cached", 64, "resize_crop")}, "tiny: 64 px instead of 224"
+        "resnet18_cached_224": ("resnet18", "cached", 64, "resize_crop"),
+    }, "tiny: 64 px instead of 224"
     assert rows["resnet18_stream_224"]["train_images"] == rows["resnet18_cached_224"]["train_images"] == 38
     assert "decode_s" in rows["resnet18_cached_224"]["prepare_timings"], "fresh files: the cached row decodes them"
     assert [p["epoch"] for p in stages["2"]["runs"]["resnet18_fast"]["curve"]] == [1]
@@ -79,8 +109,11 @@ def test_gpu_suite_runs_every_stage_at_tiny_scale(cifake_path: Path, cache_dir: 
     assert "error" not in search and search["states"] == {"COMPLETE": 2}, "2 workers stop at the study's 2 trials"
     tables = stages["5"]["runs"]["robustness"]["tables"]
     assert {n: t["checkpoint"] for n, t in tables.items()} == {
-        "cifake_top": "earlier run", "cifake_top_scratch": "earlier run", "cnnv3": "earlier run",
-        "resnet18_fast": "trained again"}, "time to accuracy keeps no checkpoint: stage 5 trains it"
+        "cifake_top": "earlier run",
+        "cifake_top_scratch": "earlier run",
+        "cnnv3": "earlier run",
+        "resnet18_fast": "trained again",
+    }, "time to accuracy keeps no checkpoint: stage 5 trains it"
     assert all(len(t["rows"]) == 2 for t in tables.values())
     markdown = (tmp_path / "bench-gpu.md").read_text()
     assert "## Stage 5" in markdown and "| resnet18_stream_224 | 64 | 4 |" in markdown
@@ -88,9 +121,21 @@ def test_gpu_suite_runs_every_stage_at_tiny_scale(cifake_path: Path, cache_dir: 
 
 
 def test_gpu_suite_unknown_stage_is_one_line(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "fakedetect.bench", "suite=gpu", "stage=9",
-                             f"suite.report={tmp_path / 'bench-gpu'}", f"hydra.run.dir={tmp_path}"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fakedetect.bench",
+            "suite=gpu",
+            "stage=9",
+            f"suite.report={tmp_path / 'bench-gpu'}",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert assert_one_line(result) == "error: stage=9: give a stage of suite gpu (1, 1b, 2, 3a, 3b, 4, 5), next or open"
 
 
@@ -108,8 +153,9 @@ def test_gpu_suite_record_that_is_not_one_is_a_config_error(tmp_path: Path) -> N
             load(path)
 
 
-def test_gpu_suite_search_past_its_deadline_is_reported_as_such(tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gpu_suite_search_past_its_deadline_is_reported_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Workers still running at the deadline are all killed, and the run says the deadline stopped it (not the
     exit code of a worker that was killed)."""
     from fakedetect.benchmarks.suite import search
@@ -125,6 +171,7 @@ def test_gpu_suite_search_past_its_deadline_is_reported_as_such(tmp_path: Path,
     assert time.monotonic() - start < 20
     assert result["error"] == "stopped at the stage's deadline after 1 s" and result["states"] == {}
 
+
 def test_utilisation_averages_the_readings_inside_a_timed_span() -> None:
     values = iter(range(10_000))
     with Utilisation(lambda: float(next(values)), interval=0.005) as gpu:
@@ -133,12 +180,14 @@ def test_utilisation_averages_the_readings_inside_a_timed_span() -> None:
     assert len(times) >= 5 and gpu.error is None
     assert gpu.mean(Span(0.0, times[2], times[4])) == statistics.fmean([2.0, 3.0, 4.0])
     assert gpu.mean(Span(0.0, times[0], times[1]), Span(0.0, times[4], times[4])) == statistics.fmean(
-        [0.0, 1.0, 4.0]), "a loop's repeats: the readings inside any of its spans"
+        [0.0, 1.0, 4.0]
+    ), "a loop's repeats: the readings inside any of its spans"
     assert gpu.mean(Span(0.0, times[-1] + 1, times[-1] + 2)) is None, "no reading inside: unknown, not 0%"
 
 
-def test_nvidia_smi_reader_reads_one_gpu_and_a_failing_one_is_reported(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nvidia_smi_reader_reads_one_gpu_and_a_failing_one_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     smi = tmp_path / "nvidia-smi"
     smi.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/args"\necho 37\n')
     smi.chmod(0o755)

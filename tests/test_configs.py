@@ -39,8 +39,9 @@ def test_group_option_composes(group: str, option: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", COMMANDS)
-def test_every_command_with_paths_composes_and_reads_the_local_config(name: str, monkeypatch: pytest.MonkeyPatch,
-                                                         tmp_path: Path) -> None:
+def test_every_command_with_paths_composes_and_reads_the_local_config(
+    name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("FAKEDETECT_WEIGHTS", raising=False)
     assert Path(compose_config(name, [], tmp_path).paths.weights_dir).name == "weights"
     local = compose_config(name, ["local=example"], tmp_path)
@@ -51,28 +52,72 @@ def test_every_command_with_paths_composes_and_reads_the_local_config(name: str,
     ("overrides", "optimizer", "scheduler", "interval", "augment"),
     [
         ([], {"_target_": "torch.optim.Adam", "lr": 1e-3, "weight_decay": 0.0}, None, "epoch", (True, 2)),
-        (["optimizer=sgd", "scheduler=onecycle", "augment=none"],
-         {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
-         {**ONE_CYCLE, "max_lr": 0.1}, "step", (False, 0)),
-        (["experiment=cnnv3"], {"_target_": "torch.optim.Adam", "lr": 2e-3, "weight_decay": 0.0},
-         {**ONE_CYCLE, "max_lr": 2e-3}, "step", (True, 4)),
-        (["experiment=resnet18_fast"],
-         {"_target_": "torch.optim.SGD", "lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
-         {**ONE_CYCLE, "max_lr": 0.2, "pct_start": 0.25}, "step", (True, 4)),
-        (["experiment=cifake_top"], {"_target_": "torch.optim.AdamW", "lr": 2e-3, "weight_decay": 5e-2},
-         {**ONE_CYCLE, "max_lr": 2e-3}, "step", (True, 2)),
-        (["experiment=ae_transfer_hybrid"], {"_target_": "torch.optim.Adam", "lr": 1e-3, "weight_decay": 0.0},
-         {**ONE_CYCLE, "max_lr": 1e-3}, "step", (True, 2)),
-        (["experiment=fakefinder_best"], {"_target_": "torch.optim.Adam", "lr": 7.32e-4, "weight_decay": 0.0}, None,
-         "epoch", (False, 0)),
-        (["experiment=resnet18_scratch"], {"_target_": "torch.optim.Adam", "lr": 5e-4, "weight_decay": 0.0}, None,
-         "epoch", (True, 0)),
-        (["hparams_search=optuna"], {"_target_": "torch.optim.Adam", "lr": 1e-3, "weight_decay": 0.0}, None, "epoch",
-         (False, 0)),
+        (
+            ["optimizer=sgd", "scheduler=onecycle", "augment=none"],
+            {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+            {**ONE_CYCLE, "max_lr": 0.1},
+            "step",
+            (False, 0),
+        ),
+        (
+            ["experiment=cnnv3"],
+            {"_target_": "torch.optim.Adam", "lr": 2e-3, "weight_decay": 0.0},
+            {**ONE_CYCLE, "max_lr": 2e-3},
+            "step",
+            (True, 4),
+        ),
+        (
+            ["experiment=resnet18_fast"],
+            {"_target_": "torch.optim.SGD", "lr": 0.2, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+            {**ONE_CYCLE, "max_lr": 0.2, "pct_start": 0.25},
+            "step",
+            (True, 4),
+        ),
+        (
+            ["experiment=cifake_top"],
+            {"_target_": "torch.optim.AdamW", "lr": 2e-3, "weight_decay": 5e-2},
+            {**ONE_CYCLE, "max_lr": 2e-3},
+            "step",
+            (True, 2),
+        ),
+        (
+            ["experiment=ae_transfer_hybrid"],
+            {"_target_": "torch.optim.Adam", "lr": 1e-3, "weight_decay": 0.0},
+            {**ONE_CYCLE, "max_lr": 1e-3},
+            "step",
+            (True, 2),
+        ),
+        (
+            ["experiment=fakefinder_best"],
+            {"_target_": "torch.optim.Adam", "lr": 7.32e-4, "weight_decay": 0.0},
+            None,
+            "epoch",
+            (False, 0),
+        ),
+        (
+            ["experiment=resnet18_scratch"],
+            {"_target_": "torch.optim.Adam", "lr": 5e-4, "weight_decay": 0.0},
+            None,
+            "epoch",
+            (True, 0),
+        ),
+        (
+            ["hparams_search=optuna"],
+            {"_target_": "torch.optim.Adam", "lr": 1e-3, "weight_decay": 0.0},
+            None,
+            "epoch",
+            (False, 0),
+        ),
     ],
 )
-def test_group_choices_give_the_recipes_keys(overrides: list[str], optimizer: dict, scheduler: dict | None,
-                                             interval: str, augment: tuple[bool, int], tmp_path: Path) -> None:
+def test_group_choices_give_the_recipes_keys(
+    overrides: list[str],
+    optimizer: dict,
+    scheduler: dict | None,
+    interval: str,
+    augment: tuple[bool, int],
+    tmp_path: Path,
+) -> None:
     """optimizer=, scheduler= and augment= (on the command line or an experiment's `override /...`) land at
     model.optimizer, model.scheduler, model.scheduler_interval and data.augment with the values the recipes had
     when each wrote its own block."""

@@ -44,13 +44,22 @@ def test_every_command_is_a_listed_hydra_app_in_the_package_root(monkeypatch: py
         assert f"{name} is powered by Hydra" in shown.getvalue() and "== Config ==" in shown.getvalue(), name
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (["cross_generator", "runs=.", "metric=specificity"], ["metric=specificity", "acc, auroc, recall"]),
-    (["search_report", "study=s"], ["storage is required: add storage=..."]),
-], ids=["cross_generator-metric", "search_report-no-storage"])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["cross_generator", "runs=.", "metric=specificity"], ["metric=specificity", "acc, auroc, recall"]),
+        (["search_report", "study=s"], ["storage is required: add storage=..."]),
+    ],
+    ids=["cross_generator-metric", "search_report-no-storage"],
+)
 def test_former_argparse_commands_end_in_one_line(args: list[str], expected: list[str], tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", f"fakedetect.{args[0]}", *args[1:]], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", f"fakedetect.{args[0]}", *args[1:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert_one_line(done, *expected)
     assert not list(tmp_path.iterdir()), "a report command makes no run folder"
 
@@ -59,9 +68,22 @@ def test_default_training_console_is_quiet(cifake_path: Path, tmp_path: Path) ->
     """A default CPU training, as a user starts it: the config, the splits, one progress bar, the results."""
     env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "PYTHONWARNINGS")}
     env |= {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "-m", "fakedetect.train", f"data.root={cifake_path}", *SUBSET,
-                           "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fakedetect.train",
+            f"data.root={cifake_path}",
+            *SUBSET,
+            "trainer.max_epochs=1",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     console = done.stdout + done.stderr
     assert done.returncode == 0, console[-3000:]
     noisy = [line for line in console.splitlines() if NOISE.search(line)]

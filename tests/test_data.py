@@ -72,10 +72,15 @@ def _random_png(rng: np.random.Generator, size: int = 12) -> bytes:
 def _split_folder(root: Path, per_class: int = 4, seed: int = 0) -> Path:
     """A tiny train/{REAL,FAKE}, test/{REAL,FAKE} folder of random PNGs."""
     rng = np.random.default_rng(seed)
-    return _write_tree(root, {
-        f"{split}/{cls}/{i}.png": _random_png(rng)
-        for split in ("train", "test") for cls in CLASSES for i in range(per_class)
-    })
+    return _write_tree(
+        root,
+        {
+            f"{split}/{cls}/{i}.png": _random_png(rng)
+            for split in ("train", "test")
+            for cls in CLASSES
+            for i in range(per_class)
+        },
+    )
 
 
 def _module(root: Path | str, cache: Path, **kwargs: object) -> ImageDataModule:
@@ -92,7 +97,7 @@ def _module(root: Path | str, cache: Path, **kwargs: object) -> ImageDataModule:
 
 def _listing_by_name(source: Source, prefix: str = "") -> dict[str, tuple[str, int]]:
     """{lower-cased name without prefix: (split, label)} of a source's listing."""
-    return {e.name[len(prefix):].lower(): (e.split, e.label) for e in source.list(list(CLASSES)).entries}
+    return {e.name[len(prefix) :].lower(): (e.split, e.label) for e in source.list(list(CLASSES)).entries}
 
 
 def _batches(loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
@@ -259,8 +264,10 @@ def test_folder_zip_and_tar_sources_agree(cifake_members: Members, tmp_path: Pat
     assert _listing_by_name(Source.open(tarred)) == expected
 
     # Decoded the same, from the archive's own bytes (no re-encoding), with FAKE = 1.
-    by_kind = [ImageDataModule(str(p), cache_dir=str(tmp_path / "cache"), decode_workers=1).decoded()
-               for p in (lower, zipped, tarred)]
+    by_kind = [
+        ImageDataModule(str(p), cache_dir=str(tmp_path / "cache"), decode_workers=1).decoded()
+        for p in (lower, zipped, tarred)
+    ]
     for decoded in by_kind:
         assert decoded.skipped == []
         assert np.array_equal(decoded.images, by_kind[0].images)
@@ -447,8 +454,9 @@ def test_stream_loader_drops_corrupt_files(tmp_path: Path) -> None:
 # -------------------------------------------------------------------------------- 7. the memory loader
 
 
-def _device_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool,
-                    **order: object) -> DeviceBatches:
+def _device_batches(
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, **order: object
+) -> DeviceBatches:
     """DeviceBatches whose sources are the labels, in an EpochOrder."""
     return DeviceBatches(images, labels, labels.clone(), EpochOrder(len(labels), batch_size, shuffle, **order))
 
@@ -479,8 +487,7 @@ def test_device_batches_ranks_are_disjoint_halves() -> None:
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == list(range(103))
 
-    dropping = [_device_batches(images, labels, 10, True, seed=3, rank=r, world_size=2, drop_last=True)
-                for r in (0, 1)]
+    dropping = [_device_batches(images, labels, 10, True, seed=3, rank=r, world_size=2, drop_last=True) for r in (0, 1)]
     assert [len(list(b)) for b in dropping] == [5, 5]  # ranks must run the same number of steps
 
 
@@ -519,8 +526,12 @@ def test_random_translate_is_a_per_sample_shift() -> None:
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
     shifts = set()
     for i in range(len(x)):
-        matches = [(dy, dx) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
-                   if torch.equal(out[i], padded[i, :, dy : dy + 10, dx : dx + 12])]
+        matches = [
+            (dy, dx)
+            for dy in range(2 * pad + 1)
+            for dx in range(2 * pad + 1)
+            if torch.equal(out[i], padded[i, :, dy : dy + 10, dx : dx + 12])
+        ]
         assert matches, f"sample {i} is not a crop of its own padded image"
         shifts.add(matches[0])
     assert len(shifts) > 1
@@ -534,8 +545,9 @@ def test_preprocess_normalizes_train_batch(cifake_dm: ImageDataModule) -> None:
     assert torch.allclose(x.std(dim=(0, 2, 3)), torch.ones(3), atol=0.05)
 
 
-def test_preprocess_train_applies_the_augmentation(cifake_dm: ImageDataModule, cifake_path: Path,
-                                                    cache_dir: Path) -> None:
+def test_preprocess_train_applies_the_augmentation(
+    cifake_dm: ImageDataModule, cifake_path: Path, cache_dir: Path
+) -> None:
     dm = ImageDataModule(str(cifake_path), cache_dir=str(cache_dir), augment=BatchAugment(flip=True), **SUBSET)
     dm.setup()
     images = torch.from_numpy(dm.split_images("val")[:64]).permute(0, 3, 1, 2)
@@ -562,8 +574,9 @@ def test_preprocess_greyscale(cifake_path: Path, cache_dir: Path) -> None:
 # --------------------------------------------------------------------------------- 9. normalization stats
 
 
-def test_stats_from_train_split_only_and_cached(cifake_dm: ImageDataModule, cifake_path: Path, cache_dir: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stats_from_train_split_only_and_cached(
+    cifake_dm: ImageDataModule, cifake_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     train_mean, train_std = channel_stats(cifake_dm.split_images("train"), 3)
     np.testing.assert_allclose(cifake_dm.mean, train_mean, atol=1e-9)
     np.testing.assert_allclose(cifake_dm.std, train_std, atol=1e-9)

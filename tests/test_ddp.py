@@ -21,9 +21,23 @@ def run(tmp: Path, cifake: Path, cache: Path, *overrides: str) -> tuple[dict, st
     """The run's metrics.json and its stderr."""
     env = {**os.environ, "CIFAKE": str(cifake), "FAKEDETECT_CACHE": str(cache)}
     result = subprocess.run(
-        [sys.executable, "-m", "fakedetect.train", *SUBSET, "trainer.max_epochs=2", "callbacks.progress_bar=null",
-         "print_config=false", f"hydra.run.dir={tmp}", *overrides],
-        cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "fakedetect.train",
+            *SUBSET,
+            "trainer.max_epochs=2",
+            "callbacks.progress_bar=null",
+            "print_config=false",
+            f"hydra.run.dir={tmp}",
+            *overrides,
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     return json.loads((tmp / "metrics.json").read_text()), result.stderr
 

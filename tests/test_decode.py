@@ -71,8 +71,10 @@ def test_random_crop_is_a_native_window_placed_by_the_rng() -> None:
         assert np.array_equal(crop, array[top : top + 16, left : left + 16])
         corners.add((left, top))
     assert len(corners) > 1
-    assert np.array_equal(decode_image(data, 16, "random_crop", rng=random.Random(3)),
-                          decode_image(data, 16, "random_crop", rng=random.Random(3)))
+    assert np.array_equal(
+        decode_image(data, 16, "random_crop", rng=random.Random(3)),
+        decode_image(data, 16, "random_crop", rng=random.Random(3)),
+    )
 
 
 def test_crop_fits_scale_a_small_image_up_first() -> None:
@@ -106,8 +108,10 @@ def test_draft_decode_matches_the_full_decode(fit: str) -> None:
     assert not np.array_equal(drafted, full)  # the draft path really ran: libjpeg's scaled DCT differs slightly
 
 
-@pytest.mark.parametrize(("width", "height", "side"), [(1024, 640, 64), (700, 300, 100), (799, 200, 100),
-                                                       (640, 1024, 224), (300, 300, 150), (299, 600, 150)])
+@pytest.mark.parametrize(
+    ("width", "height", "side"),
+    [(1024, 640, 64), (700, 300, 100), (799, 200, 100), (640, 1024, 224), (300, 300, 150), (299, 600, 150)],
+)
 def test_draft_keeps_both_sides_at_least_the_resolution(width: int, height: int, side: int) -> None:
     data = _encode(_photo(width, height), "JPEG", quality=80)
     with open_image(data, draft=side) as img:
@@ -210,8 +214,14 @@ def test_cache_round_trip_is_memory_mapped(tmp_path: Path) -> None:
         assert decoded.splits.tolist() == ["train"] * 6 + ["test"] * 2
         assert np.array_equal(decoded.digests, in_memory.digests) and np.array_equal(decoded.labels, in_memory.labels)
     assert sorted(p.name for p in folder.parent.iterdir()) == ["key"]  # the private folder was renamed into place
-    assert sorted(p.name for p in folder.iterdir()) == ["digests.npy", "images.npy", "labels.npy", "meta.json",
-                                                        "sources.npy", "splits.npy"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "digests.npy",
+        "images.npy",
+        "labels.npy",
+        "meta.json",
+        "sources.npy",
+        "splits.npy",
+    ]
 
 
 def test_unreadable_files_are_dropped_from_the_written_cache(tmp_path: Path) -> None:
@@ -232,8 +242,9 @@ def test_cache_that_cannot_be_written_decodes_in_memory(tmp_path: Path, caplog: 
     entries = _tree(tmp_path / "data")
     (tmp_path / "a_file").write_text("")
     with caplog.at_level(logging.WARNING, logger="fakedetect.data.cache"):
-        decoded = decode_entries(FolderSource(tmp_path / "data"), entries, 16, workers=1,
-                                 folder=tmp_path / "a_file" / "key")
+        decoded = decode_entries(
+            FolderSource(tmp_path / "data"), entries, 16, workers=1, folder=tmp_path / "a_file" / "key"
+        )
     assert len(decoded.images) == 8 and not isinstance(decoded.images, np.memmap)
     assert any("not written by this run" in r.getMessage() for r in caplog.records)
 
@@ -245,8 +256,11 @@ def test_full_disk_while_writing_is_one_line(tmp_path: Path, monkeypatch: pytest
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(cache_mod.np.lib.format, "open_memmap", full)
-    with pytest.raises(ConfigError, match=r"^decode cache .*/key: cannot be written \(\[Errno 28\] No space left on "
-                                          r"device\); free disk space there or point data\.cache_dir"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^decode cache .*/key: cannot be written \(\[Errno 28\] No space left on "
+        r"device\); free disk space there or point data\.cache_dir",
+    ):
         decode_entries(FolderSource(tmp_path / "data"), entries, 16, workers=1, folder=tmp_path / "c" / "key")
     assert list((tmp_path / "c").iterdir()) == []
 
@@ -271,16 +285,23 @@ def test_decoding_reads_bounded_batches_ahead(tmp_path: Path) -> None:
     for i, n in enumerate(sizes):
         (root / f"{i}.bin").write_bytes(b"x" * n)
     batches = list(read_batches(FolderSource(root), [f"{i}.bin" for i in range(9)], files=3, nbytes=1000))
-    assert [[name for name, _ in b] for b in batches] == [["0.bin", "1.bin"], ["2.bin"], ["3.bin", "4.bin", "5.bin"],
-                                                          ["6.bin"], ["7.bin"], ["8.bin"]]
+    assert [[name for name, _ in b] for b in batches] == [
+        ["0.bin", "1.bin"],
+        ["2.bin"],
+        ["3.bin", "4.bin", "5.bin"],
+        ["6.bin"],
+        ["7.bin"],
+        ["8.bin"],
+    ]
     # 40 images, batches of 2, 2 workers: reading never runs more than (workers + 1) batches ahead of the output
     names = [f"{i}.png" for i in range(40)]
     for i, name in enumerate(names):
         (root / name).write_bytes(_encode(_coded(8 + i % 5, 8)))
     source = _CountingSource(root)
     ahead = []
-    for got, (name, image, _) in enumerate(decoded_stream(source, names, 8, "squash", None, workers=2,
-                                                          batch_files=2), start=1):
+    for got, (name, image, _) in enumerate(
+        decoded_stream(source, names, 8, "squash", None, workers=2, batch_files=2), start=1
+    ):
         assert image.shape == (8, 8, 3) and name == names[got - 1]
         ahead.append(source.reads - got)
     assert max(ahead) <= (2 + 1) * 2 + 2 and source.reads == 40
@@ -291,8 +312,9 @@ def test_decode_bench_generates_times_and_measures_memory(tmp_path: Path) -> Non
     assert generate(str(root), count=3, size=96, workers=1)["files"] == 3
     assert sorted(p.name for p in root.iterdir()) == ["00000.jpg", "00001.jpg", "00002.jpg"]
     speed = decode_speed(str(root), 32, "resize_crop", repeats=2)
-    assert speed["images"] == 3 and all(len(speed[k]["passes"]) == 2 and speed[k]["median_images_s"] > 0
-                                        for k in ("draft", "no_draft"))
+    assert speed["images"] == 3 and all(
+        len(speed[k]["passes"]) == 2 and speed[k]["median_images_s"] > 0 for k in ("draft", "no_draft")
+    )
     memory = cache_memory(str(root), 16, "squash", workers=1)
     assert memory["images"] == 3 and memory["cache_gb"] > 3 * 16 * 16 * 3 / 1e9
     assert memory["peak_rss_mb"] >= memory["peak_rss_main_mb"] > 0
@@ -302,10 +324,19 @@ def test_decode_bench_generates_times_and_measures_memory(tmp_path: Path) -> Non
         decode_speed(str(tmp_path / "png"), 32, "squash", 1)
 
 
-@pytest.mark.parametrize(("args", "message"), [(["root=/no/such/folder"], "data source not found: /no/such/folder"),
-                                               (["root=.", "mode=fast"], "mode=fast is not a mode"),
-                                               (["root=.", "fit=crop"], "fit=crop is not a fit")])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["root=/no/such/folder"], "data source not found: /no/such/folder"),
+        (["root=.", "mode=fast"], "mode=fast is not a mode"),
+        (["root=.", "fit=crop"], "fit=crop is not a fit"),
+    ],
+)
 def test_decode_bench_bad_arguments_are_one_line(args: list[str], message: str, tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "fakedetect.decode_bench", *args, f"hydra.run.dir={tmp_path}"],
-                          cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "fakedetect.decode_bench", *args, f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert message in assert_one_line(done)

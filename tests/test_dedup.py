@@ -34,8 +34,12 @@ def _planted(root: Path, per_class: int = 8) -> Path:
     """Random PNGs with copies of train files planted in test, beside two near misses that must stay: a pair of
     copies within test only, and a train image's pixels encoded again with other bytes."""
     rng = np.random.default_rng(0)
-    files = {f"{split}/{cls}/{i}.png": _random_png(rng) for split in ("train", "test") for cls in CLASSES
-             for i in range(per_class)}
+    files = {
+        f"{split}/{cls}/{i}.png": _random_png(rng)
+        for split in ("train", "test")
+        for cls in CLASSES
+        for i in range(per_class)
+    }
     pixels = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
     files["train/FAKE/pixels.png"] = _encode(pixels, "PNG", compress_level=9)
     files["test/FAKE/pixels.png"] = _encode(pixels, "PNG", compress_level=1)
@@ -100,16 +104,36 @@ def test_stream_digests_follow_a_changed_file_and_survive_a_damaged_cache(tmp_pa
 
 
 def _folder_train(root: Path, out: Path, cache: Path, *overrides: str) -> dict[str, float]:
-    cfg = compose_config("train", [f"data.root={root}", f"data.cache_dir={cache}", "data.decode_workers=1",
-                                   "data.val_fraction=0.25", "data.batch_size=8", "trainer=cpu", "trainer.max_epochs=2",
-                                   "print_config=false", "callbacks.progress_bar=null", *overrides], out)
+    cfg = compose_config(
+        "train",
+        [
+            f"data.root={root}",
+            f"data.cache_dir={cache}",
+            "data.decode_workers=1",
+            "data.val_fraction=0.25",
+            "data.batch_size=8",
+            "trainer=cpu",
+            "trainer.max_epochs=2",
+            "print_config=false",
+            "callbacks.progress_bar=null",
+            *overrides,
+        ],
+        out,
+    )
     return train(cfg)
 
 
 def test_without_copies_acc_dedup_is_test_acc(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    root = _write_tree(tmp_path / "data", {f"{split}/{cls}/{i}.png": _random_png(rng) for split in ("train", "test")
-                                           for cls in CLASSES for i in range(12)})
+    root = _write_tree(
+        tmp_path / "data",
+        {
+            f"{split}/{cls}/{i}.png": _random_png(rng)
+            for split in ("train", "test")
+            for cls in CLASSES
+            for i in range(12)
+        },
+    )
     metrics = _folder_train(root, tmp_path / "run", tmp_path / "cache", "model.threshold=youden")
     assert metrics["test/n_dedup_removed"] == 0 and metrics["test/n_dedup_groups"] == 0
     assert metrics["test/acc_dedup"] == metrics["test/acc"]
@@ -141,12 +165,28 @@ def test_planted_copies_change_acc_dedup_as_scored_by_hand(tmp_path: Path) -> No
     assert metrics["test/acc"] == pytest.approx(correct.float().mean().item(), abs=1e-6)
     assert metrics["test/acc_dedup"] == pytest.approx(correct[kept].float().mean().item(), abs=1e-6)
     # eval of the checkpoint reports the same, and a test cut short scores only the images it saw
-    evaluated = evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "report=false",
-                                                 f"data.cache_dir={tmp_path / 'cache'}"], tmp_path / "eval"))
+    evaluated = evaluate(
+        compose_config(
+            "eval",
+            [f"ckpt_path={ckpt}", "trainer=cpu", "report=false", f"data.cache_dir={tmp_path / 'cache'}"],
+            tmp_path / "eval",
+        )
+    )
     assert evaluated["test/acc_dedup"] == metrics["test/acc_dedup"]
-    short = evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "data.eval_batch_size=4",
-                                             "+trainer.limit_test_batches=2", "robustness.enabled=true",
-                                             "robustness.conditions=[clean,blur:1.0]"], tmp_path / "short"))
+    short = evaluate(
+        compose_config(
+            "eval",
+            [
+                f"ckpt_path={ckpt}",
+                "trainer=cpu",
+                "data.eval_batch_size=4",
+                "+trainer.limit_test_batches=2",
+                "robustness.enabled=true",
+                "robustness.conditions=[clean,blur:1.0]",
+            ],
+            tmp_path / "short",
+        )
+    )
     assert short["test/n_dedup_removed"] == dm.test_duplicates[:8].sum()
     assert short["test/acc_dedup"] == pytest.approx(correct[:8][kept[:8]].float().mean().item(), abs=1e-6)
     # the report, the per-source table and the robustness rows cover the same 8 images as test/acc
@@ -161,8 +201,9 @@ def _archive_digests(path: Path) -> dict[str, str]:
         return {m.name: hashlib.sha1(tar.extractfile(m).read()).hexdigest() for m in tar if m.isfile()}
 
 
-def test_cifake_subset_training_logs_dedup_metrics(train_cfg: Callable[..., DictConfig], cifake_path: Path,
-                                                   cache_dir: Path) -> None:
+def test_cifake_subset_training_logs_dedup_metrics(
+    train_cfg: Callable[..., DictConfig], cifake_path: Path, cache_dir: Path
+) -> None:
     cfg = train_cfg("trainer.max_epochs=1", "+trainer.limit_train_batches=4")
     metrics = train(cfg)
     assert 0 < metrics["test/acc_dedup"] <= 1 and 0 < metrics["test/auroc_dedup"] <= 1
@@ -189,5 +230,6 @@ def test_cifake_subset_training_logs_dedup_metrics(train_cfg: Callable[..., Dict
     row = table([{**record, "experiment": "cnnv3", "train_images": 1800}])
     assert f"| {100 * metrics['test/acc']:.2f}% | {100 * metrics['test/acc_dedup']:.2f}% |" in row
     del record["metrics"]["test/acc_dedup"]  # a run from before the metric
-    assert f"| {100 * metrics['test/acc']:.2f}% | n/a |" in table([{**record, "experiment": "cnnv3",
-                                                                          "train_images": 1800}])
+    assert f"| {100 * metrics['test/acc']:.2f}% | n/a |" in table(
+        [{**record, "experiment": "cnnv3", "train_images": 1800}]
+    )

@@ -68,8 +68,14 @@ def server() -> Iterator[ThreadingHTTPServer]:
 def run_download(*overrides: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_") and k != "HYDRA_FULL_ERROR"}
     env["KAGGLE_CONFIG_DIR"] = "/nonexistent"
-    return subprocess.run([sys.executable, "-m", "fakedetect.download", "cifake", *overrides],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "fakedetect.download", "cifake", *overrides],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
 
 
 def free_port() -> int:

@@ -53,14 +53,23 @@ def import_time_statements(tree: ast.Module) -> Iterator[ast.AST]:
 
 
 def _is_os_environ(node: ast.AST) -> bool:
-    return (isinstance(node, ast.Attribute) and node.attr == "environ" and isinstance(node.value, ast.Name)
-            and node.value.id == "os") or (isinstance(node, ast.Name) and node.id == "environ")
+    return (
+        isinstance(node, ast.Attribute)
+        and node.attr == "environ"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "os"
+    ) or (isinstance(node, ast.Name) and node.id == "environ")
 
 
 def import_side_effects(tree: ast.Module) -> list[str]:
     """`matplotlib.use(...)` and writes to `os.environ` that run at import."""
-    matplotlib_names = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-                        for alias in node.names if alias.name == "matplotlib"}
+    matplotlib_names = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+        if alias.name == "matplotlib"
+    }
     found = []
     for node in import_time_statements(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
@@ -71,8 +80,15 @@ def import_side_effects(tree: ast.Module) -> list[str]:
                 found.append(f"line {node.lineno}: os.environ.{node.func.attr} at import")
             if node.func.attr == "putenv" and isinstance(owner, ast.Name) and owner.id == "os":
                 found.append(f"line {node.lineno}: os.putenv at import")
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
-            node, (ast.AugAssign, ast.AnnAssign)) else node.targets if isinstance(node, ast.Delete) else []
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, (ast.AugAssign, ast.AnnAssign))
+            else node.targets
+            if isinstance(node, ast.Delete)
+            else []
+        )
         for target in targets:
             if isinstance(target, ast.Subscript) and _is_os_environ(target.value):
                 found.append(f"line {node.lineno}: os.environ[...] written at import")
@@ -85,16 +101,21 @@ def hydra_mains(tree: ast.Module) -> bool:
         if isinstance(node, ast.FunctionDef):
             for decorator in node.decorator_list:
                 func = decorator.func if isinstance(decorator, ast.Call) else decorator
-                if isinstance(func, ast.Attribute) and func.attr == "main" and isinstance(func.value, ast.Name) \
-                        and func.value.id == "hydra":
+                if (
+                    isinstance(func, ast.Attribute)
+                    and func.attr == "main"
+                    and isinstance(func.value, ast.Name)
+                    and func.value.id == "hydra"
+                ):
                     return True
     return False
 
 
 def script_modules() -> set[str]:
     """The modules of `[project.scripts]` in pyproject.toml (read as text: tomllib is Python 3.11+)."""
-    section = re.search(r"^\[project\.scripts\]\n(.*?)(?=^\[|\Z)", (ROOT / "pyproject.toml").read_text(),
-                        re.MULTILINE | re.DOTALL)
+    section = re.search(
+        r"^\[project\.scripts\]\n(.*?)(?=^\[|\Z)", (ROOT / "pyproject.toml").read_text(), re.MULTILINE | re.DOTALL
+    )
     return set(re.findall(r"^[\w.-]+\s*=\s*[\"']([\w.]+):", section.group(1), re.MULTILINE)) if section else set()
 
 
@@ -113,12 +134,21 @@ def violations(modules: dict[str, ast.Module], commands: set[str]) -> list[str]:
         imports = set(imported_modules(tree, name))
         layer = name.split(".")[1] if name.count(".") else ""
         if layer in ("modules", "nets", "data"):
-            found += [f"{name} imports {i}: matplotlib belongs in fakedetect.reporting" for i in sorted(imports)
-                      if within(i, "matplotlib")]
-            found += [f"{name} imports {i}: figures are reporting callbacks, not part of {layer}"
-                      for i in sorted(imports) if within(i, "fakedetect.reporting")]
-        found += [f"{name} imports the command {i}: move what it needs into a library module"
-                  for i in sorted(imports) if i in commands and i != name]
+            found += [
+                f"{name} imports {i}: matplotlib belongs in fakedetect.reporting"
+                for i in sorted(imports)
+                if within(i, "matplotlib")
+            ]
+            found += [
+                f"{name} imports {i}: figures are reporting callbacks, not part of {layer}"
+                for i in sorted(imports)
+                if within(i, "fakedetect.reporting")
+            ]
+        found += [
+            f"{name} imports the command {i}: move what it needs into a library module"
+            for i in sorted(imports)
+            if i in commands and i != name
+        ]
         found += [f"{name}: {effect}" for effect in import_side_effects(tree)]
     return found
 
@@ -149,10 +179,13 @@ def test_each_rule_catches_a_planted_violation(name: str, source: str, message: 
     assert len(found) >= 1 and all(message in line for line in found), found
 
 
-@pytest.mark.parametrize("source", [
-    "import matplotlib\ndef draw():\n    matplotlib.use('Agg')\n",  # at call time, in a command: allowed
-    "import os\nvalue = os.environ.get('HF_HUB_OFFLINE', '1')\n",  # reading is fine
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import matplotlib\ndef draw():\n    matplotlib.use('Agg')\n",  # at call time, in a command: allowed
+        "import os\nvalue = os.environ.get('HF_HUB_OFFLINE', '1')\n",  # reading is fine
+    ],
+)
 def test_what_runs_later_or_only_reads_is_allowed(source: str) -> None:
     assert violations({"fakedetect.reporting.planted": ast.parse(source)}, set()) == []
 
@@ -160,7 +193,6 @@ def test_what_runs_later_or_only_reads_is_allowed(source: str) -> None:
 def test_commands_are_found_by_their_hydra_main() -> None:
     tree = ast.parse("import hydra\n@hydra.main(config_path='c', config_name='x')\ndef main(cfg):\n    pass\n")
     assert hydra_mains(tree) and not hydra_mains(ast.parse("def main():\n    pass\n"))
-
 
 
 def test_figures_need_no_pyplot_backend(tmp_path: Path) -> None:
@@ -180,8 +212,15 @@ def test_figures_need_no_pyplot_backend(tmp_path: Path) -> None:
     plt.close("all")
     write_report(tmp_path, probs, labels, mistakes, {"0.5": 0.5}, ["REAL", "FAKE"])
     write_robustness(tmp_path, [{"condition": "clean", "acc": 0.9, "auroc": 0.95}])
-    reconstruction_mistakes_figure(torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8), torch.tensor([0, 1]),
-                                   torch.tensor([0.9, 0.1]), 0.5, ["REAL", "FAKE"]).savefig(tmp_path / "ae.png")
+    reconstruction_mistakes_figure(
+        torch.rand(2, 3, 8, 8),
+        torch.rand(2, 3, 8, 8),
+        torch.tensor([0, 1]),
+        torch.tensor([0.9, 0.1]),
+        0.5,
+        ["REAL", "FAKE"],
+    ).savefig(tmp_path / "ae.png")
     assert plt.get_fignums() == []
     assert {"confusion_matrix.png", "roc.png", "mistakes.png", "robustness.png", "ae.png"} <= {
-        p.name for p in tmp_path.iterdir()}
+        p.name for p in tmp_path.iterdir()
+    }

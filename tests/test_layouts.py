@@ -41,7 +41,10 @@ def test_flat_class_folders_have_no_split_and_the_class_as_source() -> None:
     names = ["REAL/a.jpg", "FAKE/b.png", "fake/c.webp", "readme.txt", ".DS_Store", "FAKE/._b.png"]
     listing = match(names, CLASSES, where="data")
     assert {e.name: (e.split, e.label, e.source) for e in listing.entries} == {
-        "REAL/a.jpg": ("", 0, "REAL"), "FAKE/b.png": ("", 1, "FAKE"), "fake/c.webp": ("", 1, "FAKE")}
+        "REAL/a.jpg": ("", 0, "REAL"),
+        "FAKE/b.png": ("", 1, "FAKE"),
+        "fake/c.webp": ("", 1, "FAKE"),
+    }
     assert listing.ignored == ["readme.txt"]  # hidden and AppleDouble files are not even reported
 
 
@@ -61,15 +64,21 @@ def test_a_split_without_one_class_is_one_line_naming_it() -> None:
 
 
 def test_no_class_folder_names_the_aliases_and_a_csv() -> None:
-    with pytest.raises(DataLayoutError, match=r"^root: no images found in class folders \['REAL', 'FAKE'\] "
-                                              r"\(data\.layout=auto: expected split/class/image, e\.g\. .*"
-                                              r"data\.aliases; labels in a CSV: data\.manifest=train\.csv\)$"):
+    with pytest.raises(
+        DataLayoutError,
+        match=r"^root: no images found in class folders \['REAL', 'FAKE'\] "
+        r"\(data\.layout=auto: expected split/class/image, e\.g\. .*"
+        r"data\.aliases; labels in a CSV: data\.manifest=train\.csv\)$",
+    ):
         match(["train.csv", "train_data/a.jpg"], CLASSES, where="root")
 
 
 def test_forced_layout_that_does_not_fit_says_what_it_expects() -> None:
-    with pytest.raises(DataLayoutError, match=r"\(data\.layout=genimage: expected <generator>/\{train,val\}/<class>/"
-                                              r"image, e\.g\. sdv4/train/ai/x\.png; other class folder names via "):
+    with pytest.raises(
+        DataLayoutError,
+        match=r"\(data\.layout=genimage: expected <generator>/\{train,val\}/<class>/"
+        r"image, e\.g\. sdv4/train/ai/x\.png; other class folder names via ",
+    ):
         match(["REAL/a.jpg", "FAKE/b.jpg"], CLASSES, layout="genimage", where="web60")
 
 
@@ -79,24 +88,38 @@ def test_forced_layout_that_does_not_fit_says_what_it_expects() -> None:
 def test_default_aliases_cover_real_fake_nature_ai_and_forensynths() -> None:
     table = class_folders(CLASSES)
     assert {n: table[n] for n in ("real", "nature", "0_real", "fake", "ai", "1_fake")} == {
-        "real": 0, "nature": 0, "0_real": 0, "fake": 1, "ai": 1, "1_fake": 1}
+        "real": 0,
+        "nature": 0,
+        "0_real": 0,
+        "fake": 1,
+        "ai": 1,
+        "1_fake": 1,
+    }
     assert class_folders(["cat", "dog"]) == {"cat": 0, "dog": 1}  # defaults of absent classes do not apply
 
 
 def test_configured_aliases_replace_the_defaults() -> None:
     names = ["Photos/a.jpg", "midjourney/b.jpg", "dalle/c.jpg", "real/d.jpg"]
     placed = _placed(names, aliases={"REAL": ["photos"], "fake": ["Midjourney", "DALLE"]})
-    assert placed == {"Photos/a.jpg": ("", 0, "REAL"), "midjourney/b.jpg": ("", 1, "FAKE"),
-                      "dalle/c.jpg": ("", 1, "FAKE"), "real/d.jpg": ("", 0, "REAL")}  # class names always match
+    assert placed == {
+        "Photos/a.jpg": ("", 0, "REAL"),
+        "midjourney/b.jpg": ("", 1, "FAKE"),
+        "dalle/c.jpg": ("", 1, "FAKE"),
+        "real/d.jpg": ("", 0, "REAL"),
+    }  # class names always match
 
 
-@pytest.mark.parametrize(("aliases", "message"), [
-    ({"REAL": ["x"], "FAKE": ["X"]}, r"^data\.aliases: folder name 'X' would label both REAL and FAKE"),
-    ({"REAL": ["fake"]}, r"^data\.aliases: folder name 'fake' would label both FAKE and REAL"),
-    ({"DOG": ["x"]}, r"^data\.aliases: 'DOG' is not one of data\.classes \['REAL', 'FAKE'\]$"),
-    ({"REAL": "photos"}, r"^data\.aliases\.REAL must be a list of folder names, got 'photos'$"),
-    (["photos"], r"^data\.aliases must be a mapping"),
-], ids=["twice", "other-class", "unknown-class", "not-a-list", "not-a-mapping"])
+@pytest.mark.parametrize(
+    ("aliases", "message"),
+    [
+        ({"REAL": ["x"], "FAKE": ["X"]}, r"^data\.aliases: folder name 'X' would label both REAL and FAKE"),
+        ({"REAL": ["fake"]}, r"^data\.aliases: folder name 'fake' would label both FAKE and REAL"),
+        ({"DOG": ["x"]}, r"^data\.aliases: 'DOG' is not one of data\.classes \['REAL', 'FAKE'\]$"),
+        ({"REAL": "photos"}, r"^data\.aliases\.REAL must be a list of folder names, got 'photos'$"),
+        (["photos"], r"^data\.aliases must be a mapping"),
+    ],
+    ids=["twice", "other-class", "unknown-class", "not-a-list", "not-a-mapping"],
+)
 def test_bad_aliases_are_one_line(aliases: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         class_folders(CLASSES, aliases)
@@ -105,9 +128,13 @@ def test_bad_aliases_are_one_line(aliases: object, message: str) -> None:
 # --------------------------------------------------------------------------------- GenImage and ForenSynths
 
 
-GENIMAGE = [f"{top}/{gen}/{split}/{cls}/{i}.{'png' if cls == 'ai' else 'JPEG'}"
-            for top, gen in (("stable_diffusion_v_1_4", "imagenet_ai_0419_sdv4"), ("ADM", "imagenet_ai_0508_adm"))
-            for split in ("train", "val") for cls in ("ai", "nature") for i in range(2)]
+GENIMAGE = [
+    f"{top}/{gen}/{split}/{cls}/{i}.{'png' if cls == 'ai' else 'JPEG'}"
+    for top, gen in (("stable_diffusion_v_1_4", "imagenet_ai_0419_sdv4"), ("ADM", "imagenet_ai_0508_adm"))
+    for split in ("train", "val")
+    for cls in ("ai", "nature")
+    for i in range(2)
+]
 
 
 def test_genimage_val_is_test_and_the_generator_is_the_source() -> None:
@@ -115,15 +142,21 @@ def test_genimage_val_is_test_and_the_generator_is_the_source() -> None:
     assert len(placed) == len(GENIMAGE)
     assert placed["ADM/imagenet_ai_0508_adm/val/ai/0.png"] == ("test", 1, "imagenet_ai_0508_adm")
     assert placed["stable_diffusion_v_1_4/imagenet_ai_0419_sdv4/train/nature/1.JPEG"] == (
-        "train", 0, "imagenet_ai_0419_sdv4")
+        "train",
+        0,
+        "imagenet_ai_0419_sdv4",
+    )
     assert {s for s, _, _ in placed.values()} == {"train", "test"}
 
 
 def test_genimage_rooted_at_one_generator_takes_the_root_name() -> None:
     names = [f"{s}/{c}/x.png" for s in ("train", "val") for c in ("ai", "nature")]
     assert set(_placed(names, root_name="imagenet_glide").values()) == {
-        ("train", 1, "imagenet_glide"), ("train", 0, "imagenet_glide"), ("test", 1, "imagenet_glide"),
-        ("test", 0, "imagenet_glide")}
+        ("train", 1, "imagenet_glide"),
+        ("train", 0, "imagenet_glide"),
+        ("test", 1, "imagenet_glide"),
+        ("test", 0, "imagenet_glide"),
+    }
 
 
 def test_genimage_without_val_names_genimage_val() -> None:
@@ -132,9 +165,15 @@ def test_genimage_without_val_names_genimage_val() -> None:
         match(names, CLASSES, layout="genimage")
 
 
-FORENSYNTHS = ["test/progan/airplane/0_real/a.png", "test/progan/airplane/1_fake/a.png",
-               "test/progan/cat/1_fake/b.png", "test/biggan/0_real/c.png", "test/biggan/1_fake/c.png",
-               "train/airplane/0_real/d.png", "train/airplane/1_fake/d.png"]
+FORENSYNTHS = [
+    "test/progan/airplane/0_real/a.png",
+    "test/progan/airplane/1_fake/a.png",
+    "test/progan/cat/1_fake/b.png",
+    "test/biggan/0_real/c.png",
+    "test/biggan/1_fake/c.png",
+    "train/airplane/0_real/d.png",
+    "train/airplane/1_fake/d.png",
+]
 
 
 def test_forensynths_with_and_without_category_level() -> None:
@@ -147,13 +186,17 @@ def test_forensynths_with_and_without_category_level() -> None:
     assert unsplit["biggan/0_real/c.png"] == ("", 0, "biggan")
 
 
-@pytest.mark.parametrize(("names", "layout"), [
-    (GENIMAGE, "genimage"),
-    (FORENSYNTHS, "forensynths"),
-    (["train/REAL/a.jpg", "test/FAKE/b.jpg"], "folders"),
-    (["cifake/train/ai/a.jpg", "cifake/test/nature/b.jpg"], "folders"),  # ai/nature, but a test split: not GenImage
-    (["0_real/a.jpg", "fake/b.jpg"], "folders"),  # mixed conventions
-], ids=["genimage", "forensynths", "cifake", "ai-nature-with-test", "mixed"])
+@pytest.mark.parametrize(
+    ("names", "layout"),
+    [
+        (GENIMAGE, "genimage"),
+        (FORENSYNTHS, "forensynths"),
+        (["train/REAL/a.jpg", "test/FAKE/b.jpg"], "folders"),
+        (["cifake/train/ai/a.jpg", "cifake/test/nature/b.jpg"], "folders"),  # ai/nature, but a test split: not GenImage
+        (["0_real/a.jpg", "fake/b.jpg"], "folders"),  # mixed conventions
+    ],
+    ids=["genimage", "forensynths", "cifake", "ai-nature-with-test", "mixed"],
+)
 def test_auto_detects_the_layout(names: list[str], layout: str) -> None:
     assert detect_layout([tuple(p.lower() for p in n.split("/")[:-1]) for n in names]) == layout
 
@@ -163,11 +206,15 @@ def test_forced_folders_layout_keeps_genimage_val_as_val() -> None:
     assert placed["ADM/imagenet_ai_0508_adm/val/ai/0.png"] == ("val", 1, "FAKE")
 
 
-@pytest.mark.parametrize(("layout", "manifest", "message"), [
-    ("imagefolder", None, r"^data\.layout must be one of auto, folders, genimage, forensynths, manifest, got "),
-    ("manifest", None, r"^data\.layout=manifest needs data\.manifest="),
-    ("folders", "labels.csv", r"^data\.manifest is set but data\.layout=folders"),
-], ids=["unknown", "manifest-without-csv", "csv-with-folders"])
+@pytest.mark.parametrize(
+    ("layout", "manifest", "message"),
+    [
+        ("imagefolder", None, r"^data\.layout must be one of auto, folders, genimage, forensynths, manifest, got "),
+        ("manifest", None, r"^data\.layout=manifest needs data\.manifest="),
+        ("folders", "labels.csv", r"^data\.manifest is set but data\.layout=folders"),
+    ],
+    ids=["unknown", "manifest-without-csv", "csv-with-folders"],
+)
 def test_bad_layout_keys_are_one_line(layout: str, manifest: str | None, message: str, tmp_path: Path) -> None:
     source = Source.open(_tree(tmp_path, ["REAL/a.png", "FAKE/b.png"]))
     with pytest.raises(ConfigError, match=message):
@@ -186,12 +233,18 @@ def _names_in(text: str) -> list[str]:
 
 
 def test_manifest_with_split_and_source_columns() -> None:
-    text = ("path,label,split,source\n"
-            "a/1.jpg,REAL,train,unsplash\nb/2.png,fake,Train,midjourney\n"
-            "./a/3.jpg,0,test,\nb\\4.png,ai,TEST,dalle3\n")
+    text = (
+        "path,label,split,source\n"
+        "a/1.jpg,REAL,train,unsplash\nb/2.png,fake,Train,midjourney\n"
+        "./a/3.jpg,0,test,\nb\\4.png,ai,TEST,dalle3\n"
+    )
     listing = _manifest(text, ["a/1.jpg", "b/2.png", "a/3.jpg", "b/4.png", "labels.csv"])
-    assert listing.entries == [Entry("a/1.jpg", "train", 0, "unsplash"), Entry("b/2.png", "train", 1, "midjourney"),
-                               Entry("a/3.jpg", "test", 0, "REAL"), Entry("b/4.png", "test", 1, "dalle3")]
+    assert listing.entries == [
+        Entry("a/1.jpg", "train", 0, "unsplash"),
+        Entry("b/2.png", "train", 1, "midjourney"),
+        Entry("a/3.jpg", "test", 0, "REAL"),
+        Entry("b/4.png", "test", 1, "dalle3"),
+    ]
     assert listing.ignored == ["labels.csv"]
 
 
@@ -200,7 +253,10 @@ def test_kaggle_manifest_without_split_or_source() -> None:
     text = ",file_name,label\n0,train_data/a.jpg,1\n1,train_data/b.jpg,0\n2,train_data/c.jpg,1\n"
     listing = from_manifest(text, "train.csv", ["train_data/a.jpg", "train_data/b.jpg", "train_data/c.jpg"], CLASSES)
     assert [(e.name, e.split, e.label, e.source) for e in listing.entries] == [
-        ("train_data/a.jpg", "", 1, "FAKE"), ("train_data/b.jpg", "", 0, "REAL"), ("train_data/c.jpg", "", 1, "FAKE")]
+        ("train_data/a.jpg", "", 1, "FAKE"),
+        ("train_data/b.jpg", "", 0, "REAL"),
+        ("train_data/c.jpg", "", 1, "FAKE"),
+    ]
 
 
 def test_manifest_rows_without_their_file_are_skipped_and_counted(caplog: pytest.LogCaptureFixture) -> None:
@@ -211,23 +267,55 @@ def test_manifest_rows_without_their_file_are_skipped_and_counted(caplog: pytest
     assert "skipped 2 of its 4 rows whose file is not in the source, e.g. gone.jpg" in caplog.text
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("path,label\nr.jpg,REAL\nf.jpg,dog\n", r"^labels\.csv row 3: label 'dog' is not a class of \['REAL', 'FAKE'\], "
-                                            r"an alias of one \(data\.aliases\), or a class index 0\.\.1$"),
-    ("path,label\nr.jpg,REAL\nf.jpg,2\n", r"^labels\.csv row 3: label '2' is not a class"),
-    ("path,label,split\nr.jpg,REAL,train\nf.jpg,FAKE,holdout\n", r"^labels\.csv row 3: split 'holdout' is not one of"),
-    ("path,label\n../r.jpg,REAL\nf.jpg,FAKE\n", r"^labels\.csv row 2: path '\.\./r\.jpg' must be relative to the "),
-    ("path,label\n/etc/r.jpg,REAL\nf.jpg,FAKE\n", r"^labels\.csv row 2: path '/etc/r\.jpg' must be relative"),
-    ("path,label\nr.jpg,REAL\nf.jpg,FAKE\nr.jpg,FAKE\n", r"^labels\.csv row 4: r\.jpg is already listed on row 2$"),
-    ("path,label\nr.jpg,REAL\nf.jpg\n", r"^labels\.csv row 3: 1 fields, the header has 2$"),
-    ("path,label,split\nr.jpg,REAL,train\nf.jpg,FAKE,\n", r"^labels\.csv row 3: no split, while other rows have one"),
-    ("image_id,is_fake\nr.jpg,0\n", r"^labels\.csv: the first row must name a path column \(path or file_name\) and "),
-    ("", r"^labels\.csv: the manifest is empty"),
-    ('path,label\n"r.jpg,REAL\n', r"^labels\.csv row \d+: not valid CSV"),
-    ("path,label\nr.jpg\0,REAL\n", r"^labels\.csv row 2: path 'r\.jpg\\x00' holds control characters$"),
-    ("path,label\nr.jpg,REAL\nf.jpg,REAL\n", r"^labels\.csv: no row of class FAKE has its image file in the source$"),
-], ids=["bad-label", "label-index-out-of-range", "bad-split", "parent-path", "absolute-path", "duplicate",
-        "short-row", "mixed-split", "no-header", "empty", "bad-quoting", "nul-byte", "one-class"])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "path,label\nr.jpg,REAL\nf.jpg,dog\n",
+            r"^labels\.csv row 3: label 'dog' is not a class of \['REAL', 'FAKE'\], "
+            r"an alias of one \(data\.aliases\), or a class index 0\.\.1$",
+        ),
+        ("path,label\nr.jpg,REAL\nf.jpg,2\n", r"^labels\.csv row 3: label '2' is not a class"),
+        (
+            "path,label,split\nr.jpg,REAL,train\nf.jpg,FAKE,holdout\n",
+            r"^labels\.csv row 3: split 'holdout' is not one of",
+        ),
+        ("path,label\n../r.jpg,REAL\nf.jpg,FAKE\n", r"^labels\.csv row 2: path '\.\./r\.jpg' must be relative to the "),
+        ("path,label\n/etc/r.jpg,REAL\nf.jpg,FAKE\n", r"^labels\.csv row 2: path '/etc/r\.jpg' must be relative"),
+        ("path,label\nr.jpg,REAL\nf.jpg,FAKE\nr.jpg,FAKE\n", r"^labels\.csv row 4: r\.jpg is already listed on row 2$"),
+        ("path,label\nr.jpg,REAL\nf.jpg\n", r"^labels\.csv row 3: 1 fields, the header has 2$"),
+        (
+            "path,label,split\nr.jpg,REAL,train\nf.jpg,FAKE,\n",
+            r"^labels\.csv row 3: no split, while other rows have one",
+        ),
+        (
+            "image_id,is_fake\nr.jpg,0\n",
+            r"^labels\.csv: the first row must name a path column \(path or file_name\) and ",
+        ),
+        ("", r"^labels\.csv: the manifest is empty"),
+        ('path,label\n"r.jpg,REAL\n', r"^labels\.csv row \d+: not valid CSV"),
+        ("path,label\nr.jpg\0,REAL\n", r"^labels\.csv row 2: path 'r\.jpg\\x00' holds control characters$"),
+        (
+            "path,label\nr.jpg,REAL\nf.jpg,REAL\n",
+            r"^labels\.csv: no row of class FAKE has its image file in the source$",
+        ),
+    ],
+    ids=[
+        "bad-label",
+        "label-index-out-of-range",
+        "bad-split",
+        "parent-path",
+        "absolute-path",
+        "duplicate",
+        "short-row",
+        "mixed-split",
+        "no-header",
+        "empty",
+        "bad-quoting",
+        "nul-byte",
+        "one-class",
+    ],
+)
 def test_bad_manifest_rows_are_one_line_naming_file_and_row(text: str, message: str) -> None:
     with pytest.raises(DataLayoutError, match=message) as err:
         _manifest(text, ["r.jpg", "f.jpg"])
@@ -235,8 +323,11 @@ def test_bad_manifest_rows_are_one_line_naming_file_and_row(text: str, message: 
 
 
 def test_manifest_with_no_file_present_says_paths_are_relative_to_root() -> None:
-    with pytest.raises(DataLayoutError, match=r"none of its 2 rows names a file in the source \(e\.g\. x/r\.jpg\); "
-                                              r"paths must be relative to data\.root$"):
+    with pytest.raises(
+        DataLayoutError,
+        match=r"none of its 2 rows names a file in the source \(e\.g\. x/r\.jpg\); "
+        r"paths must be relative to data\.root$",
+    ):
         _manifest("path,label\nx/r.jpg,REAL\nx/f.jpg,FAKE\n", ["r.jpg", "f.jpg"])
 
 
@@ -255,22 +346,31 @@ def test_source_list_reads_a_manifest_from_a_folder_a_zip_and_an_absolute_path(t
             zf.write(root / name, name)
             tf.add(root / name, name)
     expected = [Entry("imgs/r.png", "", 0, "flickr"), Entry("imgs/f.png", "", 1, "sdxl")]
-    for path, manifest in ((root, "labels.csv"), (zipped, "labels.csv"), (tarred, "labels.csv"),
-                           (root, str(root / "labels.csv"))):
+    for path, manifest in (
+        (root, "labels.csv"),
+        (zipped, "labels.csv"),
+        (tarred, "labels.csv"),
+        (root, str(root / "labels.csv")),
+    ):
         assert Source.open(path).list(CLASSES, manifest=manifest).entries == expected
 
 
 def test_source_list_flat_folders_take_the_class_as_source(tmp_path: Path) -> None:
     """web60's layout: the root's own name is no generator."""
     root = _tree(tmp_path / "web60", ["REAL/a.jpg", "FAKE/b.jpg"])
-    assert Source.open(root).list(CLASSES).entries == [Entry("FAKE/b.jpg", "", 1, "FAKE"),
-                                                       Entry("REAL/a.jpg", "", 0, "REAL")]
+    assert Source.open(root).list(CLASSES).entries == [
+        Entry("FAKE/b.jpg", "", 1, "FAKE"),
+        Entry("REAL/a.jpg", "", 0, "REAL"),
+    ]
 
 
 def test_source_list_missing_manifest_is_one_line(tmp_path: Path) -> None:
     root = _tree(tmp_path / "data", ["REAL/a.png", "FAKE/b.png"])
-    with pytest.raises(DataLayoutError, match=r"^data\.manifest: cannot read .*data/nothing\.csv \(.*\); give a CSV "
-                                              r"path relative to data\.root, or an absolute one$"):
+    with pytest.raises(
+        DataLayoutError,
+        match=r"^data\.manifest: cannot read .*data/nothing\.csv \(.*\); give a CSV "
+        r"path relative to data\.root, or an absolute one$",
+    ):
         Source.open(root).list(CLASSES, manifest="nothing.csv")
     (root / "latin1.csv").write_bytes("path,label\nREAL/a.png,réel\n".encode("latin-1"))
     with pytest.raises(DataLayoutError, match=r"latin1\.csv: the manifest is not UTF-8 text"):

@@ -37,8 +37,12 @@ def _manifest_dataset(root: Path) -> dict[str, tuple[str, str, str]]:
     """Images under img/ listed in labels.csv (path,label,split,source): three sources, train/val/test given.
     Returns {name: (split, class, source)}."""
     rng = np.random.default_rng(0)
-    truth = {f"img/{source}_{split}_{i}.png": (split, cls, source) for split, n in PER_SPLIT.items()
-             for source, cls in GROUPS for i in range(n)}
+    truth = {
+        f"img/{source}_{split}_{i}.png": (split, cls, source)
+        for split, n in PER_SPLIT.items()
+        for source, cls in GROUPS
+        for i in range(n)
+    }
     _write_tree(root, {name: _image(rng) for name in truth})
     rows = [f"{name},{cls},{split},{source}" for name, (split, cls, source) in truth.items()]
     (root / "labels.csv").write_text("\n".join(["path,label,split,source", *rows]) + "\n")
@@ -48,13 +52,28 @@ def _manifest_dataset(root: Path) -> dict[str, tuple[str, str, str]]:
 def _forensynths(root: Path, per_class: int = 6) -> Path:
     """<generator>/{0_real,1_fake}/image, no split folders: sources gen_a and gen_b (fakes and reals of each)."""
     rng = np.random.default_rng(1)
-    return _write_tree(root, {f"{gen}/{cls}/{i}.png": _image(rng) for gen in ("gen_a", "gen_b")
-                              for cls in ("0_real", "1_fake") for i in range(per_class)})
+    return _write_tree(
+        root,
+        {
+            f"{gen}/{cls}/{i}.png": _image(rng)
+            for gen in ("gen_a", "gen_b")
+            for cls in ("0_real", "1_fake")
+            for i in range(per_class)
+        },
+    )
 
 
 def _module(root: Path, cache: Path, loader: str = "memory", **kwargs: object) -> ImageDataModule:
-    kwargs = {"resolution": 16, "decode_workers": 1, "num_workers": 0, "batch_size": 4, "eval_batch_size": 5,
-              "cache_dir": str(cache), "loader": loader, **kwargs}
+    kwargs = {
+        "resolution": 16,
+        "decode_workers": 1,
+        "num_workers": 0,
+        "batch_size": 4,
+        "eval_batch_size": 5,
+        "cache_dir": str(cache),
+        "loader": loader,
+        **kwargs,
+    }
     dm = ImageDataModule(str(root), **kwargs)
     dm.prepare_data()
     dm.setup("fit")
@@ -83,8 +102,17 @@ def every_loader(manifest_root, tmp_path_factory: pytest.TempPathFactory) -> dic
     tmp = tmp_path_factory.mktemp("loaders")
     pack(_module(root, tmp / "cache", "cached", manifest="labels.csv"), str(tmp / "packed"))
     # cached and litdata read in a worker process, as they would in training
-    return {loader: _module(root, tmp / "cache", loader, manifest="labels.csv", litdata_dir=str(tmp / "packed"),
-                            num_workers=int(loader in ("cached", "litdata"))) for loader in LOADERS}
+    return {
+        loader: _module(
+            root,
+            tmp / "cache",
+            loader,
+            manifest="labels.csv",
+            litdata_dir=str(tmp / "packed"),
+            num_workers=int(loader in ("cached", "litdata")),
+        )
+        for loader in LOADERS
+    }
 
 
 def test_every_loader_yields_the_same_splits(every_loader: dict[str, ImageDataModule], manifest_root) -> None:
@@ -102,15 +130,18 @@ def test_every_loader_yields_the_same_splits(every_loader: dict[str, ImageDataMo
         assert dm.source_names == memory.source_names and dm.test_names == memory.test_names, loader
         assert dm.mean == pytest.approx(memory.mean) and dm.std == pytest.approx(memory.std), loader
         for split in ("val", "test"):  # unshuffled: the same batches, in the same order
-            for got, expected in zip(_all(getattr(dm, f"{split}_dataloader")()),
-                                     _all(getattr(memory, f"{split}_dataloader")()), strict=True):
+            for got, expected in zip(
+                _all(getattr(dm, f"{split}_dataloader")()), _all(getattr(memory, f"{split}_dataloader")()), strict=True
+            ):
                 assert torch.equal(got, expected), (loader, split)
         train_batches = list(dm.train_dataloader())
         assert all(len(b[1]) == 4 for b in train_batches), loader  # drop_last: whole batches only
         assert _by_content(*_all(train_batches)) == _by_content(*_all(memory.train_dataloader())), loader
     # memory and cached draw the same shuffled order from the seed
-    assert all(torch.equal(a, b) for a, b in zip(_all(every_loader["cached"].train_dataloader()),
-                                                   _all(memory.train_dataloader()), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(_all(every_loader["cached"].train_dataloader()), _all(memory.train_dataloader()), strict=True)
+    )
 
 
 def test_dedup_loader_on_every_loader(every_loader: dict[str, ImageDataModule]) -> None:
@@ -128,8 +159,12 @@ def test_dedup_loader_on_every_loader(every_loader: dict[str, ImageDataModule]) 
 
 def test_val_folder_used_as_given_not_carved(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
-    files = {f"{split}/{cls}/{i}.png": _image(rng) for split, n in (("train", 6), ("val", 2), ("test", 3))
-             for cls in ("real", "fake") for i in range(n)}
+    files = {
+        f"{split}/{cls}/{i}.png": _image(rng)
+        for split, n in (("train", 6), ("val", 2), ("test", 3))
+        for cls in ("real", "fake")
+        for i in range(n)
+    }
     root = _write_tree(tmp_path / "data", files)
     for loader in ("memory", "stream"):
         dm = _module(root, tmp_path / "cache", loader, val_fraction=0.5)
@@ -141,19 +176,24 @@ def test_val_folder_used_as_given_not_carved(tmp_path: Path) -> None:
 
 def test_train_folder_only_carves_test_then_val(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
-    root = _write_tree(tmp_path / "data", {f"train/{c}/{i}.png": _image(rng) for c in ("REAL", "FAKE")
-                                           for i in range(8)})
+    root = _write_tree(
+        tmp_path / "data", {f"train/{c}/{i}.png": _image(rng) for c in ("REAL", "FAKE") for i in range(8)}
+    )
     dm = _module(root, tmp_path / "cache", test_fraction=0.25, val_fraction=0.5)
     assert {k: np.bincount(v.labels).tolist() for k, v in dm.splits.items()} == {
-        "test": [2, 2], "val": [3, 3], "train": [3, 3]}
+        "test": [2, 2],
+        "val": [3, 3],
+        "train": [3, 3],
+    }
 
 
 def test_test_fraction_one_makes_a_splitless_source_all_test(tmp_path: Path) -> None:
     root = _forensynths(tmp_path / "data")
     with pytest.raises(ConfigError, match=r"data\.test_fraction=1\.0 leaves no train images"):
         _module(root, tmp_path / "cache", test_fraction=1.0)
-    dm = ImageDataModule(str(root), resolution=16, decode_workers=1, cache_dir=str(tmp_path / "cache"),
-                         test_fraction=1.0)
+    dm = ImageDataModule(
+        str(root), resolution=16, decode_workers=1, cache_dir=str(tmp_path / "cache"), test_fraction=1.0
+    )
     dm.load_state_dict({"mean": [0.5] * 3, "std": [0.25] * 3})  # as eval does, from the checkpoint
     dm.setup("test")
     assert dm.split_sizes == {"train": 0, "val": 0, "test": 24}
@@ -179,8 +219,9 @@ def test_train_sources_keep_every_real_image(tmp_path: Path) -> None:
 
 def test_random_crop_differs_per_pass_only_when_training(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
-    root = _write_tree(tmp_path / "data", {"REAL/big.png": _encode(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8),
-                                                                   "PNG")})
+    root = _write_tree(
+        tmp_path / "data", {"REAL/big.png": _encode(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8), "PNG")}
+    )
     entries, sources = [Entry("REAL/big.png", "", 0, "REAL")], np.zeros(1, dtype=np.int64)
 
     def crops(random_fit: bool) -> list[torch.Tensor]:
@@ -195,11 +236,25 @@ def test_random_crop_differs_per_pass_only_when_training(tmp_path: Path) -> None
 
 
 def _train_cfg(root: Path, tmp_path: Path, *overrides: str):
-    return compose_config("train", [f"data.root={root}", "data.manifest=labels.csv", "data.resolution=16",
-                                    f"data.cache_dir={tmp_path / 'cache'}", "data.decode_workers=1",
-                                    "data.batch_size=4", "data.eval_batch_size=8", "trainer=cpu",
-                                    "trainer.max_epochs=1", "+trainer.limit_train_batches=3", "print_config=false",
-                                    "callbacks.progress_bar=null", *overrides], tmp_path / "run")
+    return compose_config(
+        "train",
+        [
+            f"data.root={root}",
+            "data.manifest=labels.csv",
+            "data.resolution=16",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.decode_workers=1",
+            "data.batch_size=4",
+            "data.eval_batch_size=8",
+            "trainer=cpu",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=3",
+            "print_config=false",
+            "callbacks.progress_bar=null",
+            *overrides,
+        ],
+        tmp_path / "run",
+    )
 
 
 @pytest.mark.parametrize("loader", ["cached", "litdata"])
@@ -208,10 +263,22 @@ def test_tiny_training_run(loader: str, manifest_root, tmp_path: Path) -> None:
     extra = [f"data.loader={loader}", "data.num_workers=1"]
     if loader == "litdata":  # the pack command, as users run it
         packed = tmp_path / "packed"
-        done = subprocess.run([sys.executable, "-m", "fakedetect.pack", f"data.root={root}",
-                               "data.manifest=labels.csv", "data.resolution=16", f"data.cache_dir={tmp_path / 'cache'}",
-                               f"output={packed}", f"hydra.run.dir={tmp_path / 'pack'}"],
-                              capture_output=True, text=True, cwd=ROOT)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fakedetect.pack",
+                f"data.root={root}",
+                "data.manifest=labels.csv",
+                "data.resolution=16",
+                f"data.cache_dir={tmp_path / 'cache'}",
+                f"output={packed}",
+                f"hydra.run.dir={tmp_path / 'pack'}",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
         assert done.returncode == 0, done.stderr
         assert json.loads((packed / "fakedetect_pack.json").read_text())["source_names"] == ["camera", "gen_a", "gen_b"]
         extra.append(f"data.litdata_dir={packed}")
@@ -221,16 +288,33 @@ def test_tiny_training_run(loader: str, manifest_root, tmp_path: Path) -> None:
     assert record["images"] == {"train": 24, "val": 6, "test": 9}
 
 
-@pytest.mark.parametrize(("override", "expected"), [
-    ("data.fit=stretch", "data.fit must be squash | center_crop | random_crop | resize_crop, got 'stretch'"),
-    ("data.train_sources=[sdxl]", "data.train_sources: ['sdxl'] not among the sources"),
-])
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("data.fit=stretch", "data.fit must be squash | center_crop | random_crop | resize_crop, got 'stretch'"),
+        ("data.train_sources=[sdxl]", "data.train_sources: ['sdxl'] not among the sources"),
+    ],
+)
 def test_bad_data_keys_are_one_line(override: str, expected: str, manifest_root, tmp_path: Path) -> None:
     root, _ = manifest_root
-    done = subprocess.run([sys.executable, "-m", "fakedetect.train", f"data.root={root}", "data.manifest=labels.csv",
-                           "data.resolution=16", f"data.cache_dir={tmp_path / 'cache'}", "data.decode_workers=1",
-                           "trainer=cpu", override, f"hydra.run.dir={tmp_path / 'run'}"],
-                          capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fakedetect.train",
+            f"data.root={root}",
+            "data.manifest=labels.csv",
+            "data.resolution=16",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.decode_workers=1",
+            "trainer=cpu",
+            override,
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert_one_line(done, expected)
 
 
@@ -245,8 +329,11 @@ def test_litdata_dir_without_a_pack_or_packed_otherwise(manifest_root, every_loa
         _module(root.parent / "other", tmp_path / "cache", "litdata", litdata_dir=packed)
     with pytest.raises(ConfigError, match=r"data\.train_sources cannot filter packed data"):
         _module(root, tmp_path / "cache", "litdata", litdata_dir=packed, train_sources=["gen_a"])
-    with pytest.raises(ConfigError, match=r"the train split has no FAKE images: data\.train_sources=\['camera'\] has "
-                                          r"no fakes in it"):
+    with pytest.raises(
+        ConfigError,
+        match=r"the train split has no FAKE images: data\.train_sources=\['camera'\] has "
+        r"no fakes in it",
+    ):
         _module(root, every_loader["memory"].cache_dir, manifest="labels.csv", train_sources=["camera"])
     with pytest.raises(ConfigError, match=r"already holds packed data"):
         pack(every_loader["cached"], packed)
@@ -255,13 +342,16 @@ def test_litdata_dir_without_a_pack_or_packed_otherwise(manifest_root, every_loa
     assert (root / "labels.csv").is_file()
 
 
-@pytest.mark.parametrize(("key", "value", "expected"), [
-    ("loader", "disk", r"data\.loader must be memory \| cached \| stream \| litdata, got 'disk'"),
-    ("litdata_dir", None, r"data\.litdata_dir must be set with data\.loader=litdata"),
-    ("train_sources", [], r"data\.train_sources must be null \(every source\) or a non-empty list"),
-    ("test_fraction", 1.5, r"data\.test_fraction must be in \(0, 1\]"),
-    ("layout", "kaggle", r"data\.layout must be auto \| folders \| genimage \| forensynths \| manifest"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("loader", "disk", r"data\.loader must be memory \| cached \| stream \| litdata, got 'disk'"),
+        ("litdata_dir", None, r"data\.litdata_dir must be set with data\.loader=litdata"),
+        ("train_sources", [], r"data\.train_sources must be null \(every source\) or a non-empty list"),
+        ("test_fraction", 1.5, r"data\.test_fraction must be in \(0, 1\]"),
+        ("layout", "kaggle", r"data\.layout must be auto \| folders \| genimage \| forensynths \| manifest"),
+    ],
+)
 def test_bad_data_values_raise_before_reading(key: str, value: object, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
         ImageDataModule("unused", **{"loader": "litdata", "litdata_dir": "x", key: value})
@@ -273,8 +363,11 @@ def test_edited_manifest_outside_the_source_is_listed_again(tmp_path: Path) -> N
     root = _write_tree(tmp_path / "data", {n: _image(rng) for n in names})
     manifest = tmp_path / "labels.csv"
     manifest.write_text("path,label\n" + "".join(f"{n},{'REAL' if i < 4 else 'FAKE'}\n" for i, n in enumerate(names)))
-    before = _module(root, tmp_path / "cache", manifest=str(manifest), val_fraction=0.0,
-                     test_fraction=0.5).decoded().labels.copy()
+    before = (
+        _module(root, tmp_path / "cache", manifest=str(manifest), val_fraction=0.0, test_fraction=0.5)
+        .decoded()
+        .labels.copy()
+    )
     manifest.write_text("path,label\n" + "".join(f"{n},{'FAKE' if i < 4 else 'REAL'}\n" for i, n in enumerate(names)))
     again = _module(root, tmp_path / "cache", manifest=str(manifest), val_fraction=0.0, test_fraction=0.5)
     assert np.array_equal(again.decoded().labels, 1 - before)  # not the stale cache

@@ -57,8 +57,9 @@ def test_focal_weighs_hard_images_and_classes() -> None:
     assert focal(hard, fake) / bce(hard, fake) == pytest.approx((1 - torch.sigmoid(hard).item()) ** 2, rel=1e-5)
     # alpha weighs FAKE terms by alpha and REAL terms by 1 - alpha
     assert FocalLoss(alpha=0.8, gamma=2.0)(hard, fake) == pytest.approx(0.8 * float(focal(hard, fake)), rel=1e-6)
-    assert FocalLoss(alpha=0.8, gamma=2.0)(hard, 1 - fake) == pytest.approx(0.2 * float(focal(hard, 1 - fake)),
-                                                                              rel=1e-6)
+    assert FocalLoss(alpha=0.8, gamma=2.0)(hard, 1 - fake) == pytest.approx(
+        0.2 * float(focal(hard, 1 - fake)), rel=1e-6
+    )
     with pytest.raises(ValueError, match="alpha"):
         FocalLoss(alpha=1.5)
 
@@ -110,8 +111,9 @@ def test_lpips_takes_greyscale_and_stays_a_fixed_measure(lpips_alex: LPIPSLoss) 
     grey = torch.rand(2, 1, 32, 32)
     other = torch.rand(2, 1, 32, 32, requires_grad=True)
     assert float(lpips_alex(grey, grey)) == pytest.approx(0, abs=1e-6)
-    assert float(lpips_alex(grey, other)) == pytest.approx(float(lpips_alex(grey.repeat(1, 3, 1, 1),
-                                                                           other.repeat(1, 3, 1, 1))))
+    assert float(lpips_alex(grey, other)) == pytest.approx(
+        float(lpips_alex(grey.repeat(1, 3, 1, 1), other.repeat(1, 3, 1, 1)))
+    )
     lpips_alex(grey, other).backward()  # a loss: gradients reach the images, never the network
     assert other.grad.abs().sum() > 0
     assert not any(p.requires_grad for p in lpips_alex.parameters())
@@ -126,8 +128,10 @@ def test_lpips_alex_reproduces_the_published_values(lpips_alex: LPIPSLoss) -> No
         return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
 
     with torch.no_grad():
-        ours = {n: float(lpips_alex(load(REFERENCE / "dist" / f"{n}.png"), load(REFERENCE / "ref" / f"{n}.png")))
-                for n in PUBLISHED_LPIPS}
+        ours = {
+            n: float(lpips_alex(load(REFERENCE / "dist" / f"{n}.png"), load(REFERENCE / "ref" / f"{n}.png")))
+            for n in PUBLISHED_LPIPS
+        }
     for name, published in PUBLISHED_LPIPS.items():
         assert round(ours[name], 3) == round(published, 3), (name, ours[name], published)
         assert ours[name] == pytest.approx(published, abs=5e-4)

@@ -89,10 +89,13 @@ def test_test_sets_typed_on_the_command_line(tmp_path: Path) -> None:
     sets = named_test_sets(cfg)
     assert list(sets) == ["cifake", "web60"]
     assert sets["web60"]["root"] == "../shared/data/web60" and sets["web60"]["test_fraction"] == 1.0
-    assert sets["cifake"]["test_limit"] == 10 and "root" not in named_test_sets(compose_config("eval", ["ckpt_path=x"],
-                                                                                         tmp_path))[None]
-    one = compose_config("eval", ["ckpt_path=x", "+test_sets.web60.root=/w", "+test_sets.web60.test_fraction=1.0"],
-                         tmp_path)
+    assert (
+        sets["cifake"]["test_limit"] == 10
+        and "root" not in named_test_sets(compose_config("eval", ["ckpt_path=x"], tmp_path))[None]
+    )
+    one = compose_config(
+        "eval", ["ckpt_path=x", "+test_sets.web60.root=/w", "+test_sets.web60.test_fraction=1.0"], tmp_path
+    )
     assert named_test_sets(one)["web60"] == {**named_test_sets(one)["web60"], "root": "/w", "test_fraction": 1.0}
     with pytest.raises(ConfigError, match="test_sets.web60=/w: give the set's data overrides"):
         named_test_sets(compose_config("eval", ["ckpt_path=x", "test_sets={web60:/w}"], tmp_path))
@@ -102,8 +105,19 @@ def test_test_sets_typed_on_the_command_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"test_sets.../up: a set name is"):
         named_test_sets(cfg)
     # the command: checked before the checkpoint is read
-    done = subprocess.run([sys.executable, "-m", "fakedetect.eval", "ckpt_path=missing.ckpt", "test_sets={web60:/w}",
-                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fakedetect.eval",
+            "ckpt_path=missing.ckpt",
+            "test_sets={web60:/w}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert_one_line(done, "test_sets.web60=/w: give the set's data overrides, at least its root")
 
 
@@ -122,13 +136,21 @@ def test_cross_generator_table_from_run_files(tmp_path: Path) -> None:
     assert "| gen_a | 95.0 | 55.0 | 75.0 |" in text and "| gen_b | 60.0 | 90.0 | 75.0 |" in text
     assert "camera" not in text  # columns are generators only
     assert (tmp_path / "table" / "cross_generator.png").stat().st_size > 5000
-    done = subprocess.run([sys.executable, "-m", "fakedetect.cross_generator",
-                           f"runs={tmp_path / 'table'}"], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "fakedetect.cross_generator", f"runs={tmp_path / 'table'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert_one_line(done, "no training run with per-source results under")
     with pytest.raises(ConfigError, match="no training run with per-source results under"):
         write_table(tmp_path / "table", tmp_path / "table")
-    done = subprocess.run([sys.executable, "-m", "fakedetect.cross_generator",
-                           f"runs={tmp_path / 'missing'}"], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "fakedetect.cross_generator", f"runs={tmp_path / 'missing'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert_one_line(done, "runs=", "missing: no such folder")
 
 
@@ -137,21 +159,44 @@ def test_cross_generator_multirun_at_cpu_scale(tmp_path: Path, cache_dir: Path) 
     on its folder (a tiny net, 32 px, one epoch: the figures mean nothing, the shape does)."""
     data = write_tree(tmp_path / "data", {"train": 6, "test": 4})
     sweep = tmp_path / "multirun"
-    done = subprocess.run([sys.executable, "-m", "fakedetect.train", "-m", "experiment=cross_generator",
-                           f"data.root={data}", "data.train_sources=[gen_a],[gen_b]", "model.net.name=test_resnet",
-                           "model.net.pretrained=false", "data.resolution=32", "data.num_workers=0",
-                           "data.val_fraction=0.25", f"data.cache_dir={cache_dir}", "trainer=cpu",
-                           "trainer.max_epochs=1", "print_config=false", "callbacks.progress_bar=null",
-                           f"hydra.sweep.dir={sweep}"],
-                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fakedetect.train",
+            "-m",
+            "experiment=cross_generator",
+            f"data.root={data}",
+            "data.train_sources=[gen_a],[gen_b]",
+            "model.net.name=test_resnet",
+            "model.net.pretrained=false",
+            "data.resolution=32",
+            "data.num_workers=0",
+            "data.val_fraction=0.25",
+            f"data.cache_dir={cache_dir}",
+            "trainer=cpu",
+            "trainer.max_epochs=1",
+            "print_config=false",
+            "callbacks.progress_bar=null",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     for run, trained_on in (("0", "gen_a"), ("1", "gen_b")):
         record = json.loads((sweep / run / "metrics.json").read_text())
         # train and val: that generator's fakes and every real image
         assert record["images"]["train"] + record["images"]["val"] == 6 + 6 * 2, record["images"]
         assert {r["source"] for r in record["per_source"]} == {"camera", "gen_a", "gen_b", "all"}, trained_on
-    done = subprocess.run([sys.executable, "-m", "fakedetect.cross_generator", f"runs={sweep}",
-                           "metric=auroc"], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "fakedetect.cross_generator", f"runs={sweep}", "metric=auroc"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     lines = (sweep / "cross_generator.md").read_text().splitlines()
     assert "| trained on | gen_a | gen_b | mean |" in lines

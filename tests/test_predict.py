@@ -31,13 +31,24 @@ from tests.synthetic import noise_photo
 
 def train_tiny(out: Path, cifake: Path, cache: Path, *overrides: str) -> Path:
     """A few training batches on the shared CIFAKE subset; returns the last checkpoint."""
-    train(compose_config(
-        "train",
-        [f"data.root={cifake}", f"data.cache_dir={cache}", *SUBSET, "trainer=cpu", "trainer.max_epochs=1",
-         "+trainer.limit_train_batches=4", "test=false", "print_config=false", "callbacks.progress_bar=null",
-         *overrides],
-        out,
-    ))
+    train(
+        compose_config(
+            "train",
+            [
+                f"data.root={cifake}",
+                f"data.cache_dir={cache}",
+                *SUBSET,
+                "trainer=cpu",
+                "trainer.max_epochs=1",
+                "+trainer.limit_train_batches=4",
+                "test=false",
+                "print_config=false",
+                "callbacks.progress_bar=null",
+                *overrides,
+            ],
+            out,
+        )
+    )
     return out / "checkpoints" / "last.ckpt"
 
 
@@ -46,8 +57,14 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, cifake_path: Path, cach
     """ResNet-18 started from a local weights file, which is deleted after training: predict must not need it."""
     weights = tmp_path_factory.mktemp("weights") / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), weights)
-    ckpt = train_tiny(tmp_path_factory.mktemp("run"), cifake_path, cache_dir, "model=resnet18",
-                      "model.net.pretrained=true", f"model.net.weights_path={weights}")
+    ckpt = train_tiny(
+        tmp_path_factory.mktemp("run"),
+        cifake_path,
+        cache_dir,
+        "model=resnet18",
+        "model.net.pretrained=true",
+        f"model.net.weights_path={weights}",
+    )
     weights.unlink()
     return ckpt
 
@@ -86,8 +103,7 @@ def check_rows(rows: list[dict], threshold: float) -> None:
 
 
 def test_predict_a_folder_to_csv(checkpoint: Path, photos: Path, tmp_path: Path) -> None:
-    rows = predict(compose_config("predict", [f"ckpt_path={checkpoint}", f"input={photos}", "num_workers=0"],
-                                  tmp_path))
+    rows = predict(compose_config("predict", [f"ckpt_path={checkpoint}", f"input={photos}", "num_workers=0"], tmp_path))
     with (tmp_path / "predictions.csv").open() as f:
         table = list(csv.DictReader(f))
     assert [Path(r["path"]).name for r in table] == NAMES
@@ -99,9 +115,20 @@ def test_predict_a_folder_to_csv(checkpoint: Path, photos: Path, tmp_path: Path)
 
 def test_predict_to_json_with_a_threshold(checkpoint: Path, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "preds.json"
-    rows = predict(compose_config(
-        "predict", [f"ckpt_path={checkpoint}", f"input={photos}", f"output={out}", "threshold=0.3", "batch_size=2",
-                    "num_workers=2"], tmp_path))
+    rows = predict(
+        compose_config(
+            "predict",
+            [
+                f"ckpt_path={checkpoint}",
+                f"input={photos}",
+                f"output={out}",
+                "threshold=0.3",
+                "batch_size=2",
+                "num_workers=2",
+            ],
+            tmp_path,
+        )
+    )
     assert json.loads(out.read_text()) == rows
     assert [Path(r["path"]).name for r in rows] == NAMES
     check_rows(rows, 0.3)
@@ -110,9 +137,18 @@ def test_predict_to_json_with_a_threshold(checkpoint: Path, photos: Path, tmp_pa
 def test_predict_cli_with_a_glob(checkpoint: Path, photos: Path, tmp_path: Path) -> None:
     """The documented command with a glob: only the matching images, decoded as in training."""
     subprocess.run(
-        [sys.executable, "-m", "fakedetect.predict", f"ckpt_path={checkpoint}", f"input='{photos}/**/*.[pP][nN][gG]'",
-         f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "fakedetect.predict",
+            f"ckpt_path={checkpoint}",
+            f"input='{photos}/**/*.[pP][nN][gG]'",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        check=True,
+        capture_output=True,
     )
     with (tmp_path / "predictions.csv").open() as f:
         table = list(csv.DictReader(f))
@@ -129,8 +165,9 @@ def test_expand_input(photos: Path) -> None:
         expand_input(str(photos / "*.heic"))
 
 
-def test_predict_checks_its_output_before_scoring(checkpoint: Path, photos: Path, tmp_path: Path,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_predict_checks_its_output_before_scoring(
+    checkpoint: Path, photos: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """An existing output is kept unless overwrite=true; an unwritable one stops the run before any scoring; the
     non-image files of a folder input are counted in the log."""
     out = tmp_path / "preds.csv"
@@ -153,17 +190,24 @@ def test_predict_checks_its_output_before_scoring(checkpoint: Path, photos: Path
 def test_predict_cli_bad_input_is_one_line(checkpoint: Path, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "preds.csv"
     out.write_text("")
-    for args, message in (([f"input={photos}", f"output={out}"], f"error: output={out} exists"),
-                          ([f"input={photos}/*.heic"], "error: no images found for input="),
-                          ([f"input={photos}", "threshold=1.5"], "error: threshold=1.5 must be a probability")):
-        done = subprocess.run([sys.executable, "-m", "fakedetect.predict", f"ckpt_path={checkpoint}", *args,
-                               f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
-                              env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    for args, message in (
+        ([f"input={photos}", f"output={out}"], f"error: output={out} exists"),
+        ([f"input={photos}/*.heic"], "error: no images found for input="),
+        ([f"input={photos}", "threshold=1.5"], "error: threshold=1.5 must be a probability"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "fakedetect.predict", f"ckpt_path={checkpoint}", *args, f"hydra.run.dir={tmp_path}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        )
         assert assert_one_line(done).startswith(message)
 
 
-def test_checkpoint_from_before_val_thresholds(checkpoint: Path, photos: Path, tmp_path: Path,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_checkpoint_from_before_val_thresholds(
+    checkpoint: Path, photos: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A checkpoint written before Detector kept the `val_thresholds` buffer loads with a warning and predicts."""
     old = load_checkpoint(checkpoint)
     del old["state_dict"]["val_thresholds"]
@@ -192,8 +236,9 @@ def test_views_five_crops_and_tiles() -> None:
     assert torch.equal(tiles, torch.stack(expected))
     assert torch.equal(views(data, 32, crops="tiles", max_tiles=4), torch.stack(expected)[[0, 2, 3, 5]])
     one = views(data, 32, "resize_crop")
-    assert one.shape == (1, 3, 32, 32) and torch.equal(one[0], torch.from_numpy(decode_image(data, 32, "resize_crop"))
-                                                       .permute(2, 0, 1))
+    assert one.shape == (1, 3, 32, 32) and torch.equal(
+        one[0], torch.from_numpy(decode_image(data, 32, "resize_crop")).permute(2, 0, 1)
+    )
     small = io.BytesIO()
     Image.fromarray(array[:10, :20]).save(small, "PNG")  # scaled up to 64 x 32 so that a 32 px window fits
     assert views(small.getvalue(), 32, crops=5).shape == (5, 3, 32, 32)
@@ -205,8 +250,14 @@ def test_predict_averages_crops_and_tiles(checkpoint: Path, photos: Path, tmp_pa
     model, dm = trained.model, trained.datamodule
     tiles = {"photo.jpg": 16, "grey.png": 2, "alpha.webp": 1, "palette.gif": 5, "small.PNG": 1}  # max_tiles=16
     for crops, counts in ((5, dict.fromkeys(tiles, 5)), ("tiles", tiles)):
-        args = [f"ckpt_path={checkpoint}", f"input={photos}", f"crops={crops}", "num_workers=0", "batch_size=7",
-                f"output={tmp_path}/out_{crops}.csv"]
+        args = [
+            f"ckpt_path={checkpoint}",
+            f"input={photos}",
+            f"crops={crops}",
+            "num_workers=0",
+            "batch_size=7",
+            f"output={tmp_path}/out_{crops}.csv",
+        ]
         rows = predict(compose_config("predict", args, tmp_path))
         check_rows(rows, 0.5)
         for row in rows:
@@ -221,9 +272,11 @@ def test_predict_averages_crops_and_tiles(checkpoint: Path, photos: Path, tmp_pa
 
 
 def test_predict_bad_fit_crops_or_max_tiles_stop_before_scoring(checkpoint: Path, photos: Path, tmp_path: Path) -> None:
-    for bad, message in ((["fit=crop"], r"^fit=crop is not a fit; use one of squash, center_crop, random_crop, "),
-                         (["crops=3"], r"^crops=3 must be 1 \(the image as fit= makes it\), 5 .* or tiles$"),
-                         (["crops=tiles", "max_tiles=0"], r"^max_tiles=0 must be a positive integer")):
+    for bad, message in (
+        (["fit=crop"], r"^fit=crop is not a fit; use one of squash, center_crop, random_crop, "),
+        (["crops=3"], r"^crops=3 must be 1 \(the image as fit= makes it\), 5 .* or tiles$"),
+        (["crops=tiles", "max_tiles=0"], r"^max_tiles=0 must be a positive integer"),
+    ):
         with pytest.raises(ConfigError, match=message):
             predict(compose_config("predict", [f"ckpt_path={checkpoint}", f"input={photos}", *bad], tmp_path))
     assert not (tmp_path / "predictions.csv").exists()
@@ -237,8 +290,19 @@ def test_predict_heic_with_the_fit_overridden(checkpoint: Path, tmp_path: Path) 
     Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(folder / "IMG_0001.HEIC", quality=90)
     probs = {}
     for fit in ("squash", "resize_crop"):
-        rows = predict(compose_config("predict", [f"ckpt_path={checkpoint}", f"input={folder}", f"fit={fit}",
-                                                  "num_workers=0", f"output={tmp_path}/{fit}.json"], tmp_path))
+        rows = predict(
+            compose_config(
+                "predict",
+                [
+                    f"ckpt_path={checkpoint}",
+                    f"input={folder}",
+                    f"fit={fit}",
+                    "num_workers=0",
+                    f"output={tmp_path}/{fit}.json",
+                ],
+                tmp_path,
+            )
+        )
         assert [Path(r["path"]).name for r in rows] == ["IMG_0001.HEIC"] and not rows[0]["error"]
         probs[fit] = rows[0]["prob_fake"]
     trained = load_trained(checkpoint)
@@ -257,8 +321,19 @@ def test_predict_keeps_the_checkpoints_pixel_limit(checkpoint: Path, photos: Pat
     small_limit = tmp_path / "small_limit.ckpt"
     torch.save(stored, small_limit)
     for crops in (1, 5):
-        rows = predict(compose_config("predict", [f"ckpt_path={small_limit}", f"input={photos}", f"crops={crops}",
-                                                  "num_workers=0", f"output={tmp_path}/{crops}.csv"], tmp_path))
+        rows = predict(
+            compose_config(
+                "predict",
+                [
+                    f"ckpt_path={small_limit}",
+                    f"input={photos}",
+                    f"crops={crops}",
+                    "num_workers=0",
+                    f"output={tmp_path}/{crops}.csv",
+                ],
+                tmp_path,
+            )
+        )
         refused = {Path(r["path"]).name for r in rows if r["error"] and "max_pixels=10000" in r["error"]}
         assert refused == {"photo.jpg"}
         assert {Path(r["path"]).name for r in rows if not r["error"]} == set(NAMES) - {"photo.jpg", "broken.jpg"}

@@ -83,9 +83,18 @@ def ema_run(tmp_path_factory: pytest.TempPathFactory, cifake_path: Path, cache_d
     """A tiny real run with `callbacks=ema` (fast decay, so the average differs from the last weights), Youden's
     threshold and flip TTA, on the shared CIFAKE subset."""
     run = tmp_path_factory.mktemp("outputs") / "train" / "runs" / "ema"
-    cfg = subset_train_config(cifake_path, cache_dir, run, "experiment=cnn_baseline", "callbacks=ema",
-                              "callbacks.ema.decay=0.9", "model.threshold=youden", "model.tta=flip",
-                              "trainer.max_epochs=1", "+trainer.limit_train_batches=8")
+    cfg = subset_train_config(
+        cifake_path,
+        cache_dir,
+        run,
+        "experiment=cnn_baseline",
+        "callbacks=ema",
+        "callbacks.ema.decay=0.9",
+        "model.threshold=youden",
+        "model.tta=flip",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=8",
+    )
     train(cfg)
     return run
 
@@ -107,8 +116,9 @@ def test_ema_weights_are_validated_checkpointed_and_tested(ema_run: Path) -> Non
     datamodule.setup("validate")
     probs, labels, _ = score(trained.model, datamodule.val_dataloader(), datamodule.preprocess)
     assert ((probs > 0.5).long() == labels).float().mean().item() == pytest.approx(record["metrics"]["val/acc"])
-    evaluated = evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "report=false"],
-                                        ema_run.parent / "eval"))
+    evaluated = evaluate(
+        compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "report=false"], ema_run.parent / "eval")
+    )
     assert evaluated["test/acc"] == record["metrics"]["test/acc"]
     assert evaluated["test/auroc"] == record["metrics"]["test/auroc"]
 
@@ -117,10 +127,14 @@ def test_eval_with_flip_tta_report_and_robustness_equal_test_acc(ema_run: Path, 
     """eval tta=null and tta=flip switch the checkpoint's own flip off and on; with flip, the report's selected row
     and the robustness table's clean row equal test/acc, all scored with the mirror."""
     ckpt = json.loads((ema_run / "metrics.json").read_text())["ckpt_path"]
-    off = evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "tta=null", "report=false"],
-                                  tmp_path / "off"))
-    cfg = compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "tta=flip", "robustness.enabled=true",
-                                  "robustness.conditions=[clean]"], tmp_path / "flip")
+    off = evaluate(
+        compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "tta=null", "report=false"], tmp_path / "off")
+    )
+    cfg = compose_config(
+        "eval",
+        [f"ckpt_path={ckpt}", "trainer=cpu", "tta=flip", "robustness.enabled=true", "robustness.conditions=[clean]"],
+        tmp_path / "flip",
+    )
     metrics = evaluate(cfg)
     record = json.loads((tmp_path / "flip" / "metrics.json").read_text())
     assert record["tta"] == "flip" and json.loads((tmp_path / "off" / "metrics.json").read_text())["tta"] is None
@@ -146,8 +160,19 @@ def test_recipes_compose(experiment: str, tmp_path: Path) -> None:
 
 def test_bad_tta_is_one_line(tmp_path: Path) -> None:
     """model.tta=rotate stops the run with one line naming the key and the values, before any data is read."""
-    done = subprocess.run([sys.executable, "-m", "fakedetect.train", "data=cifake_sample", "model.tta=rotate",
-                           f"hydra.run.dir={tmp_path}"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fakedetect.train",
+            "data=cifake_sample",
+            "model.tta=rotate",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     last = assert_one_line(done)
     assert last.startswith("error: tta='rotate' (model.tta") and "use flip" in last

@@ -72,8 +72,9 @@ def test_thresholds_on_hand_made_scores() -> None:
 
 def test_robustness_table_with_a_known_scorer() -> None:
     """A scorer that calls an image FAKE when it is bright: blur keeps brightness, noise keeps it on average."""
-    x = torch.cat([torch.full((10, 3, 32, 32), 60, dtype=torch.uint8), torch.full((10, 3, 32, 32), 200,
-                                                                                    dtype=torch.uint8)])
+    x = torch.cat(
+        [torch.full((10, 3, 32, 32), 60, dtype=torch.uint8), torch.full((10, 3, 32, 32), 200, dtype=torch.uint8)]
+    )
     labels = torch.tensor([0] * 10 + [1] * 10)
 
     def brightness(transform: Callable[[torch.Tensor], torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,8 +98,9 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, cifake_path: Path, cac
     outputs folder."""
     outputs = tmp_path_factory.mktemp("outputs")
     run = outputs / "train" / "runs" / "r1"
-    cfg = subset_train_config(cifake_path, cache_dir, run, "experiment=cnn_baseline", "trainer.max_epochs=1",
-                              "model.threshold=youden")
+    cfg = subset_train_config(
+        cifake_path, cache_dir, run, "experiment=cnn_baseline", "trainer.max_epochs=1", "model.threshold=youden"
+    )
     train(cfg)
     return run
 
@@ -107,8 +109,16 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, cifake_path: Path, cac
 def eval_run(trained_run: Path) -> Path:
     out = trained_run.parents[2] / "eval" / "runs" / "e1"
     ckpt = json.loads((trained_run / "metrics.json").read_text())["ckpt_path"]
-    cfg = compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "robustness.enabled=true",
-                                  "robustness.conditions=[clean,jpeg:50,blur:1.0]"], out)
+    cfg = compose_config(
+        "eval",
+        [
+            f"ckpt_path={ckpt}",
+            "trainer=cpu",
+            "robustness.enabled=true",
+            "robustness.conditions=[clean,jpeg:50,blur:1.0]",
+        ],
+        out,
+    )
     evaluate(cfg)
     return out
 
@@ -183,8 +193,9 @@ def test_notebook_executes_on_real_outputs(trained_run: Path, eval_run: Path) ->
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"
     os.environ["FAKEDETECT_OUTPUTS"] = str(outputs)
     try:
-        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+        nbclient.NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+        ).execute()
     finally:
         del os.environ["FAKEDETECT_OUTPUTS"]
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
@@ -216,8 +227,7 @@ def test_audit_counts_planted_duplicates_and_excludes_them(tmp_path: Path) -> No
     shutil.copy(root / "test" / "FAKE" / "0.jpg", root / "train" / "FAKE" / "copy_of_test.jpg")
     (root / "train" / "REAL" / "requality.jpg").write_bytes(_jpeg_bytes(colors[1], quality=80))
     (root / "train" / "REAL" / "bigger.png").write_bytes(_png(64, 48))
-    result = audit(str(root), ["REAL", "FAKE"], tmp_path / "audit", near_distance=0, workers=1,
-                   draw_sizes=draw_sizes)
+    result = audit(str(root), ["REAL", "FAKE"], tmp_path / "audit", near_distance=0, workers=1, draw_sizes=draw_sizes)
     assert result["images"] == 15
     assert result["byte_identical"]["groups"] == 1 and result["byte_identical"]["train_test_groups"] == 1
     assert result["near_identical"]["groups"] >= 2 and result["near_identical"]["within"].get("train", 0) >= 1
@@ -226,8 +236,14 @@ def test_audit_counts_planted_duplicates_and_excludes_them(tmp_path: Path) -> No
     assert "train/FAKE/copy_of_test.jpg" in excluded and "train/REAL/requality.jpg" in excluded
     assert (tmp_path / "audit" / "sizes.png").exists()
     assert "byte-identical" in (tmp_path / "audit" / "audit.md").read_text()
-    kept = ImageDataModule(str(root), resolution=16, val_fraction=0.0, cache_dir=str(tmp_path / "c"),
-                           exclude=str(tmp_path / "audit" / "exclude_train.txt"), decode_workers=1)
+    kept = ImageDataModule(
+        str(root),
+        resolution=16,
+        val_fraction=0.0,
+        cache_dir=str(tmp_path / "c"),
+        exclude=str(tmp_path / "audit" / "exclude_train.txt"),
+        decode_workers=1,
+    )
     kept.setup()
     assert len(kept.splits["train"]) == 11 - len(excluded)
 

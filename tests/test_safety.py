@@ -70,8 +70,14 @@ def altered(ckpt: Path, out: Path, change: Callable[[dict], Any]) -> Path:
 
 def run_cli(command: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", f"fakedetect.{command}", *args, f"hydra.run.dir={cwd / 'run'}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", f"fakedetect.{command}", *args, f"hydra.run.dir={cwd / 'run'}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def command_args(command: str, tmp_path: Path) -> list[str]:
@@ -93,9 +99,12 @@ def test_malicious_pickle_runs_nothing(command: str, ckpt: Path, tmp_path: Path)
     marker = tmp_path / "created_by_the_checkpoint"
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "payload": OpensAFile(marker)}, evil)
-    last = assert_one_line(run_cli(command, f"ckpt_path={evil}", *command_args(command, tmp_path), cwd=tmp_path),
-                           str(evil), "'io.open'",
-                           "refused")
+    last = assert_one_line(
+        run_cli(command, f"ckpt_path={evil}", *command_args(command, tmp_path), cwd=tmp_path),
+        str(evil),
+        "'io.open'",
+        "refused",
+    )
     assert not marker.exists(), last
 
 
@@ -107,17 +116,30 @@ def test_malicious_target_runs_nothing(command: str, ckpt: Path, tmp_path: Path)
         checkpoint[CONFIG_KEY]["data"] = {"_target_": "shutil.copyfile", "src": str(ckpt), "dst": str(copied)}
 
     evil = altered(ckpt, tmp_path / "evil.ckpt", copy_a_file)
-    last = assert_one_line(run_cli(command, f"ckpt_path={evil}", *command_args(command, tmp_path), cwd=tmp_path),
-                           str(evil), "'shutil.copyfile'", "refused")
+    last = assert_one_line(
+        run_cli(command, f"ckpt_path={evil}", *command_args(command, tmp_path), cwd=tmp_path),
+        str(evil),
+        "'shutil.copyfile'",
+        "refused",
+    )
     assert not copied.exists(), last
 
 
-@pytest.mark.parametrize(("section", "target"), [
-    ("loss", {"_target_": "torch.save", "obj": "x", "f": "{marker}"}),
-    ("model", {"_target_": "os.system", "command": "touch {marker}"}),
-    ("data", {"_target_": "fakedetect.data.datamodule.ImageDataModule", "root": "x",
-              "augment": {"_target_": "torchvision.utils.save_image", "tensor": [0.0], "fp": "{marker}"}}),
-])
+@pytest.mark.parametrize(
+    ("section", "target"),
+    [
+        ("loss", {"_target_": "torch.save", "obj": "x", "f": "{marker}"}),
+        ("model", {"_target_": "os.system", "command": "touch {marker}"}),
+        (
+            "data",
+            {
+                "_target_": "fakedetect.data.datamodule.ImageDataModule",
+                "root": "x",
+                "augment": {"_target_": "torchvision.utils.save_image", "tensor": [0.0], "fp": "{marker}"},
+            },
+        ),
+    ],
+)
 def test_targets_off_the_allow_list_are_refused(section: str, target: dict, ckpt: Path, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     node = json.loads(json.dumps(target).replace("{marker}", str(marker)))
@@ -141,17 +163,22 @@ def gone_class(checkpoint: dict) -> None:
     checkpoint[CONFIG_KEY]["model"]["net"]["_target_"] = "fakedetect.nets.NoSuchNet"
 
 
-@pytest.mark.parametrize(("make", "expected"), [
-    (lambda ckpt, tmp: tmp / "missing.ckpt", "no such file"),
-    (lambda ckpt, tmp: tmp / "notes.ckpt", "not a PyTorch checkpoint"),
-    (lambda ckpt, tmp: tmp / "truncated.ckpt", "damaged or incomplete"),
-    (lambda ckpt, tmp: altered(ckpt, tmp / "plain.ckpt", drop_config), "no fakedetect config"),
-    (lambda ckpt, tmp: altered(ckpt, tmp / "other.ckpt", mlp_weights), "weights do not fit"),
-    (lambda ckpt, tmp: altered(ckpt, tmp / "gone.ckpt", gone_class), "'fakedetect.nets.NoSuchNet' at model.net"),
-    (lambda ckpt, tmp: tmp, f"without {DETECTOR_JSON}"),
-], ids=["missing", "text", "truncated", "no-config", "other-model", "unknown-class", "plain-folder"])
-def test_bad_ckpt_paths_are_one_line_errors(make: Callable[[Path, Path], Path], expected: str, ckpt: Path,
-                                            tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda ckpt, tmp: tmp / "missing.ckpt", "no such file"),
+        (lambda ckpt, tmp: tmp / "notes.ckpt", "not a PyTorch checkpoint"),
+        (lambda ckpt, tmp: tmp / "truncated.ckpt", "damaged or incomplete"),
+        (lambda ckpt, tmp: altered(ckpt, tmp / "plain.ckpt", drop_config), "no fakedetect config"),
+        (lambda ckpt, tmp: altered(ckpt, tmp / "other.ckpt", mlp_weights), "weights do not fit"),
+        (lambda ckpt, tmp: altered(ckpt, tmp / "gone.ckpt", gone_class), "'fakedetect.nets.NoSuchNet' at model.net"),
+        (lambda ckpt, tmp: tmp, f"without {DETECTOR_JSON}"),
+    ],
+    ids=["missing", "text", "truncated", "no-config", "other-model", "unknown-class", "plain-folder"],
+)
+def test_bad_ckpt_paths_are_one_line_errors(
+    make: Callable[[Path, Path], Path], expected: str, ckpt: Path, tmp_path: Path
+) -> None:
     (tmp_path / "notes.ckpt").write_text("my training notes\n")
     data = ckpt.read_bytes()
     (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 2])
@@ -184,8 +211,7 @@ def test_compiled_checkpoint_keys_load(ckpt: Path, tmp_path: Path) -> None:
     assert expected.keys() == loaded.keys() and all(torch.equal(expected[k], loaded[k]) for k in expected)
 
 
-def test_export_round_trip_evaluates_identically(ckpt: Path, tmp_path: Path,
-                                                 recwarn: pytest.WarningsRecorder) -> None:
+def test_export_round_trip_evaluates_identically(ckpt: Path, tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
     folder = export(compose_config("export", [f"ckpt_path={ckpt}", f"output={tmp_path / 'detector'}"], tmp_path))
     detector = json.loads((folder / DETECTOR_JSON).read_text())
     assert detector["thresholds"]["selected"] == "youden" and detector["ImageDataModule"]["classes"] == ["REAL", "FAKE"]
@@ -211,8 +237,9 @@ def test_export_round_trip_evaluates_identically(ckpt: Path, tmp_path: Path,
 
 def test_run_config_targets_are_allow_listed_too(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
-    cfg = compose_config("train", [f"+callbacks.bad={{_target_: shutil.copyfile, src: {__file__}, dst: {marker}}}"],
-                         tmp_path)
+    cfg = compose_config(
+        "train", [f"+callbacks.bad={{_target_: shutil.copyfile, src: {__file__}, dst: {marker}}}"], tmp_path
+    )
     with pytest.raises(ConfigError, match=r"^config: _target_ 'shutil.copyfile' at callbacks.bad is refused.*RUN_"):
         instantiate(cfg.callbacks.bad)
     with pytest.raises(ConfigError, match="MODEL_TARGETS"):

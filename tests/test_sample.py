@@ -35,9 +35,21 @@ def test_sample_run_in_an_empty_folder_says_sample(tmp_path: Path) -> None:
     """The README's first run, from a folder with nothing in it: its folder, metrics and results row say sample."""
     env = {k: v for k, v in os.environ.items() if k not in ("CIFAKE", "PROJECT_ROOT", "FAKEDETECT_CACHE")}
     run = subprocess.run(
-        [sys.executable, "-m", "fakedetect.train", "data=cifake_sample", "experiment=cnn_baseline", "trainer=cpu",
-         "trainer.max_epochs=1", "callbacks.progress_bar=null"],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "fakedetect.train",
+            "data=cifake_sample",
+            "experiment=cnn_baseline",
+            "trainer=cpu",
+            "trainer.max_epochs=1",
+            "callbacks.progress_bar=null",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     (folder,) = (tmp_path / "outputs" / "train" / "runs").iterdir()

@@ -52,22 +52,38 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in DEFAULT_RUN else pytest.mark.slow)
-                                  for n in PIPELINES])
-def test_train_eval_predict_gradcam(name: str, tmp_path: Path, cifake_path: Path, cache_dir: Path,
-                                    photos: Path) -> None:
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=() if n in DEFAULT_RUN else pytest.mark.slow) for n in PIPELINES]
+)
+def test_train_eval_predict_gradcam(
+    name: str, tmp_path: Path, cifake_path: Path, cache_dir: Path, photos: Path
+) -> None:
     run = tmp_path / "train"
-    trained_metrics = train(subset_train_config(
-        cifake_path, cache_dir, run, *PIPELINES[name], "model.threshold=youden", "trainer.max_epochs=1",
-        "+trainer.limit_train_batches=2", "callbacks.early_stopping=null"))
+    trained_metrics = train(
+        subset_train_config(
+            cifake_path,
+            cache_dir,
+            run,
+            *PIPELINES[name],
+            "model.threshold=youden",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=2",
+            "callbacks.early_stopping=null",
+        )
+    )
     ckpt = json.loads((run / "metrics.json").read_text())["ckpt_path"]
     assert not any("_orig_mod" in key for key in load_checkpoint(ckpt)["state_dict"])
 
     # eval with the stored threshold: the test metrics of training (to the last digit, unless training ran the
     # compiled kernels, whose float results differ from eager ones), and the report agrees with them exactly
     out = tmp_path / "eval"
-    metrics = evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "robustness.enabled=true",
-                                               "robustness.conditions=[clean]"], out))
+    metrics = evaluate(
+        compose_config(
+            "eval",
+            [f"ckpt_path={ckpt}", "trainer=cpu", "robustness.enabled=true", "robustness.conditions=[clean]"],
+            out,
+        )
+    )
     test = {k: v for k, v in trained_metrics.items() if k.startswith("test/")}
     assert {k: metrics[k] for k in test} == (pytest.approx(test, rel=1e-4) if name == "compile" else test)
     record = json.loads((out / "metrics.json").read_text())
@@ -76,8 +92,11 @@ def test_train_eval_predict_gradcam(name: str, tmp_path: Path, cifake_path: Path
     assert record["report"]["classes"] == ["REAL", "FAKE"]
 
     # predict: the checkpoint's threshold and class names, the non-image file counted, not scored
-    rows = predict(compose_config("predict", [f"ckpt_path={ckpt}", f"input={photos}", "num_workers=0",
-                                              "device=cpu"], tmp_path / "predict"))
+    rows = predict(
+        compose_config(
+            "predict", [f"ckpt_path={ckpt}", f"input={photos}", "num_workers=0", "device=cpu"], tmp_path / "predict"
+        )
+    )
     assert [Path(r["path"]).name for r in rows] == ["0.png", "1.png", "2.png"]
     threshold = metrics["test/threshold"]
     for row in rows:
@@ -101,8 +120,13 @@ def test_score_is_the_test_step(cifake_path: Path, cache_dir: Path, tmp_path: Pa
     datamodule.setup("test")
     model = Detector(MLP(hidden=[8]), torch.nn.BCEWithLogitsLoss(), torch.optim.Adam).train()
     seen: list[int] = []
-    probs, labels, sources = score(model, datamodule.test_dataloader(), datamodule.preprocess, limit=700,
-                                   keep=lambda images, p, y: seen.append(len(images)))
+    probs, labels, sources = score(
+        model,
+        datamodule.test_dataloader(),
+        datamodule.preprocess,
+        limit=700,
+        keep=lambda images, p, y: seen.append(len(images)),
+    )
     assert model.training and len(probs) == len(labels) == 700 and sum(seen) == 700
     assert probs.dtype == torch.float32 and labels.tolist() == datamodule.splits["test"].labels[:700].tolist()
     assert sources.tolist() == datamodule.splits["test"].sources[:700].tolist()
@@ -111,19 +135,38 @@ def test_score_is_the_test_step(cifake_path: Path, cache_dir: Path, tmp_path: Pa
         x = datamodule.preprocess(torch.from_numpy(datamodule.split_images("test")[:700]).permute(0, 3, 1, 2))
         expected = model.eval().probabilities(model(x))
     assert torch.allclose(probs, expected, atol=1e-6)
-    dark, _, _ = score(model, datamodule.test_dataloader(), datamodule.preprocess, limit=10,
-                    transform=torch.zeros_like)
+    dark, _, _ = score(model, datamodule.test_dataloader(), datamodule.preprocess, limit=10, transform=torch.zeros_like)
     assert torch.allclose(dark, dark[0].expand(10))
 
 
 def test_mlp_gradcam_cli_is_one_line(tmp_path: Path, cifake_path: Path, cache_dir: Path) -> None:
     """The command itself: exit 1, one line naming the fix, no traceback, nothing scored."""
     run = tmp_path / "train"
-    train(subset_train_config(cifake_path, cache_dir, run, "model=mlp", "trainer.max_epochs=1",
-                              "+trainer.limit_train_batches=1", "test=false"))
+    train(
+        subset_train_config(
+            cifake_path,
+            cache_dir,
+            run,
+            "model=mlp",
+            "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=1",
+            "test=false",
+        )
+    )
     ckpt = next((run / "checkpoints").glob("*.ckpt"))
-    done = subprocess.run([sys.executable, "-m", "fakedetect.gradcam", f"ckpt_path={ckpt}", "device=cpu",
-                           f"hydra.run.dir={tmp_path / 'gc'}"], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fakedetect.gradcam",
+            f"ckpt_path={ckpt}",
+            "device=cpu",
+            f"hydra.run.dir={tmp_path / 'gc'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert assert_one_line(done).startswith("error: Grad-CAM needs spatial feature maps")
     assert load_trained(ckpt).model.net.cam_layers() == []

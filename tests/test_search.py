@@ -38,9 +38,11 @@ MODELS = {"resnet18_optuna": "resnet18", "autoencoder_optuna": "ae_transfer"}
 def sweeper_for(cfg_out: Path, *overrides: str) -> SearchSweeper:
     """The sweeper Hydra would build for `-m <overrides>`, with its config, outside a Hydra run."""
     cfg = compose_config("train", [*overrides, "data.root=x"], cfg_out)
-    plugin = instantiate(OmegaConf.create(OmegaConf.to_container(HydraConfig.get().sweeper, resolve=True)),
-                         _recursive_=False,
-                         _execution_whitelist_="hydra_plugins.fakedetect_sweeper.*")
+    plugin = instantiate(
+        OmegaConf.create(OmegaConf.to_container(HydraConfig.get().sweeper, resolve=True)),
+        _recursive_=False,
+        _execution_whitelist_="hydra_plugins.fakedetect_sweeper.*",
+    )
     plugin.sweeper.config = cfg
     return plugin.sweeper
 
@@ -70,8 +72,16 @@ def test_fakefinder_space_matches_the_write_up(tmp_path: Path) -> None:
     compose_config("train", ["hparams_search=optuna", "data.root=x"], tmp_path)
     params = HydraConfig.get().sweeper.params
     distributions, _, _ = parse_overrides([f"{k}={v}" for k, v in params.items()])
-    d = {k: (getattr(v, "low", None), getattr(v, "high", None), getattr(v, "step", None), getattr(v, "log", None),
-             getattr(v, "choices", None)) for k, v in distributions.items()}
+    d = {
+        k: (
+            getattr(v, "low", None),
+            getattr(v, "high", None),
+            getattr(v, "step", None),
+            getattr(v, "log", None),
+            getattr(v, "choices", None),
+        )
+        for k, v in distributions.items()
+    }
     assert d["model.net.n_layers"][:3] == (1, 3, 1)
     assert all(d[f"model.net.filters.{i}"][:3] == (8, 64, 8) for i in range(3))
     assert all(d[f"model.net.kernel_sizes.{i}"][4] == (3, 5) for i in range(3))
@@ -113,7 +123,10 @@ def test_job_outcomes() -> None:
     assert outcome(ret(0.9), 1) == (TrialState.COMPLETE, [0.9], None)
     assert outcome(ret([0.9, 1000.0]), 2) == (TrialState.COMPLETE, [0.9, 1000.0], None)
     assert outcome(ret(optuna.TrialPruned("val/acc_best=0.5 at epoch 1"), ok=False), 1) == (
-        TrialState.PRUNED, None, "val/acc_best=0.5 at epoch 1")
+        TrialState.PRUNED,
+        None,
+        "val/acc_best=0.5 at epoch 1",
+    )
     state, _, reason = outcome(ret(torch.cuda.OutOfMemoryError("CUDA out of memory"), ok=False), 1)
     assert state is TrialState.FAIL and reason == "OutOfMemoryError: CUDA out of memory"
     assert outcome(ret(float("nan")), 1)[0] is TrialState.FAIL
@@ -122,9 +135,13 @@ def test_job_outcomes() -> None:
 
 
 def fake_trainer(**metrics: float) -> SimpleNamespace:
-    return SimpleNamespace(sanity_checking=False, current_epoch=0, is_global_zero=True,
-                           callback_metrics={k.replace("__", "/"): torch.tensor(v) for k, v in metrics.items()},
-                           strategy=SimpleNamespace(broadcast=lambda x: x))
+    return SimpleNamespace(
+        sanity_checking=False,
+        current_epoch=0,
+        is_global_zero=True,
+        callback_metrics={k.replace("__", "/"): torch.tensor(v) for k, v in metrics.items()},
+        strategy=SimpleNamespace(broadcast=lambda x: x),
+    )
 
 
 def test_only_trials_of_an_ended_process_on_this_host_are_orphans() -> None:
@@ -132,8 +149,12 @@ def test_only_trials_of_an_ended_process_on_this_host_are_orphans() -> None:
     not one whose pid now belongs to another process (another start time), not one of another host."""
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     me = this_process()
-    owners = [me, {**me, "pid": int(ended.stdout)}, {**me, "started": me["started"] - 1},
-              {**me, "host": "elsewhere", "pid": int(ended.stdout)}]
+    owners = [
+        me,
+        {**me, "pid": int(ended.stdout)},
+        {**me, "started": me["started"] - 1},
+        {**me, "host": "elsewhere", "pid": int(ended.stdout)},
+    ]
     study = optuna.create_study()
     for i, owner in enumerate(owners):
         trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
@@ -141,8 +162,14 @@ def test_only_trials_of_an_ended_process_on_this_host_are_orphans() -> None:
         assert trial.number == i
     assert fail_orphans(study) == [1, 2]
     trials = study.get_trials(deepcopy=False)
-    assert [t.state for t in trials] == [TrialState.RUNNING, TrialState.FAIL, TrialState.FAIL, TrialState.RUNNING,
-                                         TrialState.WAITING, TrialState.WAITING]
+    assert [t.state for t in trials] == [
+        TrialState.RUNNING,
+        TrialState.FAIL,
+        TrialState.FAIL,
+        TrialState.RUNNING,
+        TrialState.WAITING,
+        TrialState.WAITING,
+    ]
     assert [t.user_attrs.get("retry_of") for t in trials[4:]] == [1, 2]
     rerun = [study.ask().suggest_float("x", 0, 1) for _ in range(2)]  # the queued trials, asked as a sweep does
     assert rerun == [trials[1].params["x"], trials[2].params["x"]]
@@ -177,19 +204,35 @@ def test_report_of_a_multi_objective_study(tmp_path: Path) -> None:
     assert "val/acc_best" in (out / "best_trials.md").read_text()
 
 
-def sweep_command(tmp: Path, cifake: Path, cache: Path, name: str, *overrides: str,
-                  search: str = "optuna") -> tuple[list[str], dict[str, str]]:
+def sweep_command(
+    tmp: Path, cifake: Path, cache: Path, name: str, *overrides: str, search: str = "optuna"
+) -> tuple[list[str], dict[str, str]]:
     """`python -m fakedetect.train -m hparams_search=<search>` on the shared CIFAKE subset, 1 epoch per trial."""
-    command = [sys.executable, "-m", "fakedetect.train", "-m", f"hparams_search={search}", f"data.root={cifake}",
-               *SUBSET, "data.resolution=32", "data.batch_size=128", "trainer=cpu", "trainer.max_epochs=1",
-               "callbacks.progress_bar=null", "print_config=false", f"paths.log_dir={tmp}",
-               f"hydra.sweep.dir={tmp / name}", *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "fakedetect.train",
+        "-m",
+        f"hparams_search={search}",
+        f"data.root={cifake}",
+        *SUBSET,
+        "data.resolution=32",
+        "data.batch_size=128",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "callbacks.progress_bar=null",
+        "print_config=false",
+        f"paths.log_dir={tmp}",
+        f"hydra.sweep.dir={tmp / name}",
+        *overrides,
+    ]
     # one thread per trial: these nets are tiny, and 2 OpenMP threads on cores other tests share are far slower
     return command, {**os.environ, "FAKEDETECT_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
 
 
-def run_sweep(tmp: Path, cifake: Path, cache: Path, name: str, *overrides: str,
-              search: str = "optuna") -> subprocess.CompletedProcess:
+def run_sweep(
+    tmp: Path, cifake: Path, cache: Path, name: str, *overrides: str, search: str = "optuna"
+) -> subprocess.CompletedProcess:
     command, env = sweep_command(tmp, cifake, cache, name, *overrides, search=search)
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -220,8 +263,9 @@ def test_sweep_stores_resumes_without_repeats_and_reports(cifake_path: Path, cac
         assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
     assert len(list((report / "tensorboard").glob("trial_*"))) == 2
 
-    run_sweep(tmp_path, cifake_path, cache_dir, "second", "hydra.sweeper.n_trials=2",
-              "hydra.sweeper.report.test_best=false")
+    run_sweep(
+        tmp_path, cifake_path, cache_dir, "second", "hydra.sweeper.n_trials=2", "hydra.sweeper.report.test_best=false"
+    )
     trials = load(tmp_path, "fakefinder").trials
     assert len(trials) == 4, "the same study name resumes the study"
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 4, "a resumed seed must not replay trials"
@@ -232,9 +276,19 @@ def test_failed_and_pruned_trials_are_recorded_and_the_sweep_goes_on(
     cifake_path: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
     """n_layers=9 is invalid for 3 filters (the trial raises); a pruner that wants accuracy > 1 prunes the other."""
-    run_sweep(tmp_path, cifake_path, cache_dir, "sweep", "hydra.sweeper.n_trials=2", "hydra.sweeper.params=null",
-              "model.net.n_layers=choice(2, 9)", "hydra/sweeper/sampler=brute_force",
-              "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=1.01", "trainer.max_epochs=3")
+    run_sweep(
+        tmp_path,
+        cifake_path,
+        cache_dir,
+        "sweep",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.params=null",
+        "model.net.n_layers=choice(2, 9)",
+        "hydra/sweeper/sampler=brute_force",
+        "hydra/sweeper/pruner=threshold",
+        "hydra.sweeper.pruner.lower=1.01",
+        "trainer.max_epochs=3",
+    )
     trials = {t.params["model.net.n_layers"]: t for t in load(tmp_path, "fakefinder").trials}
     assert trials[9].state is TrialState.FAIL and "n_layers=9 needs" in trials[9].user_attrs["fail_reason"]
     assert trials[2].state is TrialState.PRUNED and "ThresholdPruner" in trials[2].user_attrs["prune_reason"]
@@ -258,19 +312,32 @@ def test_multi_objective_sweep_ends_with_the_pareto_front(cifake_path: Path, cac
 def test_parallel_workers_share_one_study(storage: str, cifake_path: Path, cache_dir: Path, tmp_path: Path) -> None:
     """Two processes on one storage, same seed, together finish the study's 6 trials: none twice, none extra."""
     url = storage.format(tmp=tmp_path)
-    commands = [sweep_command(tmp_path, cifake_path, cache_dir, f"worker{i}", "hydra.sweeper.n_trials=6",
-                              "hydra.sweeper.study_trials=6", f"hydra.sweeper.storage='{url}'",
-                              "hydra.sweeper.report.test_best=false") for i in range(2)]
-    workers = [subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-               for c, env in commands]
+    commands = [
+        sweep_command(
+            tmp_path,
+            cifake_path,
+            cache_dir,
+            f"worker{i}",
+            "hydra.sweeper.n_trials=6",
+            "hydra.sweeper.study_trials=6",
+            f"hydra.sweeper.storage='{url}'",
+            "hydra.sweeper.report.test_best=false",
+        )
+        for i in range(2)
+    ]
+    workers = [
+        subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for c, env in commands
+    ]
     for worker in workers:
         _, err = worker.communicate(timeout=600)
         assert worker.returncode == 0, err[-3000:]
     trials = load_study(url, "fakefinder").trials
     assert [t.number for t in trials] == list(range(6)) and all(t.state is TrialState.COMPLETE for t in trials)
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 6, "workers with one seed drew the same point"
-    ran = [sum(Path(t.user_attrs["output_dir"]).is_relative_to(tmp_path / f"worker{i}") for t in trials)
-           for i in range(2)]
+    ran = [
+        sum(Path(t.user_attrs["output_dir"]).is_relative_to(tmp_path / f"worker{i}") for t in trials) for i in range(2)
+    ]
     assert sum(ran) == 6 and min(ran) >= 1, f"trials per worker: {ran}"
 
 
@@ -279,8 +346,15 @@ def test_a_killed_sweep_leaves_a_report_and_its_running_trial_is_failed_and_reru
 ) -> None:
     """Kill a sweep while its second trial runs: the report of the first is there; reopening the study marks the
     orphan FAIL with the reason and runs its parameters again."""
-    command, env = sweep_command(tmp_path, cifake_path, cache_dir, "killed", "hydra.sweeper.n_trials=3",
-                                 "hydra.sweeper.report.test_best=false", "trainer.max_epochs=2")
+    command, env = sweep_command(
+        tmp_path,
+        cifake_path,
+        cache_dir,
+        "killed",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.report.test_best=false",
+        "trainer.max_epochs=2",
+    )
     sweep = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = tmp_path / "optuna" / "fakefinder.db"
     deadline = time.monotonic() + 300
@@ -298,8 +372,9 @@ def test_a_killed_sweep_leaves_a_report_and_its_running_trial_is_failed_and_reru
     rows = list(csv.DictReader((tmp_path / "killed" / "report" / "trials.csv").open()))
     assert [(r["number"], r["state"]) for r in rows] == [("0", "COMPLETE")], "the report is rewritten per trial"
 
-    run_sweep(tmp_path, cifake_path, cache_dir, "resumed", "hydra.sweeper.n_trials=1",
-              "hydra.sweeper.report.test_best=false")
+    run_sweep(
+        tmp_path, cifake_path, cache_dir, "resumed", "hydra.sweeper.n_trials=1", "hydra.sweeper.report.test_best=false"
+    )
     trials = load(tmp_path, "fakefinder").trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
     assert "ended before the trial did" in trials[1].user_attrs["fail_reason"]

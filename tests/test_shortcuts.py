@@ -63,18 +63,23 @@ def test_rules_score_separation_not_unique_values() -> None:
 
 
 def test_format_shortcut_warns_naming_attribute_counts_and_why(tmp_path: Path) -> None:
-    root = _write_tree(tmp_path / "data", {
-        **{f"REAL/{i}.jpg": _image((32 + i, 24), "JPEG", i, quality=85) for i in range(6)},
-        **{f"FAKE/{i}.png": _image((32 + i, 24), "PNG", 10 + i) for i in range(6)},
-    })
+    root = _write_tree(
+        tmp_path / "data",
+        {
+            **{f"REAL/{i}.jpg": _image((32 + i, 24), "JPEG", i, quality=85) for i in range(6)},
+            **{f"FAKE/{i}.png": _image((32 + i, 24), "PNG", 10 + i) for i in range(6)},
+        },
+    )
     result = audit(str(root), CLASSES, tmp_path / "audit", workers=1, decode=False)
     shortcuts = result["shortcuts"]
     assert shortcuts["separation"]["format"] == 1.0 and shortcuts["separation"]["size"] == 0.5
     format_lines = [w for w in shortcuts["warnings"] if w.startswith("format ")]
-    assert format_lines == ["format alone separates the classes (balanced accuracy 1.00): REAL (6 images): JPEG x6; "
-                            "FAKE (6 images): PNG x6. Why it matters: the detector can learn the file format (and its "
-                            "compression), not the generator; make the classes alike in it (re-encode, resize or crop "
-                            "both the same way) or test on data where it carries no label"]
+    assert format_lines == [
+        "format alone separates the classes (balanced accuracy 1.00): REAL (6 images): JPEG x6; "
+        "FAKE (6 images): PNG x6. Why it matters: the detector can learn the file format (and its "
+        "compression), not the generator; make the classes alike in it (re-encode, resize or crop "
+        "both the same way) or test on data where it carries no label"
+    ]
     assert not any(w.startswith(("size", "width", "aspect")) for w in shortcuts["warnings"])
     assert shortcuts["per_class"]["REAL"]["jpeg_quality"] == {"min": 85.0, "median": 85.0, "max": 85.0}
     assert shortcuts["per_class"]["FAKE"]["formats"] == {"PNG": 6}
@@ -85,25 +90,37 @@ def test_format_shortcut_warns_naming_attribute_counts_and_why(tmp_path: Path) -
 
 def test_size_and_quality_shortcuts_warn(tmp_path: Path) -> None:
     """Every FAKE 64x64 at quality 95, photos of varied sizes at quality 70-80: both separate the classes."""
-    root = _write_tree(tmp_path / "data", {
-        **{f"REAL/{i}.jpg": _image((40 + 3 * i, 30 + i), "JPEG", i, quality=70 + 2 * i) for i in range(6)},
-        **{f"FAKE/{i}.jpg": _image((64, 64), "JPEG", 10 + i, quality=95) for i in range(6)},
-    })
+    root = _write_tree(
+        tmp_path / "data",
+        {
+            **{f"REAL/{i}.jpg": _image((40 + 3 * i, 30 + i), "JPEG", i, quality=70 + 2 * i) for i in range(6)},
+            **{f"FAKE/{i}.jpg": _image((64, 64), "JPEG", 10 + i, quality=95) for i in range(6)},
+        },
+    )
     warnings = audit(str(root), CLASSES, tmp_path / "audit", workers=1, decode=False)["shortcuts"]["warnings"]
     attributes = {w.split(" ")[0] for w in warnings}
     assert {"size", "width", "jpeg_quality"} <= attributes and "format" not in attributes
-    assert ("(balanced accuracy 1.00): REAL (6 images): 70 to 80; FAKE (6 images): 95 to 95. Why it matters: the "
-            "detector can learn the compression strength") in next(w for w in warnings if w.startswith("jpeg_quality"))
+    assert (
+        "(balanced accuracy 1.00): REAL (6 images): 70 to 80; FAKE (6 images): 95 to 95. Why it matters: the "
+        "detector can learn the compression strength"
+    ) in next(w for w in warnings if w.startswith("jpeg_quality"))
     assert "REAL (6 images): 40x30 x1, 43x31 x1, 46x32 x1, other x3; FAKE (6 images): 64x64 x6." in next(
-        w for w in warnings if w.startswith("size"))
+        w for w in warnings if w.startswith("size")
+    )
 
 
 def test_balanced_set_has_no_shortcut_warning(tmp_path: Path) -> None:
     """Both classes share every format, size and quality: nothing fires, even with the pixel audit on."""
     files = {}
     for c, cls in enumerate(CLASSES):
-        for i, (fmt, suffix, params) in enumerate([("JPEG", "jpg", {"quality": 80}), ("JPEG", "jpg", {"quality": 90}),
-                                                    ("PNG", "png", {}), ("WEBP", "webp", {"lossless": True})]):
+        for i, (fmt, suffix, params) in enumerate(
+            [
+                ("JPEG", "jpg", {"quality": 80}),
+                ("JPEG", "jpg", {"quality": 90}),
+                ("PNG", "png", {}),
+                ("WEBP", "webp", {"lossless": True}),
+            ]
+        ):
             for j, size in enumerate([(32, 32), (48, 32)]):
                 files[f"train/{cls}/{i}_{j}.{suffix}"] = _image(size, fmt, 100 * c + 10 * i + j, **params)
                 files[f"test/{cls}/{i}_{j}.{suffix}"] = _image(size, fmt, 500 + 100 * c + 10 * i + j, **params)
@@ -111,8 +128,10 @@ def test_balanced_set_has_no_shortcut_warning(tmp_path: Path) -> None:
     result = audit(str(root), CLASSES, tmp_path / "audit", workers=1)
     assert result["shortcuts"]["warnings"] == []
     assert max(result["shortcuts"]["separation"].values()) == 0.5
-    assert "byte_identical" in result and "None: no attribute alone predicts the class" in (
-        tmp_path / "audit" / "audit.md").read_text()
+    assert (
+        "byte_identical" in result
+        and "None: no attribute alone predicts the class" in (tmp_path / "audit" / "audit.md").read_text()
+    )
 
 
 def test_per_source_shortcut_of_one_generator(tmp_path: Path) -> None:
@@ -125,24 +144,43 @@ def test_per_source_shortcut_of_one_generator(tmp_path: Path) -> None:
                 seed = 100 * g + 10 * (split == "val") + i
                 files[f"{gen}/{split}/nature/{i}.jpg"] = _image((32, 32), "JPEG", seed, quality=90)
                 files[f"{gen}/{split}/ai/{i}.{'png' if gen == 'midjourney' else 'jpg'}"] = (
-                    _image((32, 32), "PNG", 1000 + seed) if gen == "midjourney"
-                    else _image((32, 32), "JPEG", 1000 + seed, quality=90))
+                    _image((32, 32), "PNG", 1000 + seed)
+                    if gen == "midjourney"
+                    else _image((32, 32), "JPEG", 1000 + seed, quality=90)
+                )
     root = _write_tree(tmp_path / "data", files)
     shortcuts = audit(str(root), CLASSES, tmp_path / "audit", workers=1, decode=False)["shortcuts"]
     assert set(shortcuts["per_source"]) == {"midjourney", "sdxl"}
     assert shortcuts["separation"]["format"] == 0.75
     assert [w.split(":")[0] for w in shortcuts["warnings"] if w.startswith("format")] == [
-        "format alone separates FAKE of source midjourney from the other classes (balanced accuracy 1.00)"]
+        "format alone separates FAKE of source midjourney from the other classes (balanced accuracy 1.00)"
+    ]
 
 
-@pytest.mark.parametrize(("args", "expected"), [
-    (["manifest=labels.csv"], "labels.csv row 3: label 'dog' is not a class of ['REAL', 'FAKE']"),
-    (["shortcut_threshold=2"], "shortcut_threshold must be a balanced accuracy in [0.5, 1], got 2"),
-], ids=["bad-manifest-row", "bad-threshold"])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["manifest=labels.csv"], "labels.csv row 3: label 'dog' is not a class of ['REAL', 'FAKE']"),
+        (["shortcut_threshold=2"], "shortcut_threshold must be a balanced accuracy in [0.5, 1], got 2"),
+    ],
+    ids=["bad-manifest-row", "bad-threshold"],
+)
 def test_inspect_command_bad_input_is_one_line(args: list[str], expected: str, tmp_path: Path) -> None:
     root = _write_tree(tmp_path / "data", {"a.png": _image((8, 8), "PNG", 0), "b.png": _image((8, 8), "PNG", 1)})
     (root / "labels.csv").write_text("path,label\na.png,REAL\nb.png,dog\n")
-    done = subprocess.run([sys.executable, "-m", "fakedetect.audit", f"root={root}", *args, "decode=false",
-                           "workers=1", f"hydra.run.dir={tmp_path / 'run'}"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fakedetect.audit",
+            f"root={root}",
+            *args,
+            "decode=false",
+            "workers=1",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert_one_line(done, expected)

@@ -29,8 +29,12 @@ LABELS = np.array([1, 0, 0, 0, 1, 0, 0, 0, 0, 0])
 def j_and_f1(scores: np.ndarray, labels: np.ndarray, t: float) -> tuple[float, float]:
     """Youden's J and F1 of the decisions `decide(scores, t)`."""
     pred, positive = decide(scores, t).numpy().astype(bool), labels == 1
-    tp, fp, fn, tn = (int((pred & positive).sum()), int((pred & ~positive).sum()), int((~pred & positive).sum()),
-                      int((~pred & ~positive).sum()))
+    tp, fp, fn, tn = (
+        int((pred & positive).sum()),
+        int((pred & ~positive).sum()),
+        int((~pred & positive).sum()),
+        int((~pred & ~positive).sum()),
+    )
     return tp / (tp + fn) - fp / (fp + tn), 2 * tp / (2 * tp + fp + fn)
 
 
@@ -95,8 +99,9 @@ def test_selected_thresholds_metric_gathers_batches() -> None:
 
 
 def detector(threshold: float | str) -> Detector:
-    return Detector(MLP(hidden=[4], in_channels=1, resolution=2), BCEWithLogits(), partial(torch.optim.Adam),
-                    threshold=threshold)
+    return Detector(
+        MLP(hidden=[4], in_channels=1, resolution=2), BCEWithLogits(), partial(torch.optim.Adam), threshold=threshold
+    )
 
 
 def test_detector_threshold_choice_and_checkpoint_format() -> None:
@@ -114,8 +119,9 @@ def test_detector_threshold_choice_and_checkpoint_format() -> None:
     youden.val_thresholds.copy_(torch.tensor([0.6, 0.9]))
     assert youden.decision_threshold == pytest.approx(0.6)
     youden.on_save_checkpoint(checkpoint)
-    assert checkpoint["thresholds"] == pytest.approx({"0.5": 0.5, "youden": 0.6, "f1": 0.9, "selected": "youden",
-                                                      "value": 0.6})
+    assert checkpoint["thresholds"] == pytest.approx(
+        {"0.5": 0.5, "youden": 0.6, "f1": 0.9, "selected": "youden", "value": 0.6}
+    )
     # the buffer is in the state dict, so a module rebuilt from a checkpoint has the same threshold
     f1 = detector("f1")
     f1.load_state_dict(youden.state_dict())

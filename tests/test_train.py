@@ -94,17 +94,38 @@ def test_cli_train_then_eval(cifake_path: Path, cache_dir: Path, tmp_path: Path)
     env = {**os.environ, "CIFAKE": str(cifake_path), "FAKEDETECT_CACHE": str(cache_dir)}
     run_dir = tmp_path / "run"
     subprocess.run(
-        [sys.executable, "-m", "fakedetect.train", "experiment=fakefinder_best", *SUBSET, "trainer=cpu",
-         "trainer.max_epochs=1", "callbacks.progress_bar=null", f"hydra.run.dir={run_dir}"],
-        cwd=ROOT, env=env, check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "fakedetect.train",
+            "experiment=fakefinder_best",
+            *SUBSET,
+            "trainer=cpu",
+            "trainer.max_epochs=1",
+            "callbacks.progress_bar=null",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
     )
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["experiment"] == "fakefinder_best" and record["metrics"]["test/acc"] > 0.6
     eval_dir = tmp_path / "eval"
     subprocess.run(
-        [sys.executable, "-m", "fakedetect.eval", f"ckpt_path={record['ckpt_path']}", "trainer=cpu",
-         f"hydra.run.dir={eval_dir}"],
-        cwd=ROOT, env=env, check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "fakedetect.eval",
+            f"ckpt_path={record['ckpt_path']}",
+            "trainer=cpu",
+            f"hydra.run.dir={eval_dir}",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
     )
     evaluated = json.loads((eval_dir / "metrics.json").read_text())
     assert evaluated["metrics"]["test/acc"] == pytest.approx(record["metrics"]["test/acc"], abs=1e-6)
@@ -115,12 +136,26 @@ def test_last_checkpoint_follows_the_latest_epoch_and_a_killed_run_resumes_from_
 ) -> None:
     """An MLP at lr 0 never improves on its first val/acc, so the best checkpoint stays at epoch 0; last.ckpt must
     still follow every epoch. Killed (SIGKILL) mid-training, the run resumes from it, not from scratch."""
-    overrides = [f"data.root={cifake_path}", f"data.cache_dir={cache_dir}", *SUBSET, "trainer=cpu", "model=mlp",
-                 "model.optimizer.lr=0", "test=false", "print_config=false", "callbacks.progress_bar=null"]
+    overrides = [
+        f"data.root={cifake_path}",
+        f"data.cache_dir={cache_dir}",
+        *SUBSET,
+        "trainer=cpu",
+        "model=mlp",
+        "model.optimizer.lr=0",
+        "test=false",
+        "print_config=false",
+        "callbacks.progress_bar=null",
+    ]
     run = tmp_path / "run"
     command = [sys.executable, "-m", "fakedetect.train", *overrides, "trainer.max_epochs=200", f"hydra.run.dir={run}"]
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last, killed_at = run / "checkpoints" / "last.ckpt", None
     deadline = time.monotonic() + 300
     while killed_at is None and process.poll() is None and time.monotonic() < deadline:
@@ -135,8 +170,9 @@ def test_last_checkpoint_follows_the_latest_epoch_and_a_killed_run_resumes_from_
     assert [p.name for p in (run / "checkpoints").glob("epoch_*.ckpt")] == ["epoch_000.ckpt"]
     epoch, step = killed_at["epoch"], killed_at["global_step"]
 
-    resumed = compose_config("train", [*overrides, f"trainer.max_epochs={epoch + 2}", f"ckpt_path={last}"],
-                             tmp_path / "resumed")
+    resumed = compose_config(
+        "train", [*overrides, f"trainer.max_epochs={epoch + 2}", f"ckpt_path={last}"], tmp_path / "resumed"
+    )
     train(resumed)
     after = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
     steps_per_epoch = step // (epoch + 1)

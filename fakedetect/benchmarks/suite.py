@@ -79,10 +79,12 @@ def chosen(stage: object, suite: DictConfig, record: dict) -> list[str]:
 def commit() -> str:
     """The checkout's commit (+ '-dirty' with uncommitted changes); a copy without .git says so."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (no git checkout)"
@@ -112,8 +114,15 @@ def run_stage(cfg: DictConfig, number: str, stage: DictConfig, record: dict, dea
     suite = cfg.suite
     stamp = datetime.datetime.now(datetime.timezone.utc)
     start = time.perf_counter()
-    entry: dict = {"stage": number, "title": stage.title, "scale": suite.scale, "machine": machine(),
-                   "date": stamp.isoformat(timespec="seconds"), "commit": commit(), "runs": {}}
+    entry: dict = {
+        "stage": number,
+        "title": stage.title,
+        "scale": suite.scale,
+        "machine": machine(),
+        "date": stamp.isoformat(timespec="seconds"),
+        "commit": commit(),
+        "runs": {},
+    }
     earlier = {name: r for s in record["stages"] if s["scale"] == suite.scale for name, r in s["runs"].items()}
     names = list(stage.runs)
     for i, name in enumerate(names):
@@ -159,8 +168,9 @@ def generate(cfg: DictConfig, run: DictConfig, folder: Path, share: float, earli
 
 def throughput(cfg: DictConfig, run: DictConfig, folder: Path, share: float, earlier: dict) -> dict:
     """The bench's throughput rows; the run's `per_model` adds rows (or settings of rows) to the bench's own."""
-    bench_cfg = compose("bench", overrides=[*bench._data_overrides(cfg), *run.overrides,
-                                            "time_to_accuracy.enabled=false"])
+    bench_cfg = compose(
+        "bench", overrides=[*bench._data_overrides(cfg), *run.overrides, "time_to_accuracy.enabled=false"]
+    )
     with open_dict(bench_cfg):
         bench_cfg.per_model = OmegaConf.merge(bench_cfg.per_model, run.get("per_model") or {})
     return bench.bench(bench_cfg)
@@ -184,8 +194,13 @@ def command(module: str, overrides: list[str], folder: Path, seconds: float) -> 
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "command.log", "w") as out:
         try:
-            code = subprocess.run([sys.executable, "-m", f"fakedetect.{module}", *overrides], cwd=ROOT,
-                                  stdout=out, stderr=subprocess.STDOUT, timeout=max(seconds, 1)).returncode
+            code = subprocess.run(
+                [sys.executable, "-m", f"fakedetect.{module}", *overrides],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=max(seconds, 1),
+            ).returncode
         except subprocess.TimeoutExpired:
             return None, f"stopped at the stage's deadline after {seconds:.0f} s"
     if code:
@@ -201,8 +216,19 @@ def last_line(path: Path) -> str:
 def train_run(cfg: DictConfig, overrides: list[str], folder: Path, seconds: float, *extra: str) -> dict:
     """One training, its fit capped with trainer.max_time a minute before `seconds` so its test still runs."""
     cap = max(int(seconds) - 60, 10)
-    metrics, error = command("train", [*overrides, *bench._data_overrides(cfg, limits=False), *extra,
-                                       "print_config=false", max_time(cap), f"hydra.run.dir={folder}"], folder, seconds)
+    metrics, error = command(
+        "train",
+        [
+            *overrides,
+            *bench._data_overrides(cfg, limits=False),
+            *extra,
+            "print_config=false",
+            max_time(cap),
+            f"hydra.run.dir={folder}",
+        ],
+        folder,
+        seconds,
+    )
     if error:
         return {"error": error, "train_overrides": overrides}
     keep = ("epochs", "train_time_s", "ckpt_path", "images", "params", "metrics")
@@ -222,16 +248,29 @@ def search(cfg: DictConfig, run: DictConfig, folder: Path, share: float, earlier
     """`workers` processes of one Optuna study until it holds `trials`, all sharing the device."""
     folder.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{folder / 'study.db'}"
-    overrides = ["-m", *run.overrides, *bench._data_overrides(cfg, limits=False), f"hydra.sweeper.storage={storage}",
-                 f"hydra.sweeper.study_name={run.study}", f"hydra.sweeper.study_trials={run.trials}",
-                 f"hydra.sweeper.n_trials={run.trials}", "hydra.sweeper.report.test_best=false", "print_config=false"]
+    overrides = [
+        "-m",
+        *run.overrides,
+        *bench._data_overrides(cfg, limits=False),
+        f"hydra.sweeper.storage={storage}",
+        f"hydra.sweeper.study_name={run.study}",
+        f"hydra.sweeper.study_trials={run.trials}",
+        f"hydra.sweeper.n_trials={run.trials}",
+        "hydra.sweeper.report.test_best=false",
+        "print_config=false",
+    ]
     start = time.perf_counter()
     workers = []
     for i in range(run.workers):
         with open(folder / f"worker{i}.log", "w") as log_file:  # the child keeps its own handle
-            workers.append(subprocess.Popen([sys.executable, "-m", "fakedetect.train", *overrides,
-                                             f"hydra.sweep.dir={folder / f'worker{i}'}"], cwd=ROOT, stdout=log_file,
-                                            stderr=subprocess.STDOUT))
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "fakedetect.train", *overrides, f"hydra.sweep.dir={folder / f'worker{i}'}"],
+                    cwd=ROOT,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                )
+            )
     error = None
     for i, worker in enumerate(workers):
         try:
@@ -252,16 +291,34 @@ def search(cfg: DictConfig, run: DictConfig, folder: Path, share: float, earlier
     states = Counter(t.state.name for t in trials)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = max(complete, key=lambda t: t.value) if complete else None
-    return {"workers": run.workers, "trials": run.trials, "search_s": wall, "states": dict(states),
-            "best_value": best.value if best else None, "best_params": best.params if best else None,
-            "storage": storage, **({"error": error} if error else {})}
+    return {
+        "workers": run.workers,
+        "trials": run.trials,
+        "search_s": wall,
+        "states": dict(states),
+        "best_value": best.value if best else None,
+        "best_params": best.params if best else None,
+        "storage": storage,
+        **({"error": error} if error else {}),
+    }
 
 
 def robustness_eval(cfg: DictConfig, ckpt: str, folder: Path, seconds: float) -> dict:
     """`python -m fakedetect.eval robustness.enabled=true` of a checkpoint: its table's rows, or why none."""
     tiny = cfg.suite.tiny_eval if cfg.suite.scale == "tiny" else []
-    metrics, error = command("eval", [f"ckpt_path={ckpt}", f"data.root={cfg.data.root}", "robustness.enabled=true",
-                                      "report=false", *tiny, f"hydra.run.dir={folder}"], folder, seconds)
+    metrics, error = command(
+        "eval",
+        [
+            f"ckpt_path={ckpt}",
+            f"data.root={cfg.data.root}",
+            "robustness.enabled=true",
+            "report=false",
+            *tiny,
+            f"hydra.run.dir={folder}",
+        ],
+        folder,
+        seconds,
+    )
     return {"rows": metrics["robustness"]} if metrics else {"error": error}
 
 
@@ -280,15 +337,29 @@ def robustness(cfg: DictConfig, run: DictConfig, folder: Path, share: float, ear
         if not ckpt or not Path(ckpt).exists():
             trained = train_run(cfg, [*run.of[name], *run.overrides], folder / name, seconds - EVAL_S, "test=false")
             ckpt = trained.get("ckpt_path")
-            source = {"checkpoint": "trained again", **{k: trained[k] for k in ("epochs", "train_time_s", "error")
-                                                        if k in trained}}
-        tables[name] = {**source, **(robustness_eval(cfg, ckpt, folder / name / "robustness",
-                                                     max(deadline.left() / (len(run.of) - i), 1)) if ckpt else {})}
+            source = {
+                "checkpoint": "trained again",
+                **{k: trained[k] for k in ("epochs", "train_time_s", "error") if k in trained},
+            }
+        tables[name] = {
+            **source,
+            **(
+                robustness_eval(cfg, ckpt, folder / name / "robustness", max(deadline.left() / (len(run.of) - i), 1))
+                if ckpt
+                else {}
+            ),
+        }
     return {"tables": tables}
 
 
-RUNNERS = {"generate": generate, "throughput": throughput, "time_to_accuracy": time_to_accuracy, "train": train,
-           "search": search, "robustness": robustness}
+RUNNERS = {
+    "generate": generate,
+    "throughput": throughput,
+    "time_to_accuracy": time_to_accuracy,
+    "train": train,
+    "search": search,
+    "robustness": robustness,
+}
 
 
 def write(report: Path, record: dict) -> None:
@@ -301,12 +372,20 @@ def write(report: Path, record: dict) -> None:
 def markdown(record: dict) -> str:
     """The latest entry of every stage and scale, in stage order."""
     latest = {(s["stage"], s["scale"]): s for s in record["stages"]}
-    lines = ["# fakedetect GPU suite", "",
-             "Written by `python -m fakedetect.bench suite=gpu stage=...` (see README, Speed, benchmark and scale); "
-             "the JSON beside this file keeps every run of every stage.", ""]
+    lines = [
+        "# fakedetect GPU suite",
+        "",
+        "Written by `python -m fakedetect.bench suite=gpu stage=...` (see README, Speed, benchmark and scale); "
+        "the JSON beside this file keeps every run of every stage.",
+        "",
+    ]
     for (number, scale), s in sorted(latest.items()):
-        lines += [f"## Stage {number}: {s['title']}", "",
-                  f"Scale {scale}; {s['machine']}; {s['date']}; commit {s['commit']}; {s['wall_s']:.0f} s.", ""]
+        lines += [
+            f"## Stage {number}: {s['title']}",
+            "",
+            f"Scale {scale}; {s['machine']}; {s['date']}; commit {s['commit']}; {s['wall_s']:.0f} s.",
+            "",
+        ]
         for name, r in s["runs"].items():
             lines += [f"### {name}", "", *run_markdown(r), ""]
     return "\n".join(lines)
@@ -318,27 +397,49 @@ def run_markdown(r: dict) -> list[str]:
     if r["kind"] == "time_to_accuracy":
         return [bench.accuracy_markdown(r)]
     if r["kind"] == "generate":
-        return [f"{r['files']:,} JPEGs of {r['size']} x {r['size']} px ({r['folder_gb']:.2f} GB), half in each class "
-                f"folder, written in {r['wall_s']:.0f} s."]
+        return [
+            f"{r['files']:,} JPEGs of {r['size']} x {r['size']} px ({r['folder_gb']:.2f} GB), half in each class "
+            f"folder, written in {r['wall_s']:.0f} s."
+        ]
     lines = [f"Error: {r['error']}", ""] if "error" in r else []
     if r["kind"] == "train":
         metrics = r.get("metrics", {})
         shown = {k: metrics[k] for k in SHOWN if k in metrics}
-        lines += [f"`{' '.join(r['train_overrides'])}`: {r.get('epochs', '?')} epochs, "
-                  f"{r.get('train_time_s', 0):.0f} s of fit (capped at {r.get('capped_at_s', '?')} s), "
-                  f"{r['wall_s']:.0f} s in all.", "", "| metric | value |", "| --- | --- |",
-                  *(f"| {k} | {v:.4f} |" for k, v in sorted(shown.items()))]
+        lines += [
+            f"`{' '.join(r['train_overrides'])}`: {r.get('epochs', '?')} epochs, "
+            f"{r.get('train_time_s', 0):.0f} s of fit (capped at {r.get('capped_at_s', '?')} s), "
+            f"{r['wall_s']:.0f} s in all.",
+            "",
+            "| metric | value |",
+            "| --- | --- |",
+            *(f"| {k} | {v:.4f} |" for k, v in sorted(shown.items())),
+        ]
     elif r["kind"] == "search":
-        lines += [f"{r['trials']} trials by {r['workers']} workers sharing the device in {r['search_s']:.0f} s; "
-                  f"states {r['states']}; best value {r['best_value']} with {r['best_params']}."]
+        lines += [
+            f"{r['trials']} trials by {r['workers']} workers sharing the device in {r['search_s']:.0f} s; "
+            f"states {r['states']}; best value {r['best_value']} with {r['best_params']}."
+        ]
     else:
         tables = r["tables"]
-        lines += [f"- {name}: {t['checkpoint']}" + (f"; error: {t['error']}" if "error" in t else "")
-                  for name, t in tables.items()]
+        lines += [
+            f"- {name}: {t['checkpoint']}" + (f"; error: {t['error']}" if "error" in t else "")
+            for name, t in tables.items()
+        ]
         shown = {name: {x["condition"]: x for x in t["rows"]} for name, t in tables.items() if "rows" in t}
         conditions = list(dict.fromkeys(c for rows in shown.values() for c in rows))
-        lines += ["", "Test accuracy (AUROC) under each degradation:", "",
-                  "| condition | " + " | ".join(shown) + " |", "| --- |" + " --- |" * len(shown),
-                  *(f"| {c} | " + " | ".join(f"{rows[c]['acc']:.4f} ({rows[c]['auroc']:.4f})" if c in rows else ""
-                                              for rows in shown.values()) + " |" for c in conditions)]
+        lines += [
+            "",
+            "Test accuracy (AUROC) under each degradation:",
+            "",
+            "| condition | " + " | ".join(shown) + " |",
+            "| --- |" + " --- |" * len(shown),
+            *(
+                f"| {c} | "
+                + " | ".join(
+                    f"{rows[c]['acc']:.4f} ({rows[c]['auroc']:.4f})" if c in rows else "" for rows in shown.values()
+                )
+                + " |"
+                for c in conditions
+            ),
+        ]
     return lines

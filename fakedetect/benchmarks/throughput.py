@@ -94,8 +94,13 @@ def nvidia_smi_reader(gpu: str) -> Callable[[], float]:
     smi = shutil.which("nvidia-smi") or "nvidia-smi"
 
     def read() -> float:
-        done = subprocess.run([smi, f"--id={gpu}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                              capture_output=True, text=True, timeout=10, check=True)
+        done = subprocess.run(
+            [smi, f"--id={gpu}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
         return float(done.stdout.split()[0])
 
     return read
@@ -133,8 +138,13 @@ class EpochTester(L.Callback):
         self.train_s += time.perf_counter() - self.start
         datamodule = trainer.datamodule
         # the memory loader keeps the test split on the device after the first epoch
-        probs, labels, _ = score(pl_module, datamodule.test_dataloader(), datamodule.preprocess, pl_module.device,
-                              context=trainer.precision_plugin.forward_context)
+        probs, labels, _ = score(
+            pl_module,
+            datamodule.test_dataloader(),
+            datamodule.preprocess,
+            pl_module.device,
+            context=trainer.precision_plugin.forward_context,
+        )
         acc = float(binary_accuracy(decide(probs, pl_module.decision_threshold), labels))
         self.curve.append({"epoch": trainer.current_epoch + 1, "train_s": self.train_s, "test_acc": acc})
         log.info("epoch %d: %.1f s of training, test acc %.4f", trainer.current_epoch + 1, self.train_s, acc)
@@ -142,15 +152,22 @@ class EpochTester(L.Callback):
 
     def reached(self) -> dict[str, float | None]:
         """Training seconds to the first epoch at or above each target; None if never reached."""
-        return {f"{t:.3f}": next((p["train_s"] for p in self.curve if p["test_acc"] >= t), None)
-                for t in self.targets}
+        return {f"{t:.3f}": next((p["train_s"] for p in self.curve if p["test_acc"] >= t), None) for t in self.targets}
 
 
 def bench_trainer(cfg: DictConfig, callbacks: list[L.Callback], **kwargs: object) -> L.Trainer:
     """The configured trainer with nothing but the measurement around it: no validation, logging or checkpoints."""
-    return instantiate(cfg.trainer, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                       enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks,
-                       precision=resolve_precision(cfg.trainer), **kwargs)
+    return instantiate(
+        cfg.trainer,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        precision=resolve_precision(cfg.trainer),
+        **kwargs,
+    )
 
 
 def lightning_rate(cfg: DictConfig, datamodule: ImageDataModule, warmup: int, steps: int) -> Span:
@@ -168,9 +185,16 @@ def time_to_accuracy(cfg: DictConfig, data_overrides: list[str]) -> dict:
     start = time.perf_counter()
     bench_trainer(run_cfg, [tester]).fit(build_model(run_cfg), datamodule=datamodule)
     sizes = datamodule.split_sizes
-    return {"experiment": cfg.experiment, "overrides": list(cfg.overrides), "train_images": sizes["train"],
-            "test_images": sizes["test"], "max_epochs": run_cfg.trainer.max_epochs, "curve": tester.curve,
-            "reached_s": tester.reached(), "wall_s": time.perf_counter() - start}
+    return {
+        "experiment": cfg.experiment,
+        "overrides": list(cfg.overrides),
+        "train_images": sizes["train"],
+        "test_images": sizes["test"],
+        "max_epochs": run_cfg.trainer.max_epochs,
+        "curve": tester.curve,
+        "reached_s": tester.reached(),
+        "wall_s": time.perf_counter() - start,
+    }
 
 
 def plain_rate(cfg: DictConfig, datamodule: ImageDataModule, device: torch.device, warmup: int, steps: int) -> Span:
@@ -221,8 +245,12 @@ def decode_times(cfg: DictConfig) -> dict[str, float]:
 
 def bench(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, verbose=False)
-    result: dict = {"machine": machine(), "precision": resolve_precision(cfg.trainer), "repeats": cfg.repeats,
-                    "models": {}}
+    result: dict = {
+        "machine": machine(),
+        "precision": resolve_precision(cfg.trainer),
+        "repeats": cfg.repeats,
+        "models": {},
+    }
     if cfg.measure_decode:
         result["decode"] = decode_times(cfg)
         log.info("decode: %s", result["decode"])
@@ -261,12 +289,23 @@ def measure_row(cfg: DictConfig, name: str, device: torch.device) -> dict:
             spans["plain"].append(plain_rate(model_cfg, datamodule, device, own["warmup_steps"], own["timed_steps"]))
     rates = {loop: [s.images_s for s in runs] for loop, runs in spans.items()}
     fake, plain = statistics.median(rates["fakedetect"]), statistics.median(rates["plain"])
-    row = {"model": own.get("model", name), "resolution": model_cfg.data.resolution, "fit": model_cfg.data.fit,
-           "loader": model_cfg.data.loader, "num_workers": model_cfg.data.num_workers,
-           "batch_size": model_cfg.data.batch_size, "train_images": datamodule.split_sizes["train"],
-           "prepare_s": prepare_s, "prepare_timings": dict(datamodule.timings), "fakedetect_img_s": fake,
-           "plain_img_s": plain, "time_ratio": plain / fake, "rates": rates, **steps,
-           "gpu_util_pct": {loop: gpu.mean(*runs) for loop, runs in spans.items()} if gpu else None}
+    row = {
+        "model": own.get("model", name),
+        "resolution": model_cfg.data.resolution,
+        "fit": model_cfg.data.fit,
+        "loader": model_cfg.data.loader,
+        "num_workers": model_cfg.data.num_workers,
+        "batch_size": model_cfg.data.batch_size,
+        "train_images": datamodule.split_sizes["train"],
+        "prepare_s": prepare_s,
+        "prepare_timings": dict(datamodule.timings),
+        "fakedetect_img_s": fake,
+        "plain_img_s": plain,
+        "time_ratio": plain / fake,
+        "rates": rates,
+        **steps,
+        "gpu_util_pct": {loop: gpu.mean(*runs) for loop, runs in spans.items()} if gpu else None,
+    }
     if gpu and gpu.error:
         row["gpu_util_error"] = gpu.error
     if device.type == "cuda":
@@ -278,28 +317,41 @@ def row_data_overrides(cfg: DictConfig, own: dict) -> list[str]:
     """A row's data: the bench's own, or the row's `data_config` (e.g. folder) without the bench's root, loader
     and subset; then the row's `data` keys (e.g. {root: DIR, resolution: 224, loader: stream})."""
     mine = own.get("data_config")
-    return [*_data_overrides(cfg, source=not mine), *([f"data={mine}"] if mine else []),
-            *(f"data.{k}={'null' if v is None else v}" for k, v in own.get("data", {}).items())]
+    return [
+        *_data_overrides(cfg, source=not mine),
+        *([f"data={mine}"] if mine else []),
+        *(f"data.{k}={'null' if v is None else v}" for k, v in own.get("data", {}).items()),
+    ]
 
 
 def _data_overrides(cfg: DictConfig, limits: bool = True, source: bool = True) -> list[str]:
     """The bench's own data settings carried into a composed config: its cache; unless `source` is off (a row with
     a data config of its own), its root and loader, and their subset unless `limits` is off."""
-    keep = ("cache_dir", *(("root", "loader") if source else ()),
-            *(("train_limit", "test_limit") if source and limits else ()))
+    keep = (
+        "cache_dir",
+        *(("root", "loader") if source else ()),
+        *(("train_limit", "test_limit") if source and limits else ()),
+    )
     return [f"data.{k}={cfg.data[k]}" for k in keep if cfg.data.get(k) is not None] + [
-        f"trainer.accelerator={cfg.trainer.accelerator}", f"trainer.precision={cfg.trainer.precision}"]
+        f"trainer.accelerator={cfg.trainer.accelerator}",
+        f"trainer.precision={cfg.trainer.precision}",
+    ]
 
 
 def markdown(result: dict, heading: str = "#") -> str:
     lines = [f"{heading} fakedetect benchmark: {result['machine']}", "", f"Precision: {result['precision']}.", ""]
     if "decode" in result:
         d = result["decode"]
-        lines += [f"Decode of {d['images']:,} images: cold {d['cold_decode_s']:.1f} s, warm cache load "
-                  f"{d['warm_load_s']:.2f} s.", ""]
-    lines += ["| model | resolution | batch | fakedetect img/s | plain loop img/s | time ratio (fakedetect / plain) "
-              "| peak GPU memory | loader, fit | data preparation | GPU utilisation (fakedetect / plain) |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"Decode of {d['images']:,} images: cold {d['cold_decode_s']:.1f} s, warm cache load "
+            f"{d['warm_load_s']:.2f} s.",
+            "",
+        ]
+    lines += [
+        "| model | resolution | batch | fakedetect img/s | plain loop img/s | time ratio (fakedetect / plain) "
+        "| peak GPU memory | loader, fit | data preparation | GPU utilisation (fakedetect / plain) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, r in result["models"].items():
         mem = f"{r['peak_gpu_mem_gb']:.2f} GiB" if "peak_gpu_mem_gb" in r else "n/a"
         util = r.get("gpu_util_pct") or {}
@@ -307,26 +359,42 @@ def markdown(result: dict, heading: str = "#") -> str:
         workers = f" (workers: {r['num_workers']})" if r.get("loader") not in ("memory", None) else ""
         loader = f"{r['loader']}{workers}, {r['fit']}" if "loader" in r else "n/a"
         prepare = f"{r['prepare_s']:.1f} s" if "prepare_s" in r else "n/a"
-        lines.append(f"| {name} | {r['resolution']} | {r['batch_size']} | {r['fakedetect_img_s']:.0f} | "
-                     f"{r['plain_img_s']:.0f} | {r['time_ratio']:.3f} | {mem} | {loader} | {prepare} | "
-                     f"{shown if util else 'n/a'} |")
+        lines.append(
+            f"| {name} | {r['resolution']} | {r['batch_size']} | {r['fakedetect_img_s']:.0f} | "
+            f"{r['plain_img_s']:.0f} | {r['time_ratio']:.3f} | {mem} | {loader} | {prepare} | "
+            f"{shown if util else 'n/a'} |"
+        )
     timed = ", ".join(f"{n} {r['timed_steps']}" for n, r in result["models"].items())
-    lines += ["", f"Steps timed per model after warm-up: {timed}; images/s are the median of "
-              f"{result['repeats']} alternated runs of each loop. Data preparation (not timed in img/s): the "
-              "decode into the cache when cold, else its load; for the stream loader, the files' digests and the "
-              "normalization statistics. GPU utilisation: the mean of readings every 0.2 s within the timed steps.",
-              ""]
+    lines += [
+        "",
+        f"Steps timed per model after warm-up: {timed}; images/s are the median of "
+        f"{result['repeats']} alternated runs of each loop. Data preparation (not timed in img/s): the "
+        "decode into the cache when cold, else its load; for the stream loader, the files' digests and the "
+        "normalization statistics. GPU utilisation: the mean of readings every 0.2 s within the timed steps.",
+        "",
+    ]
     if "time_to_accuracy" in result:
-        lines += [f"#{heading} Time to accuracy: experiment={result['time_to_accuracy']['experiment']} "
-                  f"{' '.join(result['time_to_accuracy']['overrides'])}", "",
-                  accuracy_markdown(result["time_to_accuracy"]), ""]
+        lines += [
+            f"#{heading} Time to accuracy: experiment={result['time_to_accuracy']['experiment']} "
+            f"{' '.join(result['time_to_accuracy']['overrides'])}",
+            "",
+            accuracy_markdown(result["time_to_accuracy"]),
+            "",
+        ]
     return "\n".join(lines)
 
 
 def accuracy_markdown(t: dict) -> str:
-    reached = ", ".join(f"{float(k):.1%}: " + (f"{v:.1f} s" if v is not None else "not reached")
-                        for k, v in t["reached_s"].items())
-    return "\n".join([f"{t['train_images']:,} training images, tested on {t['test_images']:,} after every epoch (not "
-                      f"timed); training time to test accuracy {reached}. Whole run {t['wall_s']:.1f} s.", "",
-                      "| epoch | training time (s) | test accuracy |", "| --- | --- | --- |",
-                      *(f"| {p['epoch']} | {p['train_s']:.1f} | {p['test_acc']:.4f} |" for p in t["curve"])])
+    reached = ", ".join(
+        f"{float(k):.1%}: " + (f"{v:.1f} s" if v is not None else "not reached") for k, v in t["reached_s"].items()
+    )
+    return "\n".join(
+        [
+            f"{t['train_images']:,} training images, tested on {t['test_images']:,} after every epoch (not "
+            f"timed); training time to test accuracy {reached}. Whole run {t['wall_s']:.1f} s.",
+            "",
+            "| epoch | training time (s) | test accuracy |",
+            "| --- | --- | --- |",
+            *(f"| {p['epoch']} | {p['train_s']:.1f} | {p['test_acc']:.4f} |" for p in t["curve"]),
+        ]
+    )

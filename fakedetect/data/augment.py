@@ -43,8 +43,9 @@ def random_rotate(x: Tensor, degrees: float) -> Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def random_blur_jpeg(x: Tensor, blur_prob: float, blur_sigma: float, jpeg_prob: float,
-                     jpeg_quality: tuple[int, int]) -> Tensor:
+def random_blur_jpeg(
+    x: Tensor, blur_prob: float, blur_sigma: float, jpeg_prob: float, jpeg_quality: tuple[int, int]
+) -> Tensor:
     """CNNDetection's Blur+JPEG augmentation: each image blurred with sigma ~ U[0, blur_sigma] with
     probability blur_prob, and JPEG re-compressed at quality ~ U[jpeg_quality] with probability jpeg_prob."""
     n = x.shape[0]

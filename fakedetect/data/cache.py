@@ -60,13 +60,16 @@ def cache_key(*parts: object) -> str:
 def digest_entries(source: Source, entries: list[Entry]) -> np.ndarray:
     """The digests of entries' bytes in entry order, in one pass over the source (for the stream loader, whose
     decoding never holds every file's bytes at once); an unreadable file gets b""."""
-    found = {name: file_digest(data) if isinstance(data, bytes) else ""
-             for name, data in source.read([e.name for e in entries])}
+    found = {
+        name: file_digest(data) if isinstance(data, bytes) else ""
+        for name, data in source.read([e.name for e in entries])
+    }
     return np.array([found.get(e.name, "") for e in entries], dtype=DIGEST)
 
 
-def read_batches(source: Source, names: Iterable[str], files: int, nbytes: int
-                 ) -> Iterator[list[tuple[str, bytes | str]]]:
+def read_batches(
+    source: Source, names: Iterable[str], files: int, nbytes: int
+) -> Iterator[list[tuple[str, bytes | str]]]:
     """The source's (name, bytes or read error) in its fastest order, in batches of at most `files` files or,
     past the first file, `nbytes` bytes."""
     batch: list[tuple[str, bytes | str]] = []
@@ -96,9 +99,16 @@ def _decode_batch(args: tuple[list[bytes | str], int, str, int | None]) -> list[
     return out
 
 
-def decoded_stream(source: Source, names: Iterable[str], resolution: int, fit: str, max_pixels: int | None,
-                   workers: int, batch_files: int = BATCH_FILES, batch_bytes: int = BATCH_BYTES
-                   ) -> Iterator[tuple[str, np.ndarray | str, str]]:
+def decoded_stream(
+    source: Source,
+    names: Iterable[str],
+    resolution: int,
+    fit: str,
+    max_pixels: int | None,
+    workers: int,
+    batch_files: int = BATCH_FILES,
+    batch_bytes: int = BATCH_BYTES,
+) -> Iterator[tuple[str, np.ndarray | str, str]]:
     """(name, image or the reason it failed, digest) for every name, decoded on `workers` processes with at most
     `workers + 1` batches read ahead."""
     work = (resolution, fit, max_pixels)
@@ -118,15 +128,24 @@ def decoded_stream(source: Source, names: Iterable[str], resolution: int, fit: s
             yield from _named(batch_names, done.result())
 
 
-def _named(names: list[str], results: list[tuple[np.ndarray | str, str]]
-           ) -> Iterator[tuple[str, np.ndarray | str, str]]:
+def _named(
+    names: list[str], results: list[tuple[np.ndarray | str, str]]
+) -> Iterator[tuple[str, np.ndarray | str, str]]:
     return ((name, result, digest) for name, (result, digest) in zip(names, results, strict=True))
 
 
 def decode_entries(
-    source: Source, entries: list[Entry], resolution: int, workers: int | None = None, skip_bad: bool = True,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS, *, fit: str = "squash", folder: Path | None = None,
-    batch_files: int = BATCH_FILES, batch_bytes: int = BATCH_BYTES,
+    source: Source,
+    entries: list[Entry],
+    resolution: int,
+    workers: int | None = None,
+    skip_bad: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    *,
+    fit: str = "squash",
+    folder: Path | None = None,
+    batch_files: int = BATCH_FILES,
+    batch_bytes: int = BATCH_BYTES,
 ) -> Decoded:
     """Decode entries on every core, in bounded batches, and return them in entry order; unreadable files are
     skipped and listed (or, with skip_bad=False, a BadImageError naming the first). With `folder`, the images
@@ -140,8 +159,9 @@ def decode_entries(
         keep = np.zeros(len(entries), dtype=bool)
         digests = np.zeros(len(entries), dtype=DIGEST)
         skipped = []
-        stream = decoded_stream(source, position, resolution, fit, max_pixels, workers or os.cpu_count() or 1,
-                                batch_files, batch_bytes)
+        stream = decoded_stream(
+            source, position, resolution, fit, max_pixels, workers or os.cpu_count() or 1, batch_files, batch_bytes
+        )
         for name, result, digest in stream:
             if isinstance(result, str):
                 if not skip_bad:
@@ -170,8 +190,10 @@ def decode_entries(
     except OSError as err:  # a full disk while the cache is written: it cannot fall back to memory
         if tmp is None:
             raise
-        raise ConfigError(f"decode cache {folder}: cannot be written ({err}); free disk space there or point "
-                          "data.cache_dir at another disk") from None
+        raise ConfigError(
+            f"decode cache {folder}: cannot be written ({err}); free disk space there or point "
+            "data.cache_dir at another disk"
+        ) from None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -274,16 +296,23 @@ def load_cache(folder: Path) -> Decoded | None:
     try:
         meta = json.loads((folder / "meta.json").read_text())
         # memory-mapped: a truncated file fails here, from its header, before anything is read
-        arrays = {k: np.load(folder / f"{k}.npy", mmap_mode="r")
-                  for k in ("images", "labels", "splits", "sources", "digests")}
+        arrays = {
+            k: np.load(folder / f"{k}.npy", mmap_mode="r") for k in ("images", "labels", "splits", "sources", "digests")
+        }
         if len({len(meta["names"]), *(len(a) for a in arrays.values())}) != 1:
             raise ValueError("its files disagree on the number of images")
         images = arrays["images"]
         if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
             raise ValueError(f"its images are {images.dtype} {images.shape}, not (N, H, W, 3) uint8")
-        return Decoded(images=images, labels=np.array(arrays["labels"]), splits=np.array(arrays["splits"]),
-                       names=list(meta["names"]), skipped=list(meta["skipped"]),
-                       digests=np.array(arrays["digests"]).astype(DIGEST), sources=np.array(arrays["sources"]))
+        return Decoded(
+            images=images,
+            labels=np.array(arrays["labels"]),
+            splits=np.array(arrays["splits"]),
+            names=list(meta["names"]),
+            skipped=list(meta["skipped"]),
+            digests=np.array(arrays["digests"]).astype(DIGEST),
+            sources=np.array(arrays["sources"]),
+        )
     except (OSError, ValueError, KeyError, TypeError) as err:
         log.warning("ignoring the unreadable decode cache %s (%s: %s); decoding again", folder, type(err).__name__, err)
         return None

@@ -74,14 +74,18 @@ def stratified_sample(entries: list[Entry], limit: int | None, seed: int) -> lis
     classes = np.unique(labels)
     rng = np.random.default_rng(seed)
     per_class = limit // len(classes)
-    picked = np.concatenate(
-        [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes]
-    )
+    picked = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in classes])
     return [entries[i] for i in np.sort(picked)]
 
 
-def plan_splits(labels: np.ndarray, split_names: np.ndarray, val_fraction: float, test_fraction: float, seed: int,
-                excluded: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def plan_splits(
+    labels: np.ndarray,
+    split_names: np.ndarray,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    excluded: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """Row indices of train, val and test: `val/` and `test/` folders as given; what is missing is carved,
     stratified, from the train rows (or from every row of a source without split folders): test by
     `test_fraction` (1.0: all of it), then val by `val_fraction` after the `excluded` rows leave train."""
@@ -101,8 +105,9 @@ def plan_splits(labels: np.ndarray, split_names: np.ndarray, val_fraction: float
     return {"train": pool, "val": rng.permutation(val), "test": rng.permutation(test)}
 
 
-def channel_stats(images: np.ndarray, channels: int, index: np.ndarray | None = None,
-                  chunk: int = 8192) -> tuple[list[float], list[float]]:
+def channel_stats(
+    images: np.ndarray, channels: int, index: np.ndarray | None = None, chunk: int = 8192
+) -> tuple[list[float], list[float]]:
     """Per-channel mean and std in [0, 1] of (N, H, W, 3) uint8 images (the `index` rows of them), in chunks:
     memory stays bounded, and a memory-mapped cache is read once, in file order."""
     rows = np.sort(index) if index is not None else None
@@ -237,11 +242,19 @@ class ImageDataModule(L.LightningDataModule):
     def _listing(self, source: Source) -> Listing:
         listing = source.list(self.classes, aliases=self.aliases, layout=self.layout, manifest=self.manifest)
         if listing.ignored:
-            log.info("ignored %d non-image or unplaced files in %s, e.g. %s",
-                     len(listing.ignored), self.root, listing.ignored[0])
+            log.info(
+                "ignored %d non-image or unplaced files in %s, e.g. %s",
+                len(listing.ignored),
+                self.root,
+                listing.ignored[0],
+            )
         if listing.not_regular:
-            log.warning("skipped %d entries of %s that are not regular files (FIFOs, devices, sockets, broken "
-                        "links), e.g. %s", len(listing.not_regular), self.root, listing.not_regular[0])
+            log.warning(
+                "skipped %d entries of %s that are not regular files (FIFOs, devices, sockets, broken links), e.g. %s",
+                len(listing.not_regular),
+                self.root,
+                listing.not_regular[0],
+            )
         by_split: dict[str, list[Entry]] = {}
         for e in listing.entries:
             by_split.setdefault(e.split, []).append(e)
@@ -254,9 +267,17 @@ class ImageDataModule(L.LightningDataModule):
         part of the source's identity): edited labels must not reuse a stale cache."""
         manifest = Path(self.manifest).expanduser() if self.manifest else None
         outside = manifest is not None and manifest.is_absolute() and manifest.is_file()
-        return [source.identity(), self.classes, self.aliases, self.layout, self.manifest,
-                hashlib.sha1(manifest.read_bytes()).hexdigest() if outside else None, self.train_limit,
-                self.test_limit, self.seed if (self.train_limit or self.test_limit) else None]
+        return [
+            source.identity(),
+            self.classes,
+            self.aliases,
+            self.layout,
+            self.manifest,
+            hashlib.sha1(manifest.read_bytes()).hexdigest() if outside else None,
+            self.train_limit,
+            self.test_limit,
+            self.seed if (self.train_limit or self.test_limit) else None,
+        ]
 
     def _cache_folder(self, source: Source) -> Path:
         key = cache_key(*self._listing_key(source), self.resolution, self.fit, self.max_pixels)
@@ -271,16 +292,32 @@ class ImageDataModule(L.LightningDataModule):
         if cached is not None:
             if cached.skipped and not self.skip_bad:
                 # The cache was written by a run that skipped these files; skip_bad=false must still stop.
-                raise BadImageError(f"cannot decode {source.path}/{cached.skipped[0]} "
-                                    f"({len(cached.skipped)} unreadable, recorded in cache {folder})")
+                raise BadImageError(
+                    f"cannot decode {source.path}/{cached.skipped[0]} "
+                    f"({len(cached.skipped)} unreadable, recorded in cache {folder})"
+                )
             self.timings["cache_load_s"] = time.perf_counter() - start
             return cached
         listing = self._listing(source)
-        decoded = decode_entries(source, listing.entries, self.resolution, fit=self.fit, workers=self.decode_workers,
-                                 skip_bad=self.skip_bad, max_pixels=self.max_pixels, folder=folder)
+        decoded = decode_entries(
+            source,
+            listing.entries,
+            self.resolution,
+            fit=self.fit,
+            workers=self.decode_workers,
+            skip_bad=self.skip_bad,
+            max_pixels=self.max_pixels,
+            folder=folder,
+        )
         self.timings["decode_s"] = time.perf_counter() - start
-        log.info("decoded %d images from %s in %.1f s (%d unreadable skipped); cache %s",
-                 len(decoded.labels), self.root, self.timings["decode_s"], len(decoded.skipped), folder)
+        log.info(
+            "decoded %d images from %s in %.1f s (%d unreadable skipped); cache %s",
+            len(decoded.labels),
+            self.root,
+            self.timings["decode_s"],
+            len(decoded.skipped),
+            folder,
+        )
         return decoded
 
     def prepare_data(self) -> None:
@@ -298,8 +335,11 @@ class ImageDataModule(L.LightningDataModule):
         if self.splits:
             return
         if self.fit == "random_crop" and self.loader != "stream":
-            log.warning("data.fit=random_crop draws a new crop per epoch only with data.loader=stream; the %s "
-                        "loader's decoded images are centre crops, decoded once", self.loader)
+            log.warning(
+                "data.fit=random_crop draws a new crop per epoch only with data.loader=stream; the %s "
+                "loader's decoded images are centre crops, decoded once",
+                self.loader,
+            )
         if self.loader == "litdata":
             self._setup_packed()
             return
@@ -312,34 +352,45 @@ class ImageDataModule(L.LightningDataModule):
             rows = Listed(data.labels, data.splits, data.names, data.sources, data.digests)
         self.source_names = sorted(set(rows.sources.tolist()))
         sources = np.searchsorted(self.source_names, rows.sources).astype(np.int64)
-        index = plan_splits(rows.labels, rows.splits, self.val_fraction, self.test_fraction, self.seed,
-                            self._excluded(rows.names))
+        index = plan_splits(
+            rows.labels, rows.splits, self.val_fraction, self.test_fraction, self.seed, self._excluded(rows.names)
+        )
         if self.train_sources is not None:
             index = self._only_train_sources(index, rows)
         self._check_classes(index, rows.labels, has_splits=bool((rows.splits != "").any()))
         self.splits = {k: Split(v, rows.labels[v], sources[v]) for k, v in index.items()}
         self.test_names = [rows.names[i] for i in index["test"]]
-        self._mark_duplicates(rows.digests[index["test"]], rows.digests[np.concatenate([index["train"],
-                                                                                        index["val"]])])
+        self._mark_duplicates(rows.digests[index["test"]], rows.digests[np.concatenate([index["train"], index["val"]])])
         if self.mean is None:
             self.mean, self.std = self._stats()
-        log.info("splits: %s; sources %s; mean %s std %s", self.split_sizes, self.source_names,
-                 np.round(self.mean, 4).tolist(), np.round(self.std, 4).tolist())
+        log.info(
+            "splits: %s; sources %s; mean %s std %s",
+            self.split_sizes,
+            self.source_names,
+            np.round(self.mean, 4).tolist(),
+            np.round(self.std, 4).tolist(),
+        )
 
     def _listed_rows(self) -> Listed:
         source = self._source()
         source.check_streamable()
         self._entries = self._listing(source).entries
-        return Listed(np.array([e.label for e in self._entries], dtype=np.int64),
-                    np.array([e.split for e in self._entries]), [e.name for e in self._entries],
-                    np.array([e.source for e in self._entries]), self._stream_digests(source, self._entries))
+        return Listed(
+            np.array([e.label for e in self._entries], dtype=np.int64),
+            np.array([e.split for e in self._entries]),
+            [e.name for e in self._entries],
+            np.array([e.source for e in self._entries]),
+            self._stream_digests(source, self._entries),
+        )
 
     def _excluded(self, names: list[str]) -> np.ndarray | None:
         if not self.exclude:
             return None
         if not Path(self.exclude).is_file():
-            raise ConfigError(f"data.exclude: no such file {self.exclude} (a list of member names, one a line, "
-                              "e.g. the data audit's exclude_train.txt)")
+            raise ConfigError(
+                f"data.exclude: no such file {self.exclude} (a list of member names, one a line, "
+                "e.g. the data audit's exclude_train.txt)"
+            )
         dropped = set(Path(self.exclude).read_text().split("\n"))
         excluded = np.array([n in dropped for n in names], dtype=bool)
         log.info("data.exclude lists %d of these files (%s); they leave train", excluded.sum(), self.exclude)
@@ -349,8 +400,9 @@ class ImageDataModule(L.LightningDataModule):
         """Train and val keep the fakes of `train_sources` and every real image; test keeps everything."""
         unknown = sorted(set(self.train_sources) - set(self.source_names))
         if unknown:
-            raise ConfigError(f"data.train_sources: {unknown} not among the sources of {self.root}: "
-                              f"{self.source_names}")
+            raise ConfigError(
+                f"data.train_sources: {unknown} not among the sources of {self.root}: {self.source_names}"
+            )
         keep = np.isin(rows.sources, self.train_sources) | (rows.labels == 0)
         return {k: v[keep[v]] if k != "test" else v for k, v in index.items()}
 
@@ -361,29 +413,43 @@ class ImageDataModule(L.LightningDataModule):
     def _setup_packed(self) -> None:
         """The splits `python -m fakedetect.pack` planned and wrote, checked against this run's data config."""
         if self.train_sources is not None:
-            raise ConfigError("data.train_sources cannot filter packed data (data.loader=litdata): pack with "
-                              "data.train_sources set instead")
+            raise ConfigError(
+                "data.train_sources cannot filter packed data (data.loader=litdata): pack with "
+                "data.train_sources set instead"
+            )
         try:
             with fsspec.open(self._packed(PACK_META), "r") as f:
                 meta = json.load(f)
         except (OSError, ValueError) as err:
-            raise DataLayoutError(f"data.litdata_dir={self.litdata_dir}: no readable {PACK_META} there ({err}); "
-                                  "write the chunks with python -m fakedetect.pack data.root=... "
-                                  "output=DIR") from None
+            raise DataLayoutError(
+                f"data.litdata_dir={self.litdata_dir}: no readable {PACK_META} there ({err}); "
+                "write the chunks with python -m fakedetect.pack data.root=... "
+                "output=DIR"
+            ) from None
         packed_from = meta["data"]["root"]
         if _resolved(packed_from) != _resolved(self.root):
-            raise ConfigError(f"data.root={self.root}, but data.litdata_dir={self.litdata_dir} holds {packed_from}: "
-                              f"set data.root={packed_from} to train or test on the packed data, or "
-                              "data.loader=memory (or stream) to read data.root")
+            raise ConfigError(
+                f"data.root={self.root}, but data.litdata_dir={self.litdata_dir} holds {packed_from}: "
+                f"set data.root={packed_from} to train or test on the packed data, or "
+                "data.loader=memory (or stream) to read data.root"
+            )
         for key in ("classes", "resolution", "fit", "channels"):
             if meta["data"][key] != getattr(self, key):
-                raise ConfigError(f"data.{key}={getattr(self, key)!r}, but data.litdata_dir={self.litdata_dir} was "
-                                  f"packed with {meta['data'][key]!r}: set data.{key}={meta['data'][key]!r} or "
-                                  "pack again")
+                raise ConfigError(
+                    f"data.{key}={getattr(self, key)!r}, but data.litdata_dir={self.litdata_dir} was "
+                    f"packed with {meta['data'][key]!r}: set data.{key}={meta['data'][key]!r} or "
+                    "pack again"
+                )
         self.source_names, self.skipped = meta["source_names"], meta["skipped"]
         splits = meta["splits"]
-        self.splits = {s: Split(np.arange(len(splits[s]["labels"])), np.array(splits[s]["labels"], dtype=np.int64),
-                                np.array(splits[s]["sources"], dtype=np.int64)) for s in SPLITS}
+        self.splits = {
+            s: Split(
+                np.arange(len(splits[s]["labels"])),
+                np.array(splits[s]["labels"], dtype=np.int64),
+                np.array(splits[s]["sources"], dtype=np.int64),
+            )
+            for s in SPLITS
+        }
         digests = {s: np.array(splits[s]["digests"], dtype=DIGEST) for s in SPLITS}
         self.test_names = splits["test"]["names"]
         self._mark_duplicates(digests["test"], np.concatenate([digests["train"], digests["val"]]))
@@ -395,8 +461,12 @@ class ImageDataModule(L.LightningDataModule):
         self.test_duplicates = copies_of(test, pool)
         self.duplicate_groups = len(np.unique(test[self.test_duplicates]))
         if self.duplicate_groups:
-            log.info("%d test images (%d distinct files) are byte-identical to train or val images; "
-                     "test/acc_dedup leaves them out", self.test_duplicates.sum(), self.duplicate_groups)
+            log.info(
+                "%d test images (%d distinct files) are byte-identical to train or val images; "
+                "test/acc_dedup leaves them out",
+                self.test_duplicates.sum(),
+                self.duplicate_groups,
+            )
 
     def _stream_digests(self, source: Source, entries: list[Entry]) -> np.ndarray:
         """The files' digests for the stream loader: one pass over the source's bytes, cached beside the decode
@@ -415,8 +485,12 @@ class ImageDataModule(L.LightningDataModule):
         start = time.perf_counter()
         digests = digest_entries(source, entries)
         self.timings["digest_s"] = time.perf_counter() - start
-        log.info("hashed %d files of %s in %.1f s, to find test images duplicated in train", len(entries),
-                 self.root, self.timings["digest_s"])
+        log.info(
+            "hashed %d files of %s in %.1f s, to find test images duplicated in train",
+            len(entries),
+            self.root,
+            self.timings["digest_s"],
+        )
         _write_atomic(path, json.dumps({"names": names, "digests": digests.astype(str).tolist()}))
         return digests
 
@@ -426,7 +500,8 @@ class ImageDataModule(L.LightningDataModule):
         train and val may be empty."""
         for split, idx in index.items():
             if (split == "val" and not self.val_fraction and not len(idx)) or (
-                    split != "test" and self.test_fraction == 1 and not len(idx)):
+                split != "test" and self.test_fraction == 1 and not len(idx)
+            ):
                 continue
             counts = np.bincount(labels[idx], minlength=len(self.classes))
             for c in np.flatnonzero(counts == 0):
@@ -434,16 +509,22 @@ class ImageDataModule(L.LightningDataModule):
                 folder = f"{split}/{cls}" if has_splits else cls
                 bad = [n for n in self.skipped if PurePosixPath(n).parent.as_posix().lower().endswith(folder.lower())]
                 if bad:
-                    why = (f"its {len(bad)} files in '{folder}' are unreadable (e.g. {bad[0]}); replace them, or "
-                           "list them with python -m fakedetect.audit")
+                    why = (
+                        f"its {len(bad)} files in '{folder}' are unreadable (e.g. {bad[0]}); replace them, or "
+                        "list them with python -m fakedetect.audit"
+                    )
                 elif split == "val":
-                    why = (f"data.val_fraction={self.val_fraction} carves none of the '{folder}' images; raise it, "
-                           "add images, or set data.val_fraction=0 to train without validation")
+                    why = (
+                        f"data.val_fraction={self.val_fraction} carves none of the '{folder}' images; raise it, "
+                        "add images, or set data.val_fraction=0 to train without validation"
+                    )
                 elif c == 1 and self.train_sources is not None and split != "test":
                     why = f"data.train_sources={self.train_sources} has no fakes in it"
                 else:
-                    why = (f"none of the '{folder}' images is left after data.train_limit, data.test_limit and "
-                           "data.exclude; add images or relax those")
+                    why = (
+                        f"none of the '{folder}' images is left after data.train_limit, data.test_limit and "
+                        "data.exclude; add images or relax those"
+                    )
                 raise DataLayoutError(f"{self.root}: the {split} split has no {cls} images: {why}")
 
     def _stats(self) -> tuple[list[float], list[float]]:
@@ -451,12 +532,24 @@ class ImageDataModule(L.LightningDataModule):
         if not self.normalize:
             return [0.0] * self.channels, [1.0] * self.channels
         if not len(self.splits["train"]):
-            raise ConfigError(f"data.test_fraction={self.test_fraction} leaves no train images to take "
-                              "normalization statistics from: use it to evaluate a checkpoint, which brings them")
+            raise ConfigError(
+                f"data.test_fraction={self.test_fraction} leaves no train images to take "
+                "normalization statistics from: use it to evaluate a checkpoint, which brings them"
+            )
         source = self._source()
-        key = cache_key(*self._listing_key(source), self.resolution, self.fit, self.channels, self.val_fraction,
-                        self.test_fraction, self.seed, self.exclude, self.max_pixels, self.train_sources,
-                        self.stats_sample if self.loader == "stream" else None)
+        key = cache_key(
+            *self._listing_key(source),
+            self.resolution,
+            self.fit,
+            self.channels,
+            self.val_fraction,
+            self.test_fraction,
+            self.seed,
+            self.exclude,
+            self.max_pixels,
+            self.train_sources,
+            self.stats_sample if self.loader == "stream" else None,
+        )
         path = self.cache_dir / "stats" / f"{key}.json"
         try:
             stats = json.loads(path.read_text())
@@ -474,13 +567,22 @@ class ImageDataModule(L.LightningDataModule):
             # decoded into a memory-mapped scratch file: 20,000 images at 224 px would be 3 GB of RAM
             with tempfile.TemporaryDirectory(prefix=".stats-", dir=self.cache_dir) as scratch:
                 # Unreadable files are skipped (or raise, with skip_bad=false) as everywhere else, not a crash here.
-                images = decode_entries(source, sample, self.resolution, fit=self.fit, workers=self.decode_workers,
-                                        skip_bad=self.skip_bad, max_pixels=self.max_pixels,
-                                        folder=Path(scratch) / "sample").images
+                images = decode_entries(
+                    source,
+                    sample,
+                    self.resolution,
+                    fit=self.fit,
+                    workers=self.decode_workers,
+                    skip_bad=self.skip_bad,
+                    max_pixels=self.max_pixels,
+                    folder=Path(scratch) / "sample",
+                ).images
                 if not len(images):
-                    raise DataLayoutError(f"{self.root}: none of the {len(sample)} train images sampled for the "
-                                          "normalization statistics could be decoded; check them with "
-                                          "python -m fakedetect.audit")
+                    raise DataLayoutError(
+                        f"{self.root}: none of the {len(sample)} train images sampled for the "
+                        "normalization statistics could be decoded; check them with "
+                        "python -m fakedetect.audit"
+                    )
                 mean, std = channel_stats(images, self.channels)
                 del images
         _write_atomic(path, json.dumps({"mean": mean, "std": std}))
@@ -488,15 +590,24 @@ class ImageDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict:
         """What eval and predict need from the data: saved in every checkpoint."""
-        return {"classes": self.classes, "resolution": self.resolution, "channels": self.channels,
-                "mean": self.mean, "std": self.std, "fit": self.fit}
+        return {
+            "classes": self.classes,
+            "resolution": self.resolution,
+            "channels": self.channels,
+            "mean": self.mean,
+            "std": self.std,
+            "fit": self.fit,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.mean, self.std = state["mean"], state["std"]
         trained = state.get("fit", "squash")  # checkpoints from before data.fit were all squashed
         if trained != self.fit:
-            log.warning("the checkpoint's model was trained on data.fit=%s images; this run decodes with "
-                        "data.fit=%s", trained, self.fit)
+            log.warning(
+                "the checkpoint's model was trained on data.fit=%s images; this run decodes with data.fit=%s",
+                trained,
+                self.fit,
+            )
 
     @torch.no_grad()
     def preprocess(self, images: Tensor, train: bool = False) -> Tensor:
@@ -511,8 +622,9 @@ class ImageDataModule(L.LightningDataModule):
         x = (x - mean) / std
         return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
 
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor, Tensor] | None,
-                                dataloader_idx: int) -> tuple[Tensor, Tensor] | None:
+    def on_after_batch_transfer(
+        self, batch: tuple[Tensor, Tensor, Tensor] | None, dataloader_idx: int
+    ) -> tuple[Tensor, Tensor] | None:
         """(preprocessed images, labels): the LightningModules never see the sources."""
         if batch is None:  # a streamed training batch of only unreadable files, which Lightning skips
             return None
@@ -535,8 +647,11 @@ class ImageDataModule(L.LightningDataModule):
             for i in range(0, len(part), DEVICE_CHUNK):
                 rows = np.ascontiguousarray(self._data.images[part.index[i : i + DEVICE_CHUNK]])
                 images[i : i + len(rows)] = torch.from_numpy(rows).to(device).permute(0, 3, 1, 2)
-            self._on_device[(split, str(device))] = (images, torch.from_numpy(part.labels).to(device),
-                                                     torch.from_numpy(part.sources).to(device))
+            self._on_device[(split, str(device))] = (
+                images,
+                torch.from_numpy(part.labels).to(device),
+                torch.from_numpy(part.sources).to(device),
+            )
         return self._on_device[(split, str(device))]
 
     def _loader(self, split: str, train: bool, keep: np.ndarray | None = None) -> Iterable:
@@ -547,8 +662,9 @@ class ImageDataModule(L.LightningDataModule):
         positions = np.flatnonzero(keep) if keep is not None else np.arange(len(part))
         drop_last = train and len(positions) >= batch * world
         pin = self._device().type == "cuda"
-        order = EpochOrder(len(positions), batch, shuffle=train, seed=self.seed, rank=rank, world_size=world,
-                           drop_last=drop_last)
+        order = EpochOrder(
+            len(positions), batch, shuffle=train, seed=self.seed, rank=rank, world_size=world, drop_last=drop_last
+        )
         if self.loader == "memory":
             images, labels, sources = self._on_the_device(split, self._device())
             if keep is not None:
@@ -556,25 +672,44 @@ class ImageDataModule(L.LightningDataModule):
                 images, labels, sources = images[where], labels[where], sources[where]
             return DeviceBatches(images, labels, sources, order)
         if self.loader == "cached":
-            rows = CacheRows(self._data.images, part.index[positions], part.labels[positions],
-                             part.sources[positions])
+            rows = CacheRows(self._data.images, part.index[positions], part.labels[positions], part.sources[positions])
             return CachedBatches(rows, order, self.num_workers, pin)
         if self.loader == "litdata" and not len(positions):  # pack writes no chunks for an empty split
             empty = torch.empty(0, dtype=torch.int64)
-            return DeviceBatches(torch.empty((0, 3, self.resolution, self.resolution), dtype=torch.uint8), empty,
-                                 empty, order)
+            return DeviceBatches(
+                torch.empty((0, 3, self.resolution, self.resolution), dtype=torch.uint8), empty, empty, order
+            )
         if self.loader == "litdata":
             # one worker for val and test: LitData then yields the split in its packed order, which dedup relies on
-            loader = litdata_loader(self._packed(split), batch, shuffle=train, seed=self.seed,
-                                    num_workers=self.num_workers if train else min(self.num_workers, 1),
-                                    drop_last=drop_last, pin_memory=pin)
+            loader = litdata_loader(
+                self._packed(split),
+                batch,
+                shuffle=train,
+                seed=self.seed,
+                num_workers=self.num_workers if train else min(self.num_workers, 1),
+                drop_last=drop_last,
+                pin_memory=pin,
+            )
             return KeptBatches(loader, keep) if keep is not None else loader
-        dataset = StreamDataset(self._source(), [self._entries[i] for i in part.index[positions]],
-                                part.sources[positions], self.resolution, fit=self.fit, max_pixels=self.max_pixels,
-                                skip_bad=self.skip_bad, random_fit=train and self.fit == "random_crop")
+        dataset = StreamDataset(
+            self._source(),
+            [self._entries[i] for i in part.index[positions]],
+            part.sources[positions],
+            self.resolution,
+            fit=self.fit,
+            max_pixels=self.max_pixels,
+            skip_bad=self.skip_bad,
+            random_fit=train and self.fit == "random_crop",
+        )
         return (StreamTrainLoader if train else StreamLoader)(
-            dataset, batch_size=batch, shuffle=train, num_workers=self.num_workers,
-            collate_fn=collate_skipping, pin_memory=pin, persistent_workers=self.num_workers > 0, drop_last=drop_last,
+            dataset,
+            batch_size=batch,
+            shuffle=train,
+            num_workers=self.num_workers,
+            collate_fn=collate_skipping,
+            pin_memory=pin,
+            persistent_workers=self.num_workers > 0,
+            drop_last=drop_last,
         )
 
     def train_dataloader(self) -> Iterable:
@@ -598,8 +733,12 @@ class ImageDataModule(L.LightningDataModule):
 def _check_arguments(args: dict) -> None:
     """Every data.<key> a run depends on, checked before anything is read: a bad value ends in one line."""
     classes = args["classes"]
-    require("data.classes", classes, len(classes) == 2 and all(isinstance(c, str) and c for c in classes)
-            and len({c.lower() for c in classes}) == 2, "two distinct class folder names, e.g. [REAL, FAKE]")
+    require(
+        "data.classes",
+        classes,
+        len(classes) == 2 and all(isinstance(c, str) and c for c in classes) and len({c.lower() for c in classes}) == 2,
+        "two distinct class folder names, e.g. [REAL, FAKE]",
+    )
 
     def positive(v: object) -> bool:
         return is_int(v) and v > 0
@@ -608,17 +747,26 @@ def _check_arguments(args: dict) -> None:
         return v is None or (is_int(v) and v >= len(classes))
 
     def names(v: object) -> bool:
-        return not isinstance(v, (str, bytes, Mapping)) and isinstance(v, Iterable) and all(
-            isinstance(s, str) and s for s in v)
+        return (
+            not isinstance(v, (str, bytes, Mapping))
+            and isinstance(v, Iterable)
+            and all(isinstance(s, str) and s for s in v)
+        )
 
     checks = [
         ("resolution", lambda v: is_int(v) and v >= MIN_RESOLUTION, f"an integer >= {MIN_RESOLUTION} (pixels a side)"),
         ("channels", lambda v: is_int(v) and v in (1, 3), "1 (greyscale) or 3 (RGB)"),
-        ("val_fraction", lambda v: is_number(v) and 0 <= v < 1,
-         "in [0, 1): the share of train images held out for validation (0: no validation)"),
-        ("test_fraction", lambda v: is_number(v) and 0 < v <= 1,
-         "in (0, 1]: the share carved as test when the source has no test split (1: all of it, to evaluate it "
-         "whole)"),
+        (
+            "val_fraction",
+            lambda v: is_number(v) and 0 <= v < 1,
+            "in [0, 1): the share of train images held out for validation (0: no validation)",
+        ),
+        (
+            "test_fraction",
+            lambda v: is_number(v) and 0 < v <= 1,
+            "in (0, 1]: the share carved as test when the source has no test split (1: all of it, to evaluate it "
+            "whole)",
+        ),
         ("batch_size", positive, "a positive integer"),
         ("eval_batch_size", positive, "a positive integer"),
         ("stats_sample", positive, "a positive integer"),
@@ -630,20 +778,34 @@ def _check_arguments(args: dict) -> None:
         ("decode_workers", lambda v: v is None or positive(v), "null (every core) or a positive integer"),
         ("max_pixels", lambda v: v is None or positive(v), "null (no limit) or a positive integer"),
         ("seed", is_int, "an integer"),
-        ("aliases", lambda v: v is None or (isinstance(v, Mapping) and all(isinstance(k, str) and names(a)
-                                                                         for k, a in v.items())),
-         "null (the default folder names) or a map from class to a list of folder names, e.g. "
-         "{FAKE: [fake, ai, 1_fake]}"),
+        (
+            "aliases",
+            lambda v: (
+                v is None or (isinstance(v, Mapping) and all(isinstance(k, str) and names(a) for k, a in v.items()))
+            ),
+            "null (the default folder names) or a map from class to a list of folder names, e.g. "
+            "{FAKE: [fake, ai, 1_fake]}",
+        ),
         ("layout", lambda v: v in LAYOUTS, " | ".join(LAYOUTS)),
         ("manifest", lambda v: v is None or (isinstance(v, str) and v), "null or the path of a CSV manifest"),
-        ("train_sources", lambda v: v is None or (names(v) and len(list(v)) > 0),
-         "null (every source) or a non-empty list of source names, e.g. [REAL, sdv14]"),
-        ("litdata_dir", lambda v: v is None or (isinstance(v, str) and v),
-         "null or the folder (or object storage URL) that python -m fakedetect.pack wrote"),
+        (
+            "train_sources",
+            lambda v: v is None or (names(v) and len(list(v)) > 0),
+            "null (every source) or a non-empty list of source names, e.g. [REAL, sdv14]",
+        ),
+        (
+            "litdata_dir",
+            lambda v: v is None or (isinstance(v, str) and v),
+            "null or the folder (or object storage URL) that python -m fakedetect.pack wrote",
+        ),
     ]
     require_each("data", args, checks)
-    require("data.litdata_dir", args["litdata_dir"], args["loader"] != "litdata" or args["litdata_dir"],
-            "set with data.loader=litdata: the output folder of python -m fakedetect.pack")
+    require(
+        "data.litdata_dir",
+        args["litdata_dir"],
+        args["loader"] != "litdata" or args["litdata_dir"],
+        "set with data.loader=litdata: the output folder of python -m fakedetect.pack",
+    )
 
 
 def _resolved(root: str) -> str:

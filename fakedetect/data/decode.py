@@ -95,8 +95,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode_image(
-    data: bytes, resolution: int | None, fit: str = "squash", max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    rng: random.Random | None = None, draft: bool = True,
+    data: bytes,
+    resolution: int | None,
+    fit: str = "squash",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    rng: random.Random | None = None,
+    draft: bool = True,
 ) -> np.ndarray:
     """One image file to (resolution, resolution, 3) RGB uint8, upright, by `fit` (module docstring); at its own
     size when `resolution` is None. `rng` places random_crop's window (None: the centre, as eval and predict

@@ -89,10 +89,20 @@ def cache_memory(root: str, resolution: int, fit: str, workers: int | None) -> d
         decoded = decode_entries(source, entries, resolution, workers, fit=fit, folder=Path(tmp) / "cache")
         seconds = time.perf_counter() - start
         cache_bytes = sum(p.stat().st_size for p in (Path(tmp) / "cache").iterdir())
-    return {"images": len(decoded.names), "skipped": len(decoded.skipped), "folder_gb": folder_bytes / 1e9,
-            "cache_gb": cache_bytes / 1e9, "seconds": seconds, "images_s": len(names) / seconds,
-            "baseline_rss_mb": baseline / 2**20, "peak_rss_mb": memory.peak / 2**20,
-            "peak_rss_main_mb": memory.peak_main / 2**20, "workers": workers, "resolution": resolution, "fit": fit}
+    return {
+        "images": len(decoded.names),
+        "skipped": len(decoded.skipped),
+        "folder_gb": folder_bytes / 1e9,
+        "cache_gb": cache_bytes / 1e9,
+        "seconds": seconds,
+        "images_s": len(names) / seconds,
+        "baseline_rss_mb": baseline / 2**20,
+        "peak_rss_mb": memory.peak / 2**20,
+        "peak_rss_main_mb": memory.peak_main / 2**20,
+        "workers": workers,
+        "resolution": resolution,
+        "fit": fit,
+    }
 
 
 def _write_jpegs(args: tuple[Path, list[int], int, int]) -> None:

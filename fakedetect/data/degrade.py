@@ -44,8 +44,11 @@ def upscale_to(small: Tensor, like: Tensor) -> Tensor:
 def blur(x: Tensor, sigma: float | Tensor) -> Tensor:
     """Gaussian blur with one sigma, or one per image (0 leaves an image unchanged), as a grouped conv."""
     n, c, h, w = x.shape
-    sigmas = sigma.to(x.device, torch.float32) if isinstance(sigma, Tensor) else torch.full((n,), float(sigma),
-                                                                                          device=x.device)
+    sigmas = (
+        sigma.to(x.device, torch.float32)
+        if isinstance(sigma, Tensor)
+        else torch.full((n,), float(sigma), device=x.device)
+    )
     radius = max(1, math.ceil(3 * float(sigmas.max())))
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
     kernel = torch.exp(-(offsets**2) / (2 * sigmas.clamp_min(1e-6)[:, None] ** 2))

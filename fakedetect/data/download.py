@@ -49,8 +49,10 @@ def verify(path: Path, expected: str | int | None) -> None:
         return
     if got != str(expected).lower():
         path.unlink()
-        raise DownloadError(f"{path}: SHA-256 {got} is not the expected sha256={expected}; the file was removed "
-                            "(run again, or check url and sha256)")
+        raise DownloadError(
+            f"{path}: SHA-256 {got} is not the expected sha256={expected}; the file was removed "
+            "(run again, or check url and sha256)"
+        )
     log.info("%s: SHA-256 checked", path)
 
 
@@ -67,8 +69,10 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 1
             total = err.headers.get("Content-Range", "").rpartition("/")[2]
             if total != str(start):
                 part.unlink()
-                raise DownloadError(f"{url}: the partial {part} does not fit the file on the server and was "
-                                    "removed; run again to start over") from None
+                raise DownloadError(
+                    f"{url}: the partial {part} does not fit the file on the server and was "
+                    "removed; run again to start over"
+                ) from None
         else:
             raise DownloadError(f"{url}: HTTP {err.code} {err.reason} (check url=...); {OFFLINE_HINT}") from None
     except ValueError as err:
@@ -94,8 +98,13 @@ def _receive(response: http.client.HTTPResponse, part: Path, start: int, url: st
     length = response.headers.get("Content-Length")
     total = start + int(length) if length else None
     done = start
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     try:
         out = part.open("ab" if start else "wb")
     except OSError as err:
@@ -108,11 +117,14 @@ def _receive(response: http.client.HTTPResponse, part: Path, start: int, url: st
                 done += len(block)
                 progress.update(task, completed=done)
     except (OSError, http.client.HTTPException) as err:
-        raise DownloadError(f"download of {url} stopped at {done:,} bytes ({err or type(err).__name__}); "
-                            "run the same command again to resume") from None
+        raise DownloadError(
+            f"download of {url} stopped at {done:,} bytes ({err or type(err).__name__}); "
+            "run the same command again to resume"
+        ) from None
     if total is not None and done != total:
-        raise DownloadError(f"download of {url} stopped at {done:,} of {total:,} bytes; run the same command "
-                            "again to resume")
+        raise DownloadError(
+            f"download of {url} stopped at {done:,} of {total:,} bytes; run the same command again to resume"
+        )
 
 
 def kaggle_credentials() -> bool:
@@ -126,8 +138,9 @@ def kaggle_download(dataset: str, dest: Path) -> bool:
     try:
         from kaggle.api.kaggle_api_extended import KaggleApi
     except ImportError:
-        log.info("Kaggle credentials found, but the kaggle package is not installed (pip install kaggle); "
-                 "using url instead")
+        log.info(
+            "Kaggle credentials found, but the kaggle package is not installed (pip install kaggle); using url instead"
+        )
         return False
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         try:
@@ -135,8 +148,10 @@ def kaggle_download(dataset: str, dest: Path) -> bool:
             api.authenticate()
             api.dataset_download_files(dataset, path=tmp, quiet=False)
         except Exception as err:  # noqa: BLE001 - the client's own errors, reported as one line
-            raise DownloadError(f"Kaggle download of {dataset} failed ({err}); check ~/.kaggle/kaggle.json, or "
-                                "set kaggle=null to use url") from None
+            raise DownloadError(
+                f"Kaggle download of {dataset} failed ({err}); check ~/.kaggle/kaggle.json, or "
+                "set kaggle=null to use url"
+            ) from None
         (Path(tmp) / f"{dataset.rpartition('/')[2]}.zip").replace(dest)
     return True
 
@@ -161,8 +176,14 @@ def fetch_cifake(dest: Path, url: str | None, sha256: str | None, kaggle: str | 
     return download(url, dest, sha256, timeout)
 
 
-def build_sample(source: str | os.PathLike, dest: Path = SAMPLE, train_per_class: int = 600,
-                 test_per_class: int = 200, classes: tuple[str, ...] = ("REAL", "FAKE"), seed: int = 0) -> Path:
+def build_sample(
+    source: str | os.PathLike,
+    dest: Path = SAMPLE,
+    train_per_class: int = 600,
+    test_per_class: int = 200,
+    classes: tuple[str, ...] = ("REAL", "FAKE"),
+    seed: int = 0,
+) -> Path:
     """A stratified subset of a full CIFAKE as a zip in its layout, identical for the same source and arguments:
     stored (JPEGs are not re-encoded nor recompressed), sorted, with fixed timestamps."""
     from fakedetect.data.datamodule import stratified_sample  # torch and Lightning: not for a download

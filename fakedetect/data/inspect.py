@@ -48,17 +48,29 @@ def describe(blob: bytes | str, max_pixels: int | None = DEFAULT_MAX_PIXELS, dec
         phash = int(str(imagehash.phash(rgb_image)), 16)
     except Exception as err:  # noqa: BLE001 - an unreadable file is reported, not fatal
         return {"error": f"{type(err).__name__}: {err}"}
-    return {**facts, "sum": rgb.sum((0, 1)).tolist(), "sq": (rgb**2).sum((0, 1)).tolist(), "phash": phash,
-            "sha1": file_digest(blob)}
+    return {
+        **facts,
+        "sum": rgb.sum((0, 1)).tolist(),
+        "sq": (rgb**2).sum((0, 1)).tolist(),
+        "phash": phash,
+        "sha1": file_digest(blob),
+    }
 
 
-def _describe_chunk(names: list[str], blobs: list[bytes | str], max_pixels: int | None,
-                    decode: bool) -> tuple[list[str], list[dict]]:
+def _describe_chunk(
+    names: list[str], blobs: list[bytes | str], max_pixels: int | None, decode: bool
+) -> tuple[list[str], list[dict]]:
     return names, [describe(b, max_pixels, decode) for b in blobs]
 
 
-def describe_all(source: Source, entries: list[Entry], workers: int | None = None, chunk_bytes: int = 64 << 20,
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS, decode: bool = True) -> list[dict]:
+def describe_all(
+    source: Source,
+    entries: list[Entry],
+    workers: int | None = None,
+    chunk_bytes: int = 64 << 20,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    decode: bool = True,
+) -> list[dict]:
     """`describe` every entry on every core, reading the source in chunks of at most `chunk_bytes` with at most two
     chunks per worker in flight, so memory stays bounded on sets larger than RAM."""
     workers = workers or os.cpu_count() or 1
@@ -127,8 +139,13 @@ def hamming_groups(hashes: np.ndarray, max_distance: int) -> list[list[int]]:
 def duplicate_summary(groups: Iterable[list[int]], splits: list[str]) -> dict:
     """How many groups and surplus copies lie within each split, how many groups span train and test, and how many
     test images those hold (what a test without train copies leaves out)."""
-    out = {"groups": 0, "surplus_copies": 0, "within": defaultdict(int), "train_test_groups": 0,
-           "train_test_test_images": 0}
+    out = {
+        "groups": 0,
+        "surplus_copies": 0,
+        "within": defaultdict(int),
+        "train_test_groups": 0,
+        "train_test_test_images": 0,
+    }
     for g in groups:
         out["groups"] += 1
         out["surplus_copies"] += len(g) - 1
@@ -153,15 +170,28 @@ def exclusions(groups: Iterable[list[int]], entries: list[Entry]) -> list[str]:
     return sorted(excluded)
 
 
-def audit(root: str, classes: list[str], out: Path, near_distance: int = 0, workers: int | None = None,
-          max_pixels: int | None = DEFAULT_MAX_PIXELS, aliases: Mapping[str, Iterable[str]] | None = None,
-          layout: str = "auto", manifest: str | None = None, decode: bool = True,
-          shortcut_threshold: float = 0.9, draw_sizes: Callable[[Path, np.ndarray, np.ndarray], Path] | None = None
-          ) -> dict:
+def audit(
+    root: str,
+    classes: list[str],
+    out: Path,
+    near_distance: int = 0,
+    workers: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    aliases: Mapping[str, Iterable[str]] | None = None,
+    layout: str = "auto",
+    manifest: str | None = None,
+    decode: bool = True,
+    shortcut_threshold: float = 0.9,
+    draw_sizes: Callable[[Path, np.ndarray, np.ndarray], Path] | None = None,
+) -> dict:
     """The audit written into `out` (audit.json, audit.md, the exclusion lists) and returned; `draw_sizes(out,
     widths, heights)` adds a figure of the image sizes (the command passes reporting's: data/ draws nothing)."""
-    require("shortcut_threshold", shortcut_threshold, is_number(shortcut_threshold) and 0.5 <= shortcut_threshold <= 1,
-            "a balanced accuracy in [0.5, 1]")
+    require(
+        "shortcut_threshold",
+        shortcut_threshold,
+        is_number(shortcut_threshold) and 0.5 <= shortcut_threshold <= 1,
+        "a balanced accuracy in [0.5, 1]",
+    )
     require("decode", decode, isinstance(decode, bool), "true or false")
     source = Source.open(root)
     listing = source.list(classes, aliases, layout, manifest)
@@ -170,27 +200,35 @@ def audit(root: str, classes: list[str], out: Path, near_distance: int = 0, work
     bad = [(e.name, d["error"]) for e, d in zip(entries, info, strict=True) if "error" in d]
     keep = [i for i, d in enumerate(info) if "error" not in d]
     if not keep:
-        raise DataLayoutError(f"{root}: none of its {len(entries)} image files can be decoded, e.g. {bad[0][0]}: "
-                              f"{bad[0][1]}")
+        raise DataLayoutError(
+            f"{root}: none of its {len(entries)} image files can be decoded, e.g. {bad[0][0]}: {bad[0][1]}"
+        )
     entries, info = [entries[i] for i in keep], [info[i] for i in keep]
     splits = [e.split or "all" for e in entries]
     w = np.array([d["w"] for d in info], dtype=float)
     h = np.array([d["h"] for d in info], dtype=float)
     area, aspect = w * h, w / h
     below, above, fences = iqr_outliers(area)
-    shortcuts = audit_shortcuts(info, [e.label for e in entries], [e.source for e in entries], classes,
-                                shortcut_threshold)
+    shortcuts = audit_shortcuts(
+        info, [e.label for e in entries], [e.source for e in entries], classes, shortcut_threshold
+    )
     result = {
         "root": str(root),
         "images": len(entries),
-        "per_split_class": {f"{s}/{classes[c]}": sum(1 for e in entries if (e.split or "all") == s and e.label == c)
-                            for s in sorted(set(splits)) for c in range(len(classes))},
+        "per_split_class": {
+            f"{s}/{classes[c]}": sum(1 for e in entries if (e.split or "all") == s and e.label == c)
+            for s in sorted(set(splits))
+            for c in range(len(classes))
+        },
         "unreadable": [f"{n}: {err}" for n, err in bad],
         "ignored_files": len(listing.ignored),
         "not_regular_files": listing.not_regular,
         "manifest_rows_without_file": len(listing.missing),
         "modes": {m: sum(d["mode"] == m for d in info) for m in sorted({d["mode"] for d in info})},
-        "width": _stats(w), "height": _stats(h), "aspect_ratio": _stats(aspect), "area": _stats(area),
+        "width": _stats(w),
+        "height": _stats(h),
+        "aspect_ratio": _stats(aspect),
+        "area": _stats(area),
         "area_outliers_iqr": {"below": below, "above": above, "fences": fences},
         "shortcuts": shortcuts,
     }
@@ -218,12 +256,14 @@ def _pixel_audit(info: list[dict], entries: list[Entry], splits: list[str], near
     near = hamming_groups(np.array([d["phash"] for d in info], dtype=np.uint64), near_distance)
     excluded = exclusions(near + exact, entries)
     # the test files byte-identical to a train file: those a run's test/acc_dedup leaves out
-    shared = sorted(entries[i].name for g in exact if {splits[j] for j in g} >= {"train", "test"}
-                    for i in g if splits[i] == "test")
+    shared = sorted(
+        entries[i].name for g in exact if {splits[j] for j in g} >= {"train", "test"} for i in g if splits[i] == "test"
+    )
     (out / "test_copies_of_train.txt").write_text("".join(f"{n}\n" for n in shared))
     (out / "exclude_train.txt").write_text("\n".join(sorted(set(excluded))) + "\n")
     return {
-        "channel_mean": mean.tolist(), "channel_std": std.tolist(),
+        "channel_mean": mean.tolist(),
+        "channel_std": std.tolist(),
         "byte_identical": duplicate_summary(exact, splits),
         "near_identical": {"max_hamming": near_distance, **duplicate_summary(near, splits)},
         "exclude_train": len(set(excluded)),
@@ -231,8 +271,13 @@ def _pixel_audit(info: list[dict], entries: list[Entry], splits: list[str], near
 
 
 def _stats(x: np.ndarray) -> dict[str, float]:
-    return {"min": float(x.min()), "median": float(np.median(x)), "mean": float(x.mean()), "std": float(x.std()),
-            "max": float(x.max())}
+    return {
+        "min": float(x.min()),
+        "median": float(np.median(x)),
+        "mean": float(x.mean()),
+        "std": float(x.std()),
+        "max": float(x.max()),
+    }
 
 
 def _markdown(r: dict, figure: Path | None = None) -> str:
@@ -273,18 +318,31 @@ def _markdown(r: dict, figure: Path | None = None) -> str:
 
 def _shortcut_markdown(s: dict) -> list[str]:
     warned = [f"- **{w}**" for w in s["warnings"]] or [
-        f"None: no attribute alone predicts the class with balanced accuracy >= {s['threshold']}."]
-    lines = ["## Shortcuts: what the file alone says about the class", "", *warned, "",
-             "| attribute | balanced accuracy from it alone |", "| --- | --- |",
-             *(f"| {a} | {v:.2f} |" for a, v in s["separation"].items()), ""]
+        f"None: no attribute alone predicts the class with balanced accuracy >= {s['threshold']}."
+    ]
+    lines = [
+        "## Shortcuts: what the file alone says about the class",
+        "",
+        *warned,
+        "",
+        "| attribute | balanced accuracy from it alone |",
+        "| --- | --- |",
+        *(f"| {a} | {v:.2f} |" for a, v in s["separation"].items()),
+        "",
+    ]
     for title, groups in (("class", s["per_class"]), ("source", s["per_source"])):
-        lines += [f"| {title} | images | formats | modes | commonest sizes (distinct) | width | height | aspect ratio "
-                  "| JPEG quality |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            f"| {title} | images | formats | modes | commonest sizes (distinct) | width | height | aspect ratio "
+            "| JPEG quality |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for name, g in groups.items():
             sizes = ", ".join(f"{k} {v}" for k, v in g["sizes"].items())
-            lines.append(f"| {name} | {g['images']} | {_counts(g['formats'])} | {_counts(g['modes'])} | {sizes} "
-                         f"({g['distinct_sizes']}) | {_span(g['width'])} | {_span(g['height'])} | "
-                         f"{_span(g['aspect_ratio'])} | {_span(g['jpeg_quality'])} |")
+            lines.append(
+                f"| {name} | {g['images']} | {_counts(g['formats'])} | {_counts(g['modes'])} | {sizes} "
+                f"({g['distinct_sizes']}) | {_span(g['width'])} | {_span(g['height'])} | "
+                f"{_span(g['aspect_ratio'])} | {_span(g['jpeg_quality'])} |"
+            )
         lines.append("")
     return lines
 

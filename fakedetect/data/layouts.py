@@ -37,8 +37,12 @@ DEFAULT_ALIASES: dict[str, tuple[str, ...]] = {"REAL": ("real", "nature", "0_rea
 GENIMAGE_CLASS_FOLDERS = {"ai", "nature"}
 FORENSYNTHS_CLASS_FOLDERS = {"0_real", "1_fake"}
 # manifest header names accepted for each column (Kaggle's "AI vs human-generated" names its path `file_name`)
-MANIFEST_COLUMNS = {"path": ("path", "file_name", "filename", "file", "image"), "label": ("label", "class", "target"),
-                    "split": ("split",), "source": ("source", "generator")}
+MANIFEST_COLUMNS = {
+    "path": ("path", "file_name", "filename", "file", "image"),
+    "label": ("label", "class", "target"),
+    "split": ("split",),
+    "source": ("source", "generator"),
+}
 
 
 class DataLayoutError(ConfigError):
@@ -88,8 +92,10 @@ def class_folders(classes: list[str], aliases: Mapping[str, Iterable[str]] | Non
         for name in names:
             other = table.setdefault(str(name).lower(), index)
             if other != index:
-                raise ConfigError(f"data.aliases: folder name '{name}' would label both {classes[other]} and "
-                                  f"{classes[index]}; give it to one class only")
+                raise ConfigError(
+                    f"data.aliases: folder name '{name}' would label both {classes[other]} and "
+                    f"{classes[index]}; give it to one class only"
+                )
     return table
 
 
@@ -116,9 +122,11 @@ def _forensynths(dirs: tuple[str, ...], lower: tuple[str, ...], fallback: str) -
 
 
 PLACERS: dict[str, Placer] = {"folders": _folders, "genimage": _genimage, "forensynths": _forensynths}
-EXPECTED = {"folders": "split/class/image, e.g. train/REAL/x.jpg, or class/image",
-            "genimage": "<generator>/{train,val}/<class>/image, e.g. sdv4/train/ai/x.png",
-            "forensynths": "[split/]<generator>/[<category>/]<class>/image, e.g. test/progan/cat/1_fake/x.png"}
+EXPECTED = {
+    "folders": "split/class/image, e.g. train/REAL/x.jpg, or class/image",
+    "genimage": "<generator>/{train,val}/<class>/image, e.g. sdv4/train/ai/x.png",
+    "forensynths": "[split/]<generator>/[<category>/]<class>/image, e.g. test/progan/cat/1_fake/x.png",
+}
 
 
 def detect_layout(class_dirs: list[tuple[str, ...]]) -> str:
@@ -137,8 +145,9 @@ def check_layout(layout: str, manifest: object) -> None:
     if layout == "manifest" and manifest is None:
         raise ConfigError("data.layout=manifest needs data.manifest=<a CSV path,label[,split][,source]>")
     if manifest is not None and layout not in ("auto", "manifest"):
-        raise ConfigError(f"data.manifest is set but data.layout={layout}: use data.layout=manifest (or auto), or "
-                          "data.manifest=null")
+        raise ConfigError(
+            f"data.manifest is set but data.layout={layout}: use data.layout=manifest (or auto), or data.manifest=null"
+        )
 
 
 def _visible(parts: list[str]) -> bool:
@@ -152,8 +161,14 @@ def _suffix(filename: str) -> str:
     return filename[i:].lower() if 0 < i < len(filename) - 1 else ""
 
 
-def match(names: Iterable[str], classes: list[str], aliases: Mapping[str, Iterable[str]] | None = None,
-          layout: str = "auto", where: str = "", root_name: str = "") -> Listing:
+def match(
+    names: Iterable[str],
+    classes: list[str],
+    aliases: Mapping[str, Iterable[str]] | None = None,
+    layout: str = "auto",
+    where: str = "",
+    root_name: str = "",
+) -> Listing:
     """Place member names by folder layout. `root_name` (the source's own name) stands in for a generator folder
     that lies above the root; `where` names the source in errors."""
     check_layout(layout, None)
@@ -183,8 +198,10 @@ def match(names: Iterable[str], classes: list[str], aliases: Mapping[str, Iterab
         else:
             entries.append(Entry(name, placed[0], label, placed[1] or classes[label]))
     if not entries:
-        raise DataLayoutError(f"{where}: no images found in class folders {classes} (data.layout={asked}: expected "
-                              f"{EXPECTED[layout]}; other class folder names via data.aliases{_csv_hint(ignored)})")
+        raise DataLayoutError(
+            f"{where}: no images found in class folders {classes} (data.layout={asked}: expected "
+            f"{EXPECTED[layout]}; other class folder names via data.aliases{_csv_hint(ignored)})"
+        )
     return _checked(entries, ignored, classes, where, layout)
 
 
@@ -204,8 +221,11 @@ def _checked(entries: list[Entry], ignored: list[str], classes: list[str], where
             if (split, i) in present:
                 continue
             if layout == "manifest":
-                raise DataLayoutError(f"{where}: no row of class {cls}" + (f" in split {split}" if split else "")
-                                      + " has its image file in the source")
+                raise DataLayoutError(
+                    f"{where}: no row of class {cls}"
+                    + (f" in split {split}" if split else "")
+                    + " has its image file in the source"
+                )
             folder = f"'{split}/{cls}'" if split else f"'{cls}'"
             if layout == "genimage" and split == "test":
                 folder = f"'val/{cls}' (GenImage's val is the test split)"
@@ -221,13 +241,16 @@ def _manifest_columns(header: list[str], where: str) -> dict[str, int]:
         if found:
             columns[key] = found[0]
     if "path" not in columns or "label" not in columns:
-        raise DataLayoutError(f"{where}: the first row must name a path column (path or file_name) and a label "
-                              f"column (label), e.g. `path,label,split,source`; got {header}")
+        raise DataLayoutError(
+            f"{where}: the first row must name a path column (path or file_name) and a label "
+            f"column (label), e.g. `path,label,split,source`; got {header}"
+        )
     return columns
 
 
-def read_manifest(text: str, where: str, classes: list[str],
-                  aliases: Mapping[str, Iterable[str]] | None = None) -> list[tuple[int, Entry]]:
+def read_manifest(
+    text: str, where: str, classes: list[str], aliases: Mapping[str, Iterable[str]] | None = None
+) -> list[tuple[int, Entry]]:
     """Parse a CSV manifest into (row number, entry) pairs; the first bad row stops with one line naming it.
 
     Labels are a class name or alias (any case) or a class index (0 = classes[0]); paths are relative to the
@@ -253,8 +276,9 @@ def read_manifest(text: str, where: str, classes: list[str],
             label = _label(cells["label"], index, classes, where, number)
             split = (cells.get("split") or "").lower()
             if split not in (*SPLITS, ""):
-                raise DataLayoutError(f"{where} row {number}: split {cells['split']!r} is not one of train, val, "
-                                      "test (or empty)")
+                raise DataLayoutError(
+                    f"{where} row {number}: split {cells['split']!r} is not one of train, val, test (or empty)"
+                )
             if name in seen:
                 raise DataLayoutError(f"{where} row {number}: {name} is already listed on row {seen[name]}")
             seen[name] = number
@@ -264,8 +288,9 @@ def read_manifest(text: str, where: str, classes: list[str],
     splits = {e.split for _, e in out}
     if "" in splits and len(splits) > 1:
         first = next(n for n, e in out if not e.split)
-        raise DataLayoutError(f"{where} row {first}: no split, while other rows have one; give every row a split, or "
-                              "none")
+        raise DataLayoutError(
+            f"{where} row {first}: no split, while other rows have one; give every row a split, or none"
+        )
     return out
 
 
@@ -284,23 +309,33 @@ def _label(value: str, index: dict[str, int], classes: list[str], where: str, nu
         return index[value.lower()]
     if value.isdigit() and int(value) < len(classes):
         return int(value)
-    raise DataLayoutError(f"{where} row {number}: label {value!r} is not a class of {classes}, an alias of one "
-                          f"(data.aliases), or a class index 0..{len(classes) - 1}")
+    raise DataLayoutError(
+        f"{where} row {number}: label {value!r} is not a class of {classes}, an alias of one "
+        f"(data.aliases), or a class index 0..{len(classes) - 1}"
+    )
 
 
-def from_manifest(text: str, where: str, names: Iterable[str], classes: list[str],
-                  aliases: Mapping[str, Iterable[str]] | None = None) -> Listing:
+def from_manifest(
+    text: str, where: str, names: Iterable[str], classes: list[str], aliases: Mapping[str, Iterable[str]] | None = None
+) -> Listing:
     """The entries of a manifest whose files the source holds; rows without their file are skipped and counted."""
     rows = read_manifest(text, where, classes, aliases)
     present = set(names)
     entries = [e for _, e in rows if e.name in present]
     missing = [e.name for _, e in rows if e.name not in present]
     if missing:
-        log.warning("%s: skipped %d of its %d rows whose file is not in the source, e.g. %s", where, len(missing),
-                    len(rows), missing[0])
+        log.warning(
+            "%s: skipped %d of its %d rows whose file is not in the source, e.g. %s",
+            where,
+            len(missing),
+            len(rows),
+            missing[0],
+        )
     if not entries:
-        raise DataLayoutError(f"{where}: none of its {len(rows)} rows names a file in the source"
-                              + (f" (e.g. {missing[0]}); paths must be relative to data.root" if missing else ""))
+        raise DataLayoutError(
+            f"{where}: none of its {len(rows)} rows names a file in the source"
+            + (f" (e.g. {missing[0]}); paths must be relative to data.root" if missing else "")
+        )
     listed = {e.name for e in entries}
     ignored = sorted(n for n in present if n not in listed and _visible(n.split("/")))
     listing = _checked(entries, ignored, classes, where, "manifest")

@@ -36,8 +36,16 @@ Batch = tuple[Tensor, Tensor, Tensor]
 class EpochOrder(Sampler[Tensor]):
     """Batches of positions 0..n-1: shuffled anew each epoch from `seed`, sharded across DDP ranks."""
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
         self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
@@ -103,8 +111,11 @@ class CacheRows(Dataset):
         in_file_order = np.argsort(rows, kind="stable")
         images = np.empty((len(rows), *self._images.shape[1:]), dtype=np.uint8)
         images[in_file_order] = self._images[rows[in_file_order]]
-        return (torch.from_numpy(images).permute(0, 3, 1, 2), torch.from_numpy(self.labels[positions]),
-                torch.from_numpy(self.sources[positions]))
+        return (
+            torch.from_numpy(images).permute(0, 3, 1, 2),
+            torch.from_numpy(self.labels[positions]),
+            torch.from_numpy(self.sources[positions]),
+        )
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_images": None}
@@ -115,8 +126,14 @@ class CachedBatches:
 
     def __init__(self, rows: CacheRows, order: EpochOrder, num_workers: int, pin_memory: bool) -> None:
         self.order = order
-        self.loader = DataLoader(rows, sampler=order, batch_size=None, num_workers=num_workers,
-                                 pin_memory=pin_memory, persistent_workers=num_workers > 0)
+        self.loader = DataLoader(
+            rows,
+            sampler=order,
+            batch_size=None,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=num_workers > 0,
+        )
 
     def __len__(self) -> int:
         return len(self.order)
@@ -140,9 +157,17 @@ class StreamDataset(Dataset):
     Lightning seeds and DataLoader seeds per worker and epoch: crops differ between epochs, reproducibly.
     """
 
-    def __init__(self, source: Source, entries: list[Entry], sources: np.ndarray, resolution: int,
-                 fit: str = "squash", max_pixels: int | None = DEFAULT_MAX_PIXELS, skip_bad: bool = True,
-                 random_fit: bool = False) -> None:
+    def __init__(
+        self,
+        source: Source,
+        entries: list[Entry],
+        sources: np.ndarray,
+        resolution: int,
+        fit: str = "squash",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        skip_bad: bool = True,
+        random_fit: bool = False,
+    ) -> None:
         self.source, self.entries, self.sources, self.resolution = source, entries, sources, resolution
         self.fit, self.max_pixels, self.skip_bad, self.random_fit = fit, max_pixels, skip_bad, random_fit
         self.skipped: list[str] = []  # filled by StreamLoader in the main process, across all workers
@@ -154,16 +179,18 @@ class StreamDataset(Dataset):
         entry = self.entries[i]
         rng = random.Random(int(torch.randint(2**62, (1,)))) if self.random_fit else None
         try:
-            image = decode_image(self.source.read_one(entry.name), self.resolution, fit=self.fit,
-                                 max_pixels=self.max_pixels, rng=rng)
+            image = decode_image(
+                self.source.read_one(entry.name), self.resolution, fit=self.fit, max_pixels=self.max_pixels, rng=rng
+            )
         except Exception as err:  # noqa: BLE001 - a bad file is skipped or reported by name, never a crash mid-epoch
             return Unreadable(entry.name, entry.label, f"{type(err).__name__}: {err}")
         # decode_image's array is a read-only view of Pillow's buffer: one writable copy, as torch wants
         return torch.from_numpy(np.require(image, requirements="W")).permute(2, 0, 1), entry.label, int(self.sources[i])
 
 
-def collate_skipping(items: list[tuple[Tensor, int, int] | Unreadable]) -> tuple[Tensor, Tensor, Tensor,
-                                                                                    list[Unreadable]]:
+def collate_skipping(
+    items: list[tuple[Tensor, int, int] | Unreadable],
+) -> tuple[Tensor, Tensor, Tensor, list[Unreadable]]:
     """The readable items as one batch (possibly empty), and the unreadable ones beside it."""
     good = [item for item in items if not isinstance(item, Unreadable)]
     bad = [item for item in items if isinstance(item, Unreadable)]
@@ -193,12 +220,19 @@ class StreamLoader(DataLoader):
         for images, labels, sources, bad in super().__iter__():
             for item in bad:
                 if not dataset.skip_bad:
-                    raise BadImageError(f"cannot decode {dataset.source.path}/{item.name}: {item.reason} "
-                                        "(data.skip_bad=true skips and counts such files)")
+                    raise BadImageError(
+                        f"cannot decode {dataset.source.path}/{item.name}: {item.reason} "
+                        "(data.skip_bad=true skips and counts such files)"
+                    )
                 dataset.skipped.append(item.name)
                 unreadable.setdefault(item.label, []).append(item.name)
-                log.warning("skipping unreadable image %s/%s (%d skipped): %s",
-                            dataset.source.path, item.name, len(dataset.skipped), item.reason)
+                log.warning(
+                    "skipping unreadable image %s/%s (%d skipped): %s",
+                    dataset.source.path,
+                    item.name,
+                    len(dataset.skipped),
+                    item.reason,
+                )
             seen.update(labels.tolist())
             if len(labels):
                 yield images, labels, sources
@@ -210,10 +244,12 @@ class StreamLoader(DataLoader):
         # metrics would describe the other class alone.
         for label in sorted(set(unreadable) - seen):
             names = unreadable[label]
-            raise DataLayoutError(f"{dataset.source.path}: every image of class {label} read from "
-                                  f"'{PurePosixPath(names[0]).parent}' in this split is unreadable ({len(names)} "
-                                  f"files, e.g. {names[0]}); replace them, or list them with "
-                                  "python -m fakedetect.audit")
+            raise DataLayoutError(
+                f"{dataset.source.path}: every image of class {label} read from "
+                f"'{PurePosixPath(names[0]).parent}' in this split is unreadable ({len(names)} "
+                f"files, e.g. {names[0]}); replace them, or list them with "
+                "python -m fakedetect.audit"
+            )
 
 
 class StreamTrainLoader(StreamLoader):
@@ -221,9 +257,11 @@ class StreamTrainLoader(StreamLoader):
 
 
 def _litdata_batch(items: list[dict]) -> Batch:
-    return (torch.stack([torch.as_tensor(item["image"]) for item in items]).permute(0, 3, 1, 2),
-            torch.tensor([item["label"] for item in items], dtype=torch.int64),
-            torch.tensor([item["source"] for item in items], dtype=torch.int64))
+    return (
+        torch.stack([torch.as_tensor(item["image"]) for item in items]).permute(0, 3, 1, 2),
+        torch.tensor([item["label"] for item in items], dtype=torch.int64),
+        torch.tensor([item["source"] for item in items], dtype=torch.int64),
+    )
 
 
 class KeptBatches:
@@ -242,11 +280,18 @@ class KeptBatches:
                 yield images[mask], labels[mask], sources[mask]
 
 
-def litdata_loader(input_dir: str, batch_size: int, shuffle: bool, seed: int, num_workers: int,
-                   drop_last: bool, pin_memory: bool) -> DataLoader:
+def litdata_loader(
+    input_dir: str, batch_size: int, shuffle: bool, seed: int, num_workers: int, drop_last: bool, pin_memory: bool
+) -> DataLoader:
     """LitData's loader over one split's chunks; it shards the items across DDP ranks and workers itself."""
     from litdata import StreamingDataLoader, StreamingDataset
 
     dataset = StreamingDataset(input_dir, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    return StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_litdata_batch,
-                               pin_memory=pin_memory, drop_last=drop_last)
+    return StreamingDataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_litdata_batch,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+    )

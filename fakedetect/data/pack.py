@@ -38,26 +38,42 @@ def pack(datamodule: ImageDataModule, output: str, chunk_bytes: str = "64MB", ov
     target = Path(output)
     if target.is_dir() and any(target.iterdir()):
         if not (target / PACK_META).exists():  # never delete folders pack did not write (a dataset's train/, say)
-            raise ConfigError(f"output={output} is a folder with files that pack did not write (no {PACK_META}; "
-                              "or an interrupted pack): give a new or empty folder")
+            raise ConfigError(
+                f"output={output} is a folder with files that pack did not write (no {PACK_META}; "
+                "or an interrupted pack): give a new or empty folder"
+            )
         if not overwrite:
-            raise ConfigError(f"output={output} already holds packed data ({PACK_META}); pass overwrite=true or "
-                              "another output")
+            raise ConfigError(
+                f"output={output} already holds packed data ({PACK_META}); pass overwrite=true or another output"
+            )
         (target / PACK_META).unlink()  # until the new pack is whole
     _rows.cache_clear()  # a cache rewritten under the same name since an earlier pack in this process
     datamodule.prepare_data()
     datamodule.setup("fit")
     data = datamodule.decoded()  # the memory-mapped cache setup planned the splits over
     images = data.images.filename
-    meta = {"data": {"classes": datamodule.classes, "resolution": datamodule.resolution, "fit": datamodule.fit,
-                     "channels": datamodule.channels, "root": datamodule.root},
-            "source_names": datamodule.source_names, "mean": datamodule.mean, "std": datamodule.std,
-            "skipped": datamodule.skipped, "splits": {}}
+    meta = {
+        "data": {
+            "classes": datamodule.classes,
+            "resolution": datamodule.resolution,
+            "fit": datamodule.fit,
+            "channels": datamodule.channels,
+            "root": datamodule.root,
+        },
+        "source_names": datamodule.source_names,
+        "mean": datamodule.mean,
+        "std": datamodule.std,
+        "skipped": datamodule.skipped,
+        "splits": {},
+    }
     for split in SPLITS:
         part = datamodule.splits[split]
-        meta["splits"][split] = {"names": [data.names[i] for i in part.index], "labels": part.labels.tolist(),
-                                 "sources": part.sources.tolist(),
-                                 "digests": data.digests[part.index].astype(str).tolist()}
+        meta["splits"][split] = {
+            "names": [data.names[i] for i in part.index],
+            "labels": part.labels.tolist(),
+            "sources": part.sources.tolist(),
+            "digests": data.digests[part.index].astype(str).tolist(),
+        }
         folder = target / split
         if folder.exists():
             shutil.rmtree(folder)
@@ -65,9 +81,16 @@ def pack(datamodule: ImageDataModule, output: str, chunk_bytes: str = "64MB", ov
             continue
         # one worker: the chunks keep the split's order (test order is what the dedup mask follows); the rows are
         # decoded already, so this is a copy
-        optimize(fn=partial(_item, images=images, index=part.index, labels=part.labels, sources=part.sources),
-                 inputs=list(range(len(part))), output_dir=str(folder), chunk_bytes=chunk_bytes, num_workers=1,
-                 keep_data_ordered=True, start_method="fork", verbose=False)
+        optimize(
+            fn=partial(_item, images=images, index=part.index, labels=part.labels, sources=part.sources),
+            inputs=list(range(len(part))),
+            output_dir=str(folder),
+            chunk_bytes=chunk_bytes,
+            num_workers=1,
+            keep_data_ordered=True,
+            start_method="fork",
+            verbose=False,
+        )
         log.info("packed %d %s images into %s", len(part), split, folder)
     (target / PACK_META).write_text(json.dumps(meta))
     return meta

@@ -17,11 +17,106 @@ import numpy as np
 from PIL import Image
 
 # The example tables of the JPEG standard (ITU T.81 Annex K), natural order; libjpeg scales them by quality.
-IJG_LUMINANCE = [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
-                 14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-                 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]
-IJG_CHROMINANCE = [17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
-                   47, 66, 99, 99, 99, 99, 99, 99] + [99] * 32
+IJG_LUMINANCE = [
+    16,
+    11,
+    10,
+    16,
+    24,
+    40,
+    51,
+    61,
+    12,
+    12,
+    14,
+    19,
+    26,
+    58,
+    60,
+    55,
+    14,
+    13,
+    16,
+    24,
+    40,
+    57,
+    69,
+    56,
+    14,
+    17,
+    22,
+    29,
+    51,
+    87,
+    80,
+    62,
+    18,
+    22,
+    37,
+    56,
+    68,
+    109,
+    103,
+    77,
+    24,
+    35,
+    55,
+    64,
+    81,
+    104,
+    113,
+    92,
+    49,
+    64,
+    78,
+    87,
+    103,
+    121,
+    120,
+    101,
+    72,
+    92,
+    95,
+    98,
+    112,
+    100,
+    103,
+    99,
+]
+IJG_CHROMINANCE = [
+    17,
+    18,
+    24,
+    47,
+    99,
+    99,
+    99,
+    99,
+    18,
+    21,
+    26,
+    66,
+    99,
+    99,
+    99,
+    99,
+    24,
+    26,
+    56,
+    99,
+    99,
+    99,
+    99,
+    99,
+    47,
+    66,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+] + [99] * 32
 # a lossless file ranks above any JPEG quality in the quality rule
 LOSSLESS_QUALITY = 101
 SIZE_REASON = "the detector can learn the image size (its resampling traces or aspect distortion), not the generator"
@@ -30,7 +125,10 @@ ATTRIBUTES = {
     "format": "the detector can learn the file format (and its compression), not the generator",
     "jpeg_quality": "the detector can learn the compression strength, not the generator",
     "mode": "the detector can learn the colour mode (greyscale, alpha, palette), not the generator",
-    "size": SIZE_REASON, "width": SIZE_REASON, "height": SIZE_REASON, "pixels": SIZE_REASON,
+    "size": SIZE_REASON,
+    "width": SIZE_REASON,
+    "height": SIZE_REASON,
+    "pixels": SIZE_REASON,
     "aspect_ratio": "the detector can learn the aspect ratio (squashing distorts it differently), not the generator",
 }
 CATEGORICAL = ("format", "jpeg_quality", "mode", "size")
@@ -166,8 +264,9 @@ def _values_by_class(values: Sequence, labels: np.ndarray, classes: Sequence[str
     return "; ".join(parts)
 
 
-def shortcut_warnings(facts: Sequence[dict], labels: np.ndarray, classes: Sequence[str], threshold: float,
-                      scope: str = "the classes") -> list[str]:
+def shortcut_warnings(
+    facts: Sequence[dict], labels: np.ndarray, classes: Sequence[str], threshold: float, scope: str = "the classes"
+) -> list[str]:
     """One line per attribute that alone predicts the class with balanced accuracy >= threshold: which attribute,
     how well, the classes' values, and why it matters."""
     lines = []
@@ -177,10 +276,12 @@ def shortcut_warnings(facts: Sequence[dict], labels: np.ndarray, classes: Sequen
         values = attribute(facts, name)
         shown = f"jpeg_quality ({LOSSLESS_QUALITY} = not JPEG)" if name == "jpeg_quality" else name
         numeric = name in NUMERIC and len(set(values)) > 5
-        lines.append(f"{shown} alone separates {scope} (balanced accuracy {score:.2f}): "
-                     f"{_values_by_class(values, labels, classes, numeric)}. Why it matters: {ATTRIBUTES[name]}; "
-                     "make the classes alike in it (re-encode, resize or crop both the same way) or test on data "
-                     "where it carries no label")
+        lines.append(
+            f"{shown} alone separates {scope} (balanced accuracy {score:.2f}): "
+            f"{_values_by_class(values, labels, classes, numeric)}. Why it matters: {ATTRIBUTES[name]}; "
+            "make the classes alike in it (re-encode, resize or crop both the same way) or test on data "
+            "where it carries no label"
+        )
     return lines
 
 
@@ -197,23 +298,29 @@ def summarize(facts: Sequence[dict]) -> dict:
         "modes": dict(Counter(attribute(facts, "mode")).most_common(5)),
         "sizes": dict(Counter(attribute(facts, "size")).most_common(5)),
         "distinct_sizes": len(set(attribute(facts, "size"))),
-        "width": _range(attribute(facts, "width")), "height": _range(attribute(facts, "height")),
+        "width": _range(attribute(facts, "width")),
+        "height": _range(attribute(facts, "height")),
         "aspect_ratio": _range(attribute(facts, "aspect_ratio")),
         "jpeg_quality": _range(qualities),
     }
 
 
-def audit_shortcuts(facts: Sequence[dict], labels: Sequence[int], sources: Sequence[str], classes: Sequence[str],
-                    threshold: float = 0.9) -> dict:
+def audit_shortcuts(
+    facts: Sequence[dict], labels: Sequence[int], sources: Sequence[str], classes: Sequence[str], threshold: float = 0.9
+) -> dict:
     """Per class and per source summaries, each attribute's separation of the classes, and the warnings: for all
     images, and for the images of each source in a class that has several sources (e.g. one generator's), against
     the images of the other classes."""
     y = np.asarray(labels, dtype=np.int64)
     out = {
-        "per_class": {cls: summarize([f for f, label in zip(facts, y, strict=True) if label == i])
-                      for i, cls in enumerate(classes) if (y == i).any()},
-        "per_source": {s: summarize([f for f, src in zip(facts, sources, strict=True) if src == s])
-                       for s in sorted(set(sources))},
+        "per_class": {
+            cls: summarize([f for f, label in zip(facts, y, strict=True) if label == i])
+            for i, cls in enumerate(classes)
+            if (y == i).any()
+        },
+        "per_source": {
+            s: summarize([f for f, src in zip(facts, sources, strict=True) if src == s]) for s in sorted(set(sources))
+        },
         "separation": separation(facts, y, len(classes)),
         "threshold": threshold,
         "warnings": shortcut_warnings(facts, y, classes, threshold),
@@ -223,6 +330,11 @@ def audit_shortcuts(facts: Sequence[dict], labels: Sequence[int], sources: Seque
         if sum(lab == label for _, lab in pairs) < 2:
             continue  # the only source of its class: the all-images check covers it
         keep = [i for i, (lab, s) in enumerate(zip(y, sources, strict=True)) if lab != label or s == src]
-        out["warnings"] += shortcut_warnings([facts[i] for i in keep], y[keep], classes, threshold,
-                                             scope=f"{classes[label]} of source {src} from the other classes")
+        out["warnings"] += shortcut_warnings(
+            [facts[i] for i in keep],
+            y[keep],
+            classes,
+            threshold,
+            scope=f"{classes[label]} of source {src} from the other classes",
+        )
     return out

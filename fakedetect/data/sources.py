@@ -70,8 +70,13 @@ class Source:
     def check_streamable(self) -> None:
         """Raise unless read_one() works, which the streaming loader needs."""
 
-    def list(self, classes: list[str], aliases: Mapping[str, Iterable[str]] | None = None, layout: str = "auto",
-             manifest: str | os.PathLike | None = None) -> Listing:
+    def list(
+        self,
+        classes: list[str],
+        aliases: Mapping[str, Iterable[str]] | None = None,
+        layout: str = "auto",
+        manifest: str | os.PathLike | None = None,
+    ) -> Listing:
         """Entries by `layout` (see data/layouts.py); with a manifest, the rows whose file this source holds."""
         check_layout(layout, manifest)
         if manifest is None:
@@ -93,8 +98,10 @@ class Source:
             where = f"{self.path}/{path.as_posix()}"
             blob = dict(self.read([path.as_posix()])).get(path.as_posix(), "not in the source")
         if not isinstance(blob, bytes):
-            raise DataLayoutError(f"data.manifest: cannot read {where} ({blob}); give a CSV path relative to "
-                                  "data.root, or an absolute one")
+            raise DataLayoutError(
+                f"data.manifest: cannot read {where} ({blob}); give a CSV path relative to "
+                "data.root, or an absolute one"
+            )
         try:
             return where, blob.decode("utf-8-sig")
         except UnicodeDecodeError:
@@ -136,8 +143,13 @@ class FolderSource(Source):
     def names(self) -> list[str]:
         return list(self._scan())
 
-    def list(self, classes: list[str], aliases: Mapping[str, Iterable[str]] | None = None, layout: str = "auto",
-             manifest: str | os.PathLike | None = None) -> Listing:
+    def list(
+        self,
+        classes: list[str],
+        aliases: Mapping[str, Iterable[str]] | None = None,
+        layout: str = "auto",
+        manifest: str | os.PathLike | None = None,
+    ) -> Listing:
         listing = super().list(classes, aliases, layout, manifest)
         listing.not_regular = sorted(self.not_regular)
         return listing
@@ -162,8 +174,10 @@ class ZipSource(Source):
             try:
                 self._zip = zipfile.ZipFile(self.path)
             except ARCHIVE_ERRORS as err:
-                raise DataLayoutError(f"{self.path} is not a readable .zip archive ({one_line(err)}): re-download "
-                                      "it, or point data.root at the extracted folder") from None
+                raise DataLayoutError(
+                    f"{self.path} is not a readable .zip archive ({one_line(err)}): re-download "
+                    "it, or point data.root at the extracted folder"
+                ) from None
         return self._zip
 
     def __getstate__(self) -> dict:
@@ -178,8 +192,10 @@ class ZipSource(Source):
 
 class TarSource(Source):
     def _damaged(self, err: BaseException) -> DataLayoutError:
-        return DataLayoutError(f"{self.path} is not a readable .tar/.tar.gz archive, or is truncated "
-                               f"({type(err).__name__}: {one_line(err)}): re-download or re-create it")
+        return DataLayoutError(
+            f"{self.path} is not a readable .tar/.tar.gz archive, or is truncated "
+            f"({type(err).__name__}: {one_line(err)}): re-download or re-create it"
+        )
 
     def names(self) -> list[str]:
         try:
@@ -189,8 +205,10 @@ class TarSource(Source):
             raise self._damaged(err) from None
 
     def _not_streamable(self) -> DataLayoutError:
-        return DataLayoutError(f"{self.path}: a .tar archive cannot be streamed (no random access): use "
-                               "data.loader=memory, or extract it and point data.root at the folder")
+        return DataLayoutError(
+            f"{self.path}: a .tar archive cannot be streamed (no random access): use "
+            "data.loader=memory, or extract it and point data.root at the folder"
+        )
 
     def read_one(self, name: str) -> bytes:
         raise self._not_streamable()

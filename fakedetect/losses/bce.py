@@ -18,10 +18,18 @@ class BCEWithLogits(nn.Module):
 
     def __init__(self, pos_weight: float | None = None, label_smoothing: float = 0.0) -> None:
         super().__init__()
-        require("loss.pos_weight", pos_weight, pos_weight is None or (is_number(pos_weight) and pos_weight > 0),
-                "null or a number > 0")
-        require("loss.label_smoothing", label_smoothing, is_number(label_smoothing) and 0 <= label_smoothing < 1,
-                "a number in [0, 1)")
+        require(
+            "loss.pos_weight",
+            pos_weight,
+            pos_weight is None or (is_number(pos_weight) and pos_weight > 0),
+            "null or a number > 0",
+        )
+        require(
+            "loss.label_smoothing",
+            label_smoothing,
+            is_number(label_smoothing) and 0 <= label_smoothing < 1,
+            "a number in [0, 1)",
+        )
         self.pos_weight, self.label_smoothing = pos_weight, label_smoothing
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

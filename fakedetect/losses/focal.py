@@ -18,11 +18,19 @@ class FocalLoss(nn.Module):
 
     def __init__(self, alpha: float | None = 0.25, gamma: float = 2.0, pos_weight: float | None = None) -> None:
         super().__init__()
-        require("loss.alpha", alpha, alpha is None or (is_number(alpha) and 0 <= alpha <= 1),
-                "null (no weighting) or a number in [0, 1]")
+        require(
+            "loss.alpha",
+            alpha,
+            alpha is None or (is_number(alpha) and 0 <= alpha <= 1),
+            "null (no weighting) or a number in [0, 1]",
+        )
         require("loss.gamma", gamma, is_number(gamma) and gamma >= 0, "a number >= 0")
-        require("loss.pos_weight", pos_weight, pos_weight is None or (is_number(pos_weight) and pos_weight > 0),
-                "null or a number > 0")
+        require(
+            "loss.pos_weight",
+            pos_weight,
+            pos_weight is None or (is_number(pos_weight) and pos_weight > 0),
+            "null or a number > 0",
+        )
         self.alpha, self.gamma, self.pos_weight = alpha, gamma, pos_weight
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

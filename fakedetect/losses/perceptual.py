@@ -56,8 +56,9 @@ class LPIPSLoss(nn.Module):
                 else:
                     missing.append(source)
         if missing:
-            raise LPIPSWeightsError(f"{self.weights_path or 'torchvision weights'} lacks {missing[:3]} "
-                                    f"for the LPIPS {self.net} trunk")
+            raise LPIPSWeightsError(
+                f"{self.weights_path or 'torchvision weights'} lacks {missing[:3]} for the LPIPS {self.net} trunk"
+            )
         self.model.net.load_state_dict(mapped, strict=True)
         self.trunk_loaded.fill_(True)
 
@@ -67,7 +68,8 @@ class LPIPSLoss(nn.Module):
             if not path.is_file():
                 raise LPIPSWeightsError(
                     f"LPIPS {self.net} trunk weights not found at {path}: set the reconstruction loss's weights_path "
-                    f"(or $FAKEDETECT_WEIGHTS to the folder holding it; see ../shared/weights/README.md)")
+                    f"(or $FAKEDETECT_WEIGHTS to the folder holding it; see ../shared/weights/README.md)"
+                )
             return torch.load(path, map_location="cpu", weights_only=True)
         build, weights = TRUNKS[self.net]
         try:
@@ -75,13 +77,16 @@ class LPIPSLoss(nn.Module):
         except Exception as err:  # noqa: BLE001 - offline, no cache: all mean the same to the user
             raise LPIPSWeightsError(
                 f"no ImageNet weights for the LPIPS {self.net} trunk: not in torchvision's cache and the download "
-                f"failed ({type(err).__name__}); pass a local file as weights_path") from None
+                f"failed ({type(err).__name__}); pass a local file as weights_path"
+            ) from None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if not self._checked:
             if not bool(self.trunk_loaded):
-                raise LPIPSWeightsError("the LPIPS trunk weights were never loaded: call load_pretrained() first "
-                                        "(AutoencoderDetector does when fitting starts)")
+                raise LPIPSWeightsError(
+                    "the LPIPS trunk weights were never loaded: call load_pretrained() first "
+                    "(AutoencoderDetector does when fitting starts)"
+                )
             self._checked = True
         if x.shape[1] == 1:
             x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)

@@ -31,8 +31,12 @@ class HybridLoss(nn.Module):
         super().__init__()
         for key, weight in (("alpha_r", alpha_r), ("beta", beta), ("gamma_r", gamma_r)):
             require(f"model.reconstruction.{key}", weight, is_number(weight) and weight >= 0, "a number >= 0")
-        require("model.reconstruction.ssim_window", ssim_window, is_int(ssim_window) and ssim_window >= 3
-                and ssim_window % 2 == 1, "an odd integer >= 3 (the SSIM window in pixels)")
+        require(
+            "model.reconstruction.ssim_window",
+            ssim_window,
+            is_int(ssim_window) and ssim_window >= 3 and ssim_window % 2 == 1,
+            "an odd integer >= 3 (the SSIM window in pixels)",
+        )
         self.alpha_r, self.beta, self.gamma_r, self.ssim_window = alpha_r, beta, gamma_r, ssim_window
         self.lpips = LPIPSLoss(lpips_net, weights_path) if gamma_r > 0 else None
 

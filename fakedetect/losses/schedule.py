@@ -25,10 +25,18 @@ class LossSchedule:
         # named by the model config keys that set them (r_weight, c_weight, c_freeze, c_ramp)
         for key, weight in (("r_weight", self.r_weight), ("c_weight", self.c_weight)):
             require(f"model.{key}", weight, is_number(weight) and weight >= 0, "a number >= 0")
-        require("model.c_freeze", self.freeze, is_number(self.freeze) and 0 <= self.freeze < 1,
-                "a number in [0, 1): the fraction of training with the classification term frozen")
-        require("model.c_ramp", self.ramp, is_number(self.ramp) and 0 <= self.ramp <= 1 - self.freeze,
-                f"a number in [0, 1 - c_freeze] = [0, {1 - self.freeze:g}]")
+        require(
+            "model.c_freeze",
+            self.freeze,
+            is_number(self.freeze) and 0 <= self.freeze < 1,
+            "a number in [0, 1): the fraction of training with the classification term frozen",
+        )
+        require(
+            "model.c_ramp",
+            self.ramp,
+            is_number(self.ramp) and 0 <= self.ramp <= 1 - self.freeze,
+            f"a number in [0, 1 - c_freeze] = [0, {1 - self.freeze:g}]",
+        )
 
     def __call__(self, progress: float) -> tuple[float, float]:
         """(reconstruction weight, classification weight) at this fraction of training."""

@@ -92,10 +92,16 @@ class Detector(L.LightningModule):
     ) -> None:
         super().__init__()
         if not isinstance(net, DetectorNet):
-            raise ConfigError(f"model.net must be a fakedetect.nets.DetectorNet (FlexibleCNN, MLP, Backbone, ...); "
-                              f"got {type(net).__module__}.{type(net).__name__}")
-        require("model.threshold", threshold, threshold in NAMED_THRESHOLDS if isinstance(threshold, str)
-                else is_number(threshold), "a number, or 'youden' or 'f1' (chosen on the validation split)")
+            raise ConfigError(
+                f"model.net must be a fakedetect.nets.DetectorNet (FlexibleCNN, MLP, Backbone, ...); "
+                f"got {type(net).__module__}.{type(net).__name__}"
+            )
+        require(
+            "model.threshold",
+            threshold,
+            threshold in NAMED_THRESHOLDS if isinstance(threshold, str) else is_number(threshold),
+            "a number, or 'youden' or 'f1' (chosen on the validation split)",
+        )
         self.save_hyperparameters(logger=False, ignore=list(self.not_hparams))
         self.net, self.loss = net, loss
         self.tta = tta
@@ -117,8 +123,10 @@ class Detector(L.LightningModule):
     @tta.setter
     def tta(self, value: str | None) -> None:
         if value not in TTA:
-            raise ConfigError(f"tta={value!r} (model.tta, or tta= of eval and predict): use flip (P(FAKE) averaged "
-                              "over each image and its horizontal mirror) or null (off)")
+            raise ConfigError(
+                f"tta={value!r} (model.tta, or tta= of eval and predict): use flip (P(FAKE) averaged "
+                "over each image and its horizontal mirror) or null (off)"
+            )
         self._tta = value
 
     @property
@@ -131,8 +139,9 @@ class Detector(L.LightningModule):
         """Every threshold this detector knows by name: its fixed number (0.5 when it selects a fitted one),
         and Youden's and best F1's of its last validation (None before any)."""
         fixed = "0.5" if isinstance(self.hparams.threshold, str) else self.threshold_name
-        named = {n: None if math.isnan(t) else t for n, t in zip(NAMED_THRESHOLDS, self.val_thresholds.tolist(),
-                                                                     strict=True)}
+        named = {
+            n: None if math.isnan(t) else t for n, t in zip(NAMED_THRESHOLDS, self.val_thresholds.tolist(), strict=True)
+        }
         return {fixed: float(fixed), **named}
 
     @property
@@ -143,8 +152,10 @@ class Detector(L.LightningModule):
             return float(name)
         value = float(self.val_thresholds[NAMED_THRESHOLDS.index(name)])
         if math.isnan(value):
-            raise ConfigError(f"threshold={name} is chosen on the validation split and no validation has run: "
-                              "fit first, use a checkpoint of a fitted run, or give a number")
+            raise ConfigError(
+                f"threshold={name} is chosen on the validation split and no validation has run: "
+                "fit first, use a checkpoint of a fitted run, or give a number"
+            )
         return value
 
     def forward(self, x: Tensor) -> Tensor:
@@ -158,8 +169,10 @@ class Detector(L.LightningModule):
     def unnormalize(self, x: Tensor) -> Tensor:
         """A normalized batch brought back to [0, 1] images."""
         if not len(self.data_mean):
-            raise RuntimeError(f"{type(self).__name__} has no normalization statistics: fit or test it with "
-                               "ImageDataModule, or load it from a checkpoint")
+            raise RuntimeError(
+                f"{type(self).__name__} has no normalization statistics: fit or test it with "
+                "ImageDataModule, or load it from a checkpoint"
+            )
         std, mean = self.data_std.view(1, -1, 1, 1), self.data_mean.view(1, -1, 1, 1)
         return (x * std.to(x.dtype) + mean.to(x.dtype)).clamp_(0, 1)
 
@@ -219,8 +232,10 @@ class Detector(L.LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
         self.val_thresholds.copy_(self.val_scores.compute())
         self.val_scores.reset()
-        self.log_dict({f"val/threshold_{n}": t for n, t in zip(NAMED_THRESHOLDS, self.val_thresholds, strict=True)},
-                      sync_dist=True)
+        self.log_dict(
+            {f"val/threshold_{n}": t for n, t in zip(NAMED_THRESHOLDS, self.val_thresholds, strict=True)},
+            sync_dist=True,
+        )
 
     def on_test_start(self) -> None:
         threshold = self.decision_threshold
@@ -243,8 +258,11 @@ class Detector(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """The thresholds as plain numbers too, for readers of the file (None before any validation)."""
         thresholds = self.thresholds()
-        checkpoint["thresholds"] = {**thresholds, "selected": self.threshold_name,
-                                    "value": thresholds[self.threshold_name]}
+        checkpoint["thresholds"] = {
+            **thresholds,
+            "selected": self.threshold_name,
+            "value": thresholds[self.threshold_name],
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Older checkpoints load: without thresholds (none chosen, not a missing-key error), without statistics
@@ -279,6 +297,9 @@ class Detector(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer, **kwargs)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval,
-                             "monitor": "val/loss"},
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": self.hparams.scheduler_interval,
+                "monitor": "val/loss",
+            },
         }

@@ -43,8 +43,9 @@ class EMA(EMAWeightAveraging):
 
     def __init__(self, decay: float = 0.999, warmup: bool = True, **kwargs: Any) -> None:
         if not (is_number(decay) and 0 < decay < 1):
-            raise ConfigError(f"callbacks.ema.decay={decay}: a number in (0, 1), e.g. 0.999 (closer to 1 averages "
-                              "over more steps)")
+            raise ConfigError(
+                f"callbacks.ema.decay={decay}: a number in (0, 1), e.g. 0.999 (closer to 1 averages over more steps)"
+            )
         super().__init__(decay=decay, **kwargs)
         if warmup:
             self._kwargs["avg_fn"] = warmup_ema(decay)

@@ -6,5 +6,12 @@ from fakedetect.nets.base import DetectorNet
 from fakedetect.nets.cnn import FlexibleCNN
 from fakedetect.nets.mlp import MLP
 
-__all__ = ["MLP", "Backbone", "ConvAutoencoder", "DetectorNet", "FlexibleCNN", "PretrainedWeightsError",
-           "TransferAutoencoder"]
+__all__ = [
+    "MLP",
+    "Backbone",
+    "ConvAutoencoder",
+    "DetectorNet",
+    "FlexibleCNN",
+    "PretrainedWeightsError",
+    "TransferAutoencoder",
+]

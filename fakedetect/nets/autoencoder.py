@@ -38,12 +38,17 @@ class ConvAutoencoder(DetectorNet):
     ) -> None:
         super().__init__()
         if resolution % 2 ** len(filters):
-            raise ValueError(f"resolution {resolution} must be a multiple of {2 ** len(filters)} for "
-                             f"{len(filters)} stride-2 layers")
+            raise ValueError(
+                f"resolution {resolution} must be a multiple of {2 ** len(filters)} for {len(filters)} stride-2 layers"
+            )
         channels = [in_channels, *filters]
-        self.encoder = nn.Sequential(*(m for c_in, c_out in pairwise(channels) for m in
-                                       conv_bn_relu(nn.Conv2d, c_in, c_out, batch_norm, kernel_size=3, stride=2,
-                                                    padding=1)))
+        self.encoder = nn.Sequential(
+            *(
+                m
+                for c_in, c_out in pairwise(channels)
+                for m in conv_bn_relu(nn.Conv2d, c_in, c_out, batch_norm, kernel_size=3, stride=2, padding=1)
+            )
+        )
         decoder = [m for c_in, c_out in pairwise(reversed(filters)) for m in _upsample(c_in, c_out, batch_norm)]
         decoder += [nn.ConvTranspose2d(filters[0], in_channels, 4, stride=2, padding=1), nn.Sigmoid()]
         self.decoder = nn.Sequential(*decoder)
@@ -83,9 +88,16 @@ class TransferAutoencoder(DetectorNet):
         resolution: int = 32,
     ) -> None:
         super().__init__()
-        self.encoder = Backbone(name, pretrained=pretrained, weights_path=weights_path, cifar_stem=cifar_stem,
-                                trainable_stages=trainable_stages, backbone_lr_scale=backbone_lr_scale,
-                                drop_rate=dropout, in_channels=in_channels)
+        self.encoder = Backbone(
+            name,
+            pretrained=pretrained,
+            weights_path=weights_path,
+            cifar_stem=cifar_stem,
+            trainable_stages=trainable_stages,
+            backbone_lr_scale=backbone_lr_scale,
+            drop_rate=dropout,
+            in_channels=in_channels,
+        )
         channels, size = self._code_shape(in_channels, resolution)
         steps = math.log2(resolution / size)
         if not steps.is_integer():

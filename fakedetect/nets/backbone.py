@@ -76,8 +76,7 @@ class Backbone(DetectorNet):
             raise ValueError(f"freeze=true leaves no stage trainable; got trainable_stages={trainable_stages}")
         self.name, self.pretrained, self.weights_path = name, pretrained, weights_path
         self.input_size, self.in_channels, self.backbone_lr_scale = input_size, in_channels, backbone_lr_scale
-        self.model = timm.create_model(name, pretrained=False, num_classes=1, in_chans=in_channels,
-                                       drop_rate=drop_rate)
+        self.model = timm.create_model(name, pretrained=False, num_classes=1, in_chans=in_channels, drop_rate=drop_rate)
         # A fresh head with PyTorch's default init: timm's EfficientNet init sizes it for 1000 classes, which
         # for one output means weights up to +-1 and initial logits in the tens.
         self.model.reset_classifier(1)
@@ -130,8 +129,10 @@ class Backbone(DetectorNet):
             detail = str(err).strip().splitlines()[-1].strip()
             raise PretrainedWeightsError(f"{source} does not fit {self.name}: {detail}") from None
         if set(missing) - head or unexpected:
-            raise PretrainedWeightsError(f"{source} does not fit {self.name}: missing "
-                                         f"{sorted(set(missing) - head)[:3]}, unexpected {unexpected[:3]}")
+            raise PretrainedWeightsError(
+                f"{source} does not fit {self.name}: missing "
+                f"{sorted(set(missing) - head)[:3]}, unexpected {unexpected[:3]}"
+            )
         log.info("loaded ImageNet weights for %s from %s", self.name, source)
 
     def _imagenet_state(self) -> dict[str, torch.Tensor]:

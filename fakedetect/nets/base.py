@@ -7,18 +7,23 @@ from typing import Any
 from torch import nn
 
 
-def conv_bn_relu(conv: type[nn.Conv2d | nn.ConvTranspose2d], c_in: int, c_out: int, batch_norm: bool,
-                 **conv_args: Any) -> list[nn.Module]:
+def conv_bn_relu(
+    conv: type[nn.Conv2d | nn.ConvTranspose2d], c_in: int, c_out: int, batch_norm: bool, **conv_args: Any
+) -> list[nn.Module]:
     """conv -> [BatchNorm] -> ReLU, the block of every conv net here; no conv bias under BatchNorm, which
     would cancel it."""
-    return [conv(c_in, c_out, bias=not batch_norm, **conv_args), *([nn.BatchNorm2d(c_out)] if batch_norm else []),
-            nn.ReLU(inplace=True)]
+    return [
+        conv(c_in, c_out, bias=not batch_norm, **conv_args),
+        *([nn.BatchNorm2d(c_out)] if batch_norm else []),
+        nn.ReLU(inplace=True),
+    ]
 
 
 def fc_head(features: int, fc_size: int, dropout: float) -> nn.Sequential:
     """The conv nets' classifier: flatten -> FC(fc_size) -> ReLU -> dropout -> 1 logit."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(features, fc_size), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                         nn.Linear(fc_size, 1))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(features, fc_size), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(fc_size, 1)
+    )
 
 
 class DetectorNet(nn.Module):

@@ -32,15 +32,19 @@ class FlexibleCNN(DetectorNet):
     ) -> None:
         super().__init__()
         if len(filters) < n_layers or len(kernel_sizes) < n_layers:
-            raise ValueError(f"n_layers={n_layers} needs that many filters and kernel_sizes, got "
-                             f"{list(filters)} and {list(kernel_sizes)}")
+            raise ValueError(
+                f"n_layers={n_layers} needs that many filters and kernel_sizes, got "
+                f"{list(filters)} and {list(kernel_sizes)}"
+            )
         if resolution < 2**n_layers:
             raise ValueError(f"resolution {resolution} is too small for {n_layers} pooling layers")
         blocks: list[nn.Module] = []
         channels = in_channels
         for out, k in zip(filters[:n_layers], kernel_sizes[:n_layers], strict=True):
-            blocks += [*conv_bn_relu(nn.Conv2d, channels, out, batch_norm, kernel_size=k, padding="same"),
-                       nn.MaxPool2d(2)]
+            blocks += [
+                *conv_bn_relu(nn.Conv2d, channels, out, batch_norm, kernel_size=k, padding="same"),
+                nn.MaxPool2d(2),
+            ]
             channels = out
         self.features = nn.Sequential(*blocks)
         with torch.no_grad():

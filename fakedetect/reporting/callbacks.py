@@ -56,15 +56,23 @@ class TestFigures(L.Callback):
         self.confusion = BinaryConfusionMatrix(threshold=detector(pl_module).decision_threshold).to(pl_module.device)
         self.roc = BinaryROC().to(pl_module.device)
 
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: StepOutput, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: StepOutput,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         self.confusion.update(probabilities(outputs), batch[1])
         self.roc.update(probabilities(outputs), batch[1])
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         step = pl_module.global_step
-        log_figure(pl_module.loggers, "test/confusion_matrix",
-                   metric_figure(self.confusion, labels=class_names(trainer)), step)
+        log_figure(
+            pl_module.loggers, "test/confusion_matrix", metric_figure(self.confusion, labels=class_names(trainer)), step
+        )
         log_figure(pl_module.loggers, "test/roc", metric_figure(self.roc, score=True), step)
         self.confusion.reset()
         self.roc.reset()
@@ -99,8 +107,15 @@ class Reconstructions(L.Callback):
         grid = make_grid(torch.cat([images, reconstructions]), nrow=len(images), pad_value=1.0)
         log_image(pl_module.loggers, f"{stage}/reconstructions", grid, pl_module.global_step)
 
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: StepOutput,
-                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: StepOutput,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if batch_idx == 0 and not trainer.sanity_checking and self._autoencode(pl_module) is not None:
             self._grid(pl_module, "val", batch[0])
 
@@ -108,8 +123,15 @@ class Reconstructions(L.Callback):
         self._threshold = detector(pl_module).decision_threshold
         self._mistakes = []
 
-    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: StepOutput, batch: Any,
-                          batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: StepOutput,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if self._autoencode(pl_module) is None:
             return
         x, labels = batch
@@ -126,8 +148,9 @@ class Reconstructions(L.Callback):
         if self._mistakes:
             images, reconstructions, labels, probs = (torch.cat(t) for t in zip(*self._mistakes, strict=True))
             self._mistakes = []
-            fig = reconstruction_mistakes_figure(images, reconstructions, labels, probs, self._threshold,
-                                                 class_names(trainer))
+            fig = reconstruction_mistakes_figure(
+                images, reconstructions, labels, probs, self._threshold, class_names(trainer)
+            )
             log_figure(pl_module.loggers, "test/misclassified", fig, pl_module.global_step)
 
 
@@ -142,8 +165,9 @@ def reconstruction_mistakes_figure(
     axes = fig.subplots(2, n, squeeze=False)
     for i, predicted in enumerate(predictions):
         confidence = float(probs[i] if predicted else 1 - probs[i])
-        axes[0, i].set_title(f"Actual: {classes[int(labels[i])]}\nPred: {classes[predicted]}\nConf: {confidence:.2f}",
-                             fontsize=8)
+        axes[0, i].set_title(
+            f"Actual: {classes[int(labels[i])]}\nPred: {classes[predicted]}\nConf: {confidence:.2f}", fontsize=8
+        )
         for row, image in enumerate((images[i], reconstructions[i])):
             axes[row, i].imshow(image.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
             axes[row, i].axis("off")

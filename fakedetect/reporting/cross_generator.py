@@ -56,8 +56,12 @@ def markdown(rows: list[str], columns: list[str], values: np.ndarray, metric: st
     def cell(v: float) -> str:
         return "n/a" if math.isnan(v) else f"{100 * v:.1f}" if metric != "auroc" else f"{v:.3f}"
 
-    lines = [f"{metric} of each tested generator (columns) for each training set (rows); mean over columns.", "",
-             "| trained on | " + " | ".join(columns) + " | mean |", "| --- |" + " --- |" * (len(columns) + 1)]
+    lines = [
+        f"{metric} of each tested generator (columns) for each training set (rows); mean over columns.",
+        "",
+        "| trained on | " + " | ".join(columns) + " | mean |",
+        "| --- |" + " --- |" * (len(columns) + 1),
+    ]
     for label, line in zip(rows, values, strict=True):
         mean = float(np.nanmean(line)) if not np.isnan(line).all() else math.nan
         lines.append(f"| {label} | " + " | ".join(cell(v) for v in line) + f" | {cell(mean)} |")
@@ -86,9 +90,11 @@ def write_table(runs: Path, out: Path, metric: str = "acc") -> str:
         raise ConfigError(f"runs={runs}: no such folder; give the multirun folder of the sweep")
     table = collect(runs)
     if not table:
-        raise ConfigError(f"no training run with per-source results under {runs}; run "
-                         "python -m fakedetect.train -m experiment=cross_generator data.root=... "
-                         "data.train_sources='[a]','[b]' first, and give its multirun folder")
+        raise ConfigError(
+            f"no training run with per-source results under {runs}; run "
+            "python -m fakedetect.train -m experiment=cross_generator data.root=... "
+            "data.train_sources='[a]','[b]' first, and give its multirun folder"
+        )
     rows, columns, values = matrix(table, metric)
     text = markdown(rows, columns, values, metric)
     out.mkdir(parents=True, exist_ok=True)

@@ -31,8 +31,13 @@ def dedup_metrics(model: Detector, datamodule: ImageDataModule, trainer: L.Train
     first = tested_images(trainer, datamodule)
     seen = datamodule.test_duplicates[:first]
     metrics = {"test/n_dedup_removed": float(seen.sum()), "test/n_dedup_groups": float(datamodule.duplicate_groups)}
-    probs, labels, _ = score(model, datamodule.dedup_test_dataloader(first), datamodule.preprocess,
-                          trainer.strategy.root_device, context=trainer.precision_plugin.forward_context)
+    probs, labels, _ = score(
+        model,
+        datamodule.dedup_test_dataloader(first),
+        datamodule.preprocess,
+        trainer.strategy.root_device,
+        context=trainer.precision_plugin.forward_context,
+    )
     if not len(labels):
         log.warning("every test image has a byte-identical copy in train or val: no test/acc_dedup")
     else:
@@ -41,6 +46,9 @@ def dedup_metrics(model: Detector, datamodule: ImageDataModule, trainer: L.Train
             metrics["test/auroc_dedup"] = float(binary_auroc(probs, labels))
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step)
-    log.info("test without the %d test images byte-identical to train or val files: %s", int(seen.sum()),
-             {k: round(v, 4) for k, v in metrics.items()})
+    log.info(
+        "test without the %d test images byte-identical to train or val files: %s",
+        int(seen.sum()),
+        {k: round(v, 4) for k, v in metrics.items()},
+    )
     return metrics

@@ -27,9 +27,11 @@ def explainable_layers(net: DetectorNet) -> list[nn.Module]:
     """The net's `cam_layers`; a net without any (an MLP) is a one-line refusal, before anything is scored."""
     candidates = net.cam_layers()
     if not candidates:
-        raise ConfigError(f"Grad-CAM needs spatial feature maps and {type(net).__name__} has none (it sees "
-                          "flattened pixels): explain a convolutional model (cnn, resnet18, timm, autoencoder, "
-                          "ae_transfer)")
+        raise ConfigError(
+            f"Grad-CAM needs spatial feature maps and {type(net).__name__} has none (it sees "
+            "flattened pixels): explain a convolutional model (cnn, resnet18, timm, autoencoder, "
+            "ae_transfer)"
+        )
     return candidates
 
 
@@ -103,8 +105,14 @@ def gradcam_maps(net: nn.Module, layer: nn.Module, inputs: Tensor, targets: list
 
 
 def gradcam_figure(
-    images: Tensor, maps: np.ndarray, labels: Tensor, probs: Tensor, threshold: float,
-    classes: list[str], layer_name: str, cols: int = 4,
+    images: Tensor,
+    maps: np.ndarray,
+    labels: Tensor,
+    probs: Tensor,
+    threshold: float,
+    classes: list[str],
+    layer_name: str,
+    cols: int = 4,
 ) -> Figure:
     """Image and overlay side by side; titles give the true class and P(FAKE), green if right, red if wrong."""
     rows = math.ceil(len(images) / cols)
@@ -113,8 +121,9 @@ def gradcam_figure(
     for ax in axes.flat:
         ax.axis("off")
     predictions = decide(probs, threshold)
-    for k, (image, cam, label, prob, predicted) in enumerate(zip(images, maps, labels, probs, predictions,
-                                                                  strict=True)):
+    for k, (image, cam, label, prob, predicted) in enumerate(
+        zip(images, maps, labels, probs, predictions, strict=True)
+    ):
         rgb = image.permute(1, 2, 0).numpy().astype(np.float32) / 255
         right = int(predicted) == int(label)
         left, over = axes[k // cols, 2 * (k % cols)], axes[k // cols, 2 * (k % cols) + 1]
@@ -122,13 +131,19 @@ def gradcam_figure(
         left.set_title(f"{classes[int(label)]} p={prob:.2f}", color="green" if right else "red", fontsize=9)
         over.imshow(show_cam_on_image(rgb, cam, use_rgb=True), interpolation="nearest")
         over.set_title("correct" if right else "misclassified", color="green" if right else "red", fontsize=9)
-    fig.suptitle(f"Grad-CAM at {layer_name} for the predicted class; titles: true class, p = P({classes[1]}), "
-                 f"threshold {threshold}")
+    fig.suptitle(
+        f"Grad-CAM at {layer_name} for the predicted class; titles: true class, p = P({classes[1]}), "
+        f"threshold {threshold}"
+    )
     return fig
 
 
 def explain_test_images(
-    model: Detector, datamodule: ImageDataModule, threshold: float, n: int = 16, pool: int = 1000,
+    model: Detector,
+    datamodule: ImageDataModule,
+    threshold: float,
+    n: int = 16,
+    pool: int = 1000,
     device: torch.device | None = None,
 ) -> Figure:
     """Score `pool` test images, pick n hits and misses of both classes, return their Grad-CAM grid."""

@@ -44,9 +44,15 @@ def _row(probs: Tensor, labels: Tensor, preds: Tensor, own: Tensor, test_set: st
     real, fake = labels == 0, labels == 1
     own_fake, own_real = own & fake, own & real
     has_fake, has_real = bool(own_fake.any()), bool(own_real.any())
-    row: dict = {"test_set": test_set, "source": name, "kind": "mixed" if has_fake and has_real else
-                 "fake" if has_fake else "real", "n": int(own.sum()), "n_fake": int(own_fake.sum()),
-                 "n_real": int(own_real.sum()), **dict.fromkeys(METRICS)}
+    row: dict = {
+        "test_set": test_set,
+        "source": name,
+        "kind": "mixed" if has_fake and has_real else "fake" if has_fake else "real",
+        "n": int(own.sum()),
+        "n_fake": int(own_fake.sum()),
+        "n_real": int(own_real.sum()),
+        **dict.fromkeys(METRICS),
+    }
     # a generator against every real image; a real-only source against every fake
     pool = (own_fake | real) if has_fake else (own_real | fake)
     if name == ALL:
@@ -65,24 +71,32 @@ def source_rows(scores: Scores, names: Sequence[str], threshold: float, test_set
     the `all` row; decisions at `threshold` (FAKE when P(FAKE) > threshold)."""
     probs, labels, sources = scores.probs.float(), scores.labels.long(), scores.sources.long()
     preds = decide(probs, threshold)
-    rows = [_row(probs, labels, preds, sources == i, test_set, name) for i, name in enumerate(names)
-            if bool((sources == i).any())]
+    rows = [
+        _row(probs, labels, preds, sources == i, test_set, name)
+        for i, name in enumerate(names)
+        if bool((sources == i).any())
+    ]
     unnamed = int(((sources < 0) | (sources >= len(names))).sum())
     if unnamed:
-        log.warning("%d scored images carry no source among %s; they count in the 'all' row only", unnamed,
-                    list(names))
+        log.warning("%d scored images carry no source among %s; they count in the 'all' row only", unnamed, list(names))
     everything = _row(probs, labels, preds, torch.ones_like(labels, dtype=torch.bool), test_set, ALL)
     return [*rows, {**everything, "kind": ALL}]
 
 
 def flat_metrics(rows: Iterable[dict], prefix: str = "test/") -> dict[str, float]:
     """`<prefix>source/<name>/<metric>` scalars of the defined values (the `all` row is test/acc's own)."""
-    return {f"{prefix}source/{r['source']}/{m}": r[m] for r in rows if r["source"] != ALL for m in METRICS
-            if r[m] is not None}
+    return {
+        f"{prefix}source/{r['source']}/{m}": r[m]
+        for r in rows
+        if r["source"] != ALL
+        for m in METRICS
+        if r[m] is not None
+    }
 
 
-def log_per_source(loggers: Iterable[object], rows: Iterable[dict], step: int = 0, prefix: str = "test/"
-                   ) -> dict[str, float]:
+def log_per_source(
+    loggers: Iterable[object], rows: Iterable[dict], step: int = 0, prefix: str = "test/"
+) -> dict[str, float]:
     """Send the rows' scalars to every logger (TensorBoard: test/source/<name>/acc ...); returns them."""
     metrics = flat_metrics(rows, prefix)
     for logger in loggers:
@@ -95,10 +109,16 @@ def _cell(value: float | None) -> str:
 
 
 def markdown(rows: Sequence[dict]) -> str:
-    lines = ["| test set | source | kind | images | fake | real | accuracy | AUROC | recall | specificity |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['test_set']} | {r['source']} | {r['kind']} | {r['n']} | {r['n_fake']} | {r['n_real']} | "
-              + " | ".join(_cell(r[m]) for m in METRICS) + " |" for r in rows]
+    lines = [
+        "| test set | source | kind | images | fake | real | accuracy | AUROC | recall | specificity |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {r['test_set']} | {r['source']} | {r['kind']} | {r['n']} | {r['n_fake']} | {r['n_real']} | "
+        + " | ".join(_cell(r[m]) for m in METRICS)
+        + " |"
+        for r in rows
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -109,13 +129,20 @@ def write_per_source(folder: Path, rows: Sequence[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    note = ("Each generator against all real images of its test set (accuracy, AUROC; recall on its own fakes); "
-            "each real source: specificity, and accuracy and AUROC against all fakes.\n\n")
+    note = (
+        "Each generator against all real images of its test set (accuracy, AUROC; recall on its own fakes); "
+        "each real source: specificity, and accuracy and AUROC against all fakes.\n\n"
+    )
     (folder / "per_source.md").write_text("# Results per source\n\n" + note + markdown(rows))
 
 
-def per_source_metrics(model: Detector, datamodule: L.LightningDataModule, trainer: L.Trainer,
-                       scores: Scores | None = None, test_set: str = "test") -> tuple[list[dict], dict[str, float]]:
+def per_source_metrics(
+    model: Detector,
+    datamodule: L.LightningDataModule,
+    trainer: L.Trainer,
+    scores: Scores | None = None,
+    test_set: str = "test",
+) -> tuple[list[dict], dict[str, float]]:
     """The rows of a run's test scores (those given, else the images `trainer.test` just saw, scored again) at its
     decision threshold, logged to the trainer's loggers; train and eval both call it after testing."""
     if scores is None:

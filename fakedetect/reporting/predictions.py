@@ -94,12 +94,19 @@ def score(
     return Scores(torch.cat(probs), torch.cat(labels), torch.cat(sources))
 
 
-def split_scores(model: Detector, datamodule: L.LightningDataModule, trainer: L.Trainer, split: str = "test",
-                 **kwargs: object) -> Scores:
+def split_scores(
+    model: Detector, datamodule: L.LightningDataModule, trainer: L.Trainer, split: str = "test", **kwargs: object
+) -> Scores:
     """A split (val or test) scored as the trainer's test step scores it: its own loader, device and precision."""
     loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
-    return score(model, loader, datamodule.preprocess, trainer.strategy.root_device,
-                 context=trainer.precision_plugin.forward_context, **kwargs)
+    return score(
+        model,
+        loader,
+        datamodule.preprocess,
+        trainer.strategy.root_device,
+        context=trainer.precision_plugin.forward_context,
+        **kwargs,
+    )
 
 
 def tested_images(trainer: L.Trainer, datamodule: L.LightningDataModule) -> int:

@@ -28,8 +28,9 @@ from fakedetect.metrics.thresholds import decide
 from fakedetect.reporting.figures import log_figure, metric_figure, new_figure
 
 
-def threshold_metrics(probs: torch.Tensor, labels: torch.Tensor, threshold: float, classes: Sequence[str]
-                      ) -> dict[str, float]:
+def threshold_metrics(
+    probs: torch.Tensor, labels: torch.Tensor, threshold: float, classes: Sequence[str]
+) -> dict[str, float]:
     """Accuracy and per-class precision, recall and F1 of the decisions at `threshold`."""
     preds = decide(probs, threshold)
     out = {"threshold": threshold, "acc": float(binary_accuracy(preds, labels))}
@@ -72,8 +73,13 @@ def reliability_figure(probs: np.ndarray, labels: np.ndarray, ece: float, positi
     ax = fig.subplots()
     ax.bar(centres[counts > 0], observed[counts > 0], width=1 / bins, edgecolor="black", alpha=0.7, label="observed")
     ax.plot([0, 1], [0, 1], "k--", label="calibrated")
-    ax.set(xlabel=f"predicted probability of {positive}", ylabel=f"fraction {positive}",
-           title=f"Reliability (ECE {ece:.4f})", xlim=(0, 1), ylim=(0, 1))
+    ax.set(
+        xlabel=f"predicted probability of {positive}",
+        ylabel=f"fraction {positive}",
+        title=f"Reliability (ECE {ece:.4f})",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     ax.legend()
     return fig
 
@@ -90,8 +96,15 @@ def mistakes_figure(mistakes: ConfidentMistakes, classes: Sequence[str]) -> Figu
             if images is not None and k < len(images):
                 ax.imshow(images[k].permute(1, 2, 0).squeeze().numpy(), cmap="gray")
                 ax.set_title(f"p({classes[1]})={probs[k]:.3f}", fontsize=8)
-        axes[c][0].text(-0.1, 0.5, f"{classes[c]} called {classes[1 - c]}", transform=axes[c][0].transAxes,
-                        rotation=90, va="center", ha="right")
+        axes[c][0].text(
+            -0.1,
+            0.5,
+            f"{classes[c]} called {classes[1 - c]}",
+            transform=axes[c][0].transAxes,
+            rotation=90,
+            va="center",
+            ha="right",
+        )
     fig.suptitle(f"Most confident mistakes at threshold {mistakes.threshold:.4f}")
     return fig
 
@@ -122,11 +135,15 @@ def write_report(
         "at_threshold": {name: threshold_metrics(p, y, t, classes) for name, t in thresholds.items()},
     }
     figures: dict[str, Figure] = {}
-    for name, metric in (("confusion_matrix", BinaryConfusionMatrix(threshold=mistakes.threshold)),
-                         ("roc", BinaryROC()), ("precision_recall", BinaryPrecisionRecallCurve())):
+    for name, metric in (
+        ("confusion_matrix", BinaryConfusionMatrix(threshold=mistakes.threshold)),
+        ("roc", BinaryROC()),
+        ("precision_recall", BinaryPrecisionRecallCurve()),
+    ):
         metric.update(p, y)
-        figures[name] = metric_figure(metric, **({"labels": list(classes)} if name == "confusion_matrix" else
-                                                 {"score": True}))
+        figures[name] = metric_figure(
+            metric, **({"labels": list(classes)} if name == "confusion_matrix" else {"score": True})
+        )
     figures["reliability"] = reliability_figure(p.numpy(), y.numpy(), ece, classes[1])
     figures["mistakes"] = mistakes_figure(mistakes, classes)
     for name, fig in figures.items():

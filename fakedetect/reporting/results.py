@@ -30,7 +30,8 @@ def collect(outputs: Path, min_train: int = 0) -> list[dict]:
         config = path.parent / ".hydra" / "config.yaml"
         data = OmegaConf.load(config).data if config.exists() else {}
         record["train_images"] = record.get("images", {}).get("train") or (
-            "full" if not data.get("train_limit") else data.get("train_limit"))
+            "full" if not data.get("train_limit") else data.get("train_limit")
+        )
         if isinstance(record["train_images"], int) and record["train_images"] < min_train:
             continue
         record["resolution"] = data.get("resolution")

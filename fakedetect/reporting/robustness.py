@@ -27,8 +27,10 @@ def parse_condition(condition: str) -> tuple[str, float | None]:
     except ValueError:
         value = None
     if kind not in DEGRADATIONS or value is None:
-        raise ConfigError(f"robustness.conditions: '{condition}' is not clean or kind:strength with a kind of "
-                          f"{sorted(DEGRADATIONS)} and a number, e.g. jpeg:75 or blur:1.0")
+        raise ConfigError(
+            f"robustness.conditions: '{condition}' is not clean or kind:strength with a kind of "
+            f"{sorted(DEGRADATIONS)} and a number, e.g. jpeg:75 or blur:1.0"
+        )
     return kind, value
 
 
@@ -44,8 +46,13 @@ def robustness_table(
     rows = []
     for condition, (kind, strength) in parsed.items():
         probs, labels = score(None if strength is None else partial(degrade, kind=kind, strength=strength))[:2]
-        rows.append({"condition": condition, "acc": float(binary_accuracy(decide(probs, threshold), labels)),
-                     "auroc": float(binary_auroc(probs, labels))})
+        rows.append(
+            {
+                "condition": condition,
+                "acc": float(binary_accuracy(decide(probs, threshold), labels)),
+                "auroc": float(binary_auroc(probs, labels)),
+            }
+        )
     return rows
 
 

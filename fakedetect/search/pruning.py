@@ -64,5 +64,6 @@ class OptunaTrialCallback(L.Callback):
             self.trial.report(value, epoch)
             prune = self.trial.should_prune()
         if trainer.strategy.broadcast(prune):
-            raise optuna.TrialPruned(f"{monitor}={value:.4f} at epoch {epoch}, "
-                                     f"pruned by {type(self.trial.study.pruner).__name__}")
+            raise optuna.TrialPruned(
+                f"{monitor}={value:.4f} at epoch {epoch}, pruned by {type(self.trial.study.pruner).__name__}"
+            )

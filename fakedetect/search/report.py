@@ -57,11 +57,15 @@ def objective_names(study: optuna.Study) -> list[str]:
 def ranked(study: optuna.Study, top_k: int) -> list[FrozenTrial]:
     """The top_k complete trials, best first; for several objectives the whole Pareto front, by the first."""
     if len(study.directions) > 1:
-        return sorted(study.best_trials, key=lambda t: t.values[0],
-                      reverse=study.directions[0] == optuna.study.StudyDirection.MAXIMIZE)
+        return sorted(
+            study.best_trials,
+            key=lambda t: t.values[0],
+            reverse=study.directions[0] == optuna.study.StudyDirection.MAXIMIZE,
+        )
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted(complete, key=lambda t: t.values[0],
-                  reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)[:top_k]
+    return sorted(complete, key=lambda t: t.values[0], reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)[
+        :top_k
+    ]
 
 
 def trial_row(trial: FrozenTrial, names: Sequence[str], test: dict[str, float] | None = None) -> dict[str, object]:
@@ -70,9 +74,14 @@ def trial_row(trial: FrozenTrial, names: Sequence[str], test: dict[str, float] |
     row.update(zip(names, trial.values or [None] * len(names), strict=True))
     if test:
         row.update({k: test.get(k) for k in TEST_COLUMNS})
-    row.update({"n_params": attrs.get("n_params"), "train_time_s": attrs.get("train_time_s"),
-                "duration_s": trial.duration.total_seconds() if trial.duration else None,
-                "epochs": attrs.get("epochs")})
+    row.update(
+        {
+            "n_params": attrs.get("n_params"),
+            "train_time_s": attrs.get("train_time_s"),
+            "duration_s": trial.duration.total_seconds() if trial.duration else None,
+            "epochs": attrs.get("epochs"),
+        }
+    )
     row.update(trial.params)
     row["reason"] = attrs.get("fail_reason") or attrs.get("prune_reason")
     row["output_dir"] = attrs.get("output_dir")
@@ -120,10 +129,15 @@ def save_plots(study: optuna.Study, out: Path, names: Sequence[str]) -> list[Pat
         target = None if single else functools.partial(objective, index=i)
         suffix = "" if single else "_" + name.replace("/", "_")
         makers[f"history{suffix}"] = functools.partial(
-            plots.plot_optimization_history, study, target=target, target_name=name)
+            plots.plot_optimization_history, study, target=target, target_name=name
+        )
         makers[f"importances{suffix}"] = functools.partial(
-            plots.plot_param_importances, study, evaluator=PedAnovaImportanceEvaluator(), target=target,
-            target_name=name)
+            plots.plot_param_importances,
+            study,
+            evaluator=PedAnovaImportanceEvaluator(),
+            target=target,
+            target_name=name,
+        )
     if single:
         makers["intermediate_values"] = functools.partial(plots.plot_intermediate_values, study)
     else:

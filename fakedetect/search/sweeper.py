@@ -106,8 +106,10 @@ class SearchSweeper(StockSweeper):
                 release_memory()
             failed += states.count(TrialState.FAIL)
             if failed > self.max_failure_rate * self.n_trials:
-                raise RuntimeError(f"{failed} trials failed, more than max_failure_rate={self.max_failure_rate} "
-                                   f"of {self.n_trials}; their fail_reason is in study '{study.study_name}'")
+                raise RuntimeError(
+                    f"{failed} trials failed, more than max_failure_rate={self.max_failure_rate} "
+                    f"of {self.n_trials}; their fail_reason is in study '{study.study_name}'"
+                )
             if self.exhausted:
                 log.info("the sampler has tried every combination of the search space")
                 break
@@ -116,8 +118,13 @@ class SearchSweeper(StockSweeper):
     def _open_study(self) -> optuna.Study:
         pruner = instantiate(self.pruner_cfg, _execution_whitelist_=OPTUNA_TARGETS)
         storage = open_storage(self.storage) if self.storage else None
-        study = optuna.create_study(study_name=self.study_name, storage=storage, pruner=pruner,
-                                    directions=self.directions(), load_if_exists=True)
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=storage,
+            pruner=pruner,
+            directions=self.directions(),
+            load_if_exists=True,
+        )
         # the job's callback rebuilds the pruner from here: the storage is its only link to the sweep
         study.set_user_attr("pruner", OmegaConf.to_container(self.pruner_cfg, resolve=True))
         metric = self.config.get("optimized_metric")
@@ -125,10 +132,16 @@ class SearchSweeper(StockSweeper):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names([metric] if isinstance(metric, str) else list(metric))
-        log.info("study '%s' in %s: %d trials so far, %d to add%s; sampler %s, pruner %s", study.study_name,
-                 describe(self.storage), len(study.get_trials(deepcopy=False)), self.n_trials,
-                 f" until it holds {self.study_trials}" if self.study_trials is not None else "",
-                 self.sampler_cfg.get("_target_"), type(study.pruner).__name__)
+        log.info(
+            "study '%s' in %s: %d trials so far, %d to add%s; sampler %s, pruner %s",
+            study.study_name,
+            describe(self.storage),
+            len(study.get_trials(deepcopy=False)),
+            self.n_trials,
+            f" until it holds {self.study_trials}" if self.study_trials is not None else "",
+            self.sampler_cfg.get("_target_"),
+            type(study.pruner).__name__,
+        )
         return study
 
     def _ask(self, study: optuna.Study, n: int) -> list[Trial]:
@@ -155,9 +168,15 @@ class SearchSweeper(StockSweeper):
         overrides = super().configure_trials(trials, space)
         if not self.storage:  # an in-memory study cannot be reached from the job: no pruning
             return overrides
-        return [(*o, f"+optuna_trial.storage={quote(self.storage)}",
-                 f"+optuna_trial.study_name={quote(t.study.study_name)}", f"+optuna_trial.trial_id={trial_id(t)}")
-                for o, t in zip(overrides, trials, strict=True)]
+        return [
+            (
+                *o,
+                f"+optuna_trial.storage={quote(self.storage)}",
+                f"+optuna_trial.study_name={quote(t.study.study_name)}",
+                f"+optuna_trial.trial_id={trial_id(t)}",
+            )
+            for o, t in zip(overrides, trials, strict=True)
+        ]
 
     def _tell(self, study: optuna.Study, trial: Trial, ret: JobReturn) -> TrialState:
         assert ret.hydra_cfg is not None, "a launched job carries its Hydra config"
@@ -180,8 +199,12 @@ class SearchSweeper(StockSweeper):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         best = best_trials(study)
         OmegaConf.save(
-            {"name": "optuna", "study_name": study.study_name, "storage": describe(self.storage),
-             "solutions": [{"number": t.number, "params": t.params, "values": t.values} for t in best]},
+            {
+                "name": "optuna",
+                "study_name": study.study_name,
+                "storage": describe(self.storage),
+                "solutions": [{"number": t.number, "params": t.params, "values": t.values} for t in best],
+            },
             sweep_dir / "optimization_results.yaml",
         )
         tests = {}
@@ -268,8 +291,10 @@ def parse_conditional(spec: Mapping[str, Mapping[str, str]]) -> list[tuple[str, 
         name, sep, value = condition.partition("=")
         distributions, fixed, _ = parse_overrides([f"{k}={v}" for k, v in params.items()])
         if not sep or fixed:
-            raise ValueError(f"conditional_params: want '<param>=<value>' keys holding sweeps only; got "
-                             f"'{condition}' with fixed values {sorted(fixed)}")
+            raise ValueError(
+                f"conditional_params: want '<param>=<value>' keys holding sweeps only; got "
+                f"'{condition}' with fixed values {sorted(fixed)}"
+            )
         parsed.append((name.strip(), value.strip(), distributions))
     return parsed
 
@@ -284,8 +309,14 @@ def suggest_conditional(trial: Trial, conditional: list[tuple[str, str, dict[str
 def evaluate_checkpoint(trial: optuna.trial.FrozenTrial, out: Path, overrides: list[str]) -> dict[str, float]:
     """Test a trial's best checkpoint once, with `python -m fakedetect.eval`; its test metrics."""
     run_dir = out / f"trial_{trial.number}"
-    command = [sys.executable, "-m", "fakedetect.eval", f"ckpt_path={quote(trial.user_attrs['ckpt_path'])}",
-               f"hydra.run.dir={quote(str(run_dir))}", *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "fakedetect.eval",
+        f"ckpt_path={quote(trial.user_attrs['ckpt_path'])}",
+        f"hydra.run.dir={quote(str(run_dir))}",
+        *overrides,
+    ]
     log.info("testing trial %d: %s", trial.number, " ".join(command))
     subprocess.run(command, check=True)
     return json.loads((run_dir / "metrics.json").read_text())["metrics"]

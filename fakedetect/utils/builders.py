@@ -61,8 +61,9 @@ RUN_TARGETS = (
 )
 
 
-def instantiate(config: Any, *args: Any, allow: Sequence[str] = RUN_TARGETS, source: str = "config",
-                **kwargs: Any) -> Any:
+def instantiate(
+    config: Any, *args: Any, allow: Sequence[str] = RUN_TARGETS, source: str = "config", **kwargs: Any
+) -> Any:
     """Hydra's instantiate under the `allow` list; a refused or unknown target is one ConfigError naming `source`."""
     try:
         return hydra.utils.instantiate(config, *args, _execution_whitelist_=list(allow), **kwargs)

@@ -32,8 +32,10 @@ from fakedetect.utils.errors import ConfigError
 CONFIG_KEY = "fakedetect_config"
 DETECTOR_JSON, WEIGHTS_FILE = "detector.json", "model.safetensors"
 DETECTOR_FORMAT = "fakedetect.detector/1"
-WHERE = ("give a .ckpt from a training run (outputs/train/runs/<run>/checkpoints/) or a folder written by "
-         "`python -m fakedetect.export`")
+WHERE = (
+    "give a .ckpt from a training run (outputs/train/runs/<run>/checkpoints/) or a folder written by "
+    "`python -m fakedetect.export`"
+)
 
 
 class StoreConfig(L.Callback):
@@ -56,12 +58,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         found = re.search(r"GLOBAL (\S+)", str(err))
         if found is None:
             raise ConfigError(f"ckpt_path={path}: not a PyTorch checkpoint (unpickling failed); {WHERE}") from None
-        raise ConfigError(f"ckpt_path={path}: refused: unpickling it would call '{found.group(1)}', which no "
-                          "fakedetect checkpoint holds (nothing was run); load checkpoints only from sources you "
-                          "trust") from None
+        raise ConfigError(
+            f"ckpt_path={path}: refused: unpickling it would call '{found.group(1)}', which no "
+            "fakedetect checkpoint holds (nothing was run); load checkpoints only from sources you "
+            "trust"
+        ) from None
     except Exception as err:  # noqa: BLE001 - torch.load fails on a foreign or damaged file with any exception type
-        raise ConfigError(f"ckpt_path={path}: not a PyTorch checkpoint, or a damaged or incomplete one "
-                          f"({type(err).__name__}); {WHERE}") from None
+        raise ConfigError(
+            f"ckpt_path={path}: not a PyTorch checkpoint, or a damaged or incomplete one "
+            f"({type(err).__name__}); {WHERE}"
+        ) from None
     if not isinstance(checkpoint, dict):
         raise ConfigError(f"ckpt_path={path}: holds a {type(checkpoint).__name__}, not a checkpoint; {WHERE}")
     return checkpoint
@@ -71,8 +77,10 @@ def checkpoint_config(checkpoint: Mapping[str, Any], path: str | Path = "") -> D
     """The run config stored in a checkpoint, checked for the parts a detector is rebuilt from."""
     stored = checkpoint.get(CONFIG_KEY)
     if not isinstance(stored, dict):
-        raise ConfigError(f"ckpt_path={path}: no fakedetect config in it (key '{CONFIG_KEY}'), so its model cannot "
-                          "be rebuilt; use a checkpoint written by `python -m fakedetect.train`")
+        raise ConfigError(
+            f"ckpt_path={path}: no fakedetect config in it (key '{CONFIG_KEY}'), so its model cannot "
+            "be rebuilt; use a checkpoint written by `python -m fakedetect.train`"
+        )
     cfg = OmegaConf.create(stored)
     missing = [key for key in ("data", "model", "loss") if not isinstance(cfg.get(key), DictConfig)]
     if missing:
@@ -107,8 +115,10 @@ def load_trained(ckpt_path: str | Path, data: Mapping[str, Any] | None = None) -
     try:
         datamodule.load_state_dict(data_state)
     except (KeyError, TypeError) as err:
-        raise ConfigError(f"ckpt_path={path}: no usable '{type(datamodule).__qualname__}' state (normalization "
-                          f"statistics and classes) in it ({type(err).__name__}: {err})") from None
+        raise ConfigError(
+            f"ckpt_path={path}: no usable '{type(datamodule).__qualname__}' state (normalization "
+            f"statistics and classes) in it ({type(err).__name__}: {err})"
+        ) from None
     model = build_model(cfg, allow=MODEL_TARGETS, source=f"ckpt_path={path}")
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -126,11 +136,16 @@ def check_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], pat
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
     reshaped = sorted(k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape)
-    problems = [f"{len(keys)} {what} (e.g. {keys[0]})" for what, keys in
-                (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)) if keys]
+    problems = [
+        f"{len(keys)} {what} (e.g. {keys[0]})"
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
+        if keys
+    ]
     if problems:
-        raise ConfigError(f"ckpt_path={path}: its weights do not fit the model its config builds: "
-                          f"{', '.join(problems)} of {len(expected)} keys; it was written for another model or altered")
+        raise ConfigError(
+            f"ckpt_path={path}: its weights do not fit the model its config builds: "
+            f"{', '.join(problems)} of {len(expected)} keys; it was written for another model or altered"
+        )
 
 
 def resume_path(path: str | Path | None, model: L.LightningModule) -> str | None:
@@ -139,13 +154,17 @@ def resume_path(path: str | Path | None, model: L.LightningModule) -> str | None
     if path is None:
         return None
     if not Path(path).is_file():
-        raise ConfigError(f"ckpt_path={path}: no checkpoint file there to resume from; give a run's "
-                          "checkpoints/last.ckpt (an exported detector folder holds no training state)")
+        raise ConfigError(
+            f"ckpt_path={path}: no checkpoint file there to resume from; give a run's "
+            "checkpoints/last.ckpt (an exported detector folder holds no training state)"
+        )
     checkpoint = load_checkpoint(path)
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict) or "loops" not in checkpoint:
-        raise ConfigError(f"ckpt_path={path}: not a training checkpoint Lightning can resume from (no state dict "
-                          "or loop state); resume from a run's checkpoints/last.ckpt")
+        raise ConfigError(
+            f"ckpt_path={path}: not a training checkpoint Lightning can resume from (no state dict "
+            "or loop state); resume from a run's checkpoints/last.ckpt"
+        )
     model.on_load_checkpoint(checkpoint)
     check_weights(model, state, path)
     return str(path)
@@ -186,8 +205,10 @@ def read_detector(folder: Path) -> dict[str, Any]:
     weights = folder / WEIGHTS_FILE
     expected = (detector.get("weights") or {}).get("sha256")
     if not weights.is_file() or sha256(weights) != expected:
-        raise ConfigError(f"{weights}: missing, or not the file {DETECTOR_JSON} was written with (SHA-256 differs); "
-                          "copy the whole exported folder again")
+        raise ConfigError(
+            f"{weights}: missing, or not the file {DETECTOR_JSON} was written with (SHA-256 differs); "
+            "copy the whole exported folder again"
+        )
     try:
         state = load_file(weights)
     except (SafetensorError, OSError) as err:
@@ -201,4 +222,3 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-

@@ -31,4 +31,3 @@ def quiet_console() -> None:
     logger = logging.getLogger(LIGHTNING_LOGGER)
     if not any(isinstance(f, _DropNoise) for f in logger.filters):
         logger.addFilter(_DropNoise())
-

@@ -34,8 +34,9 @@ def require(key: str, value: object, ok: bool, expected: str) -> None:
         raise ConfigError(f"{key} must be {expected}, got {value!r}")
 
 
-def require_each(prefix: str, values: Mapping[str, object],
-                 checks: Iterable[tuple[str, Callable[[object], bool], str]]) -> None:
+def require_each(
+    prefix: str, values: Mapping[str, object], checks: Iterable[tuple[str, Callable[[object], bool], str]]
+) -> None:
     """`require` of every (key, test, expected) in `checks` on `values[key]`, named `<prefix>.<key>`."""
     for key, ok, expected in checks:
         require(f"{prefix}.{key}", values[key], ok(values[key]), expected)
