@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -27,12 +28,17 @@ CIFAKE = Path(os.environ.get("CIFAKE_TEST_ARCHIVE", SHARED_DIR / "data" / "cifak
 SUBSET = ["data.train_limit=2000", "data.test_limit=1000"]
 
 
+def needs(path: Path, hint: str = "") -> None:
+    """Skip the test where this machine lacks `path` (data or weights), but fail under CI, which must have it."""
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} missing under CI")
+        pytest.skip(f"{path} not found{hint}")
+
+
 @pytest.fixture(scope="session")
 def cifake_path() -> Path:
-    if not CIFAKE.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CIFAKE archive missing under CI: {CIFAKE}")
-        pytest.skip(f"CIFAKE archive not found at {CIFAKE} (set CIFAKE_TEST_ARCHIVE)")
+    needs(CIFAKE, " (set CIFAKE_TEST_ARCHIVE)")
     return CIFAKE
 
 
@@ -52,6 +58,15 @@ def assert_one_line(done: subprocess.CompletedProcess, *expected: str) -> str:
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and all(e in last for e in expected), last
     return last
+
+
+def project_scripts() -> dict[str, str]:
+    """`[project.scripts]` of pyproject.toml, command -> `module:function` (read as text: tomllib is Python 3.11+,
+    the project supports 3.10)."""
+    section = re.search(
+        r"^\[project\.scripts\]\n(.*?)(?=^\[|\Z)", (ROOT / "pyproject.toml").read_text(), re.MULTILINE | re.DOTALL
+    )
+    return dict(re.findall(r"^([\w.-]+)\s*=\s*[\"']([\w.:]+)[\"']", section.group(1), re.MULTILINE)) if section else {}
 
 
 def compose_config(name: str, overrides: list[str], out: Path) -> DictConfig:

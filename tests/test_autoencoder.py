@@ -21,8 +21,8 @@ from fakedetect.modules.autoencoder import AutoencoderDetector
 from fakedetect.nets import ConvAutoencoder, TransferAutoencoder
 from fakedetect.train import train
 from fakedetect.utils.checkpoint import CONFIG_KEY, load_checkpoint, load_trained
-from tests.conftest import compose_config, subset_train_config
-from tests.test_losses import WEIGHTS, needs
+from tests.conftest import compose_config, needs, subset_train_config
+from tests.test_losses import WEIGHTS
 
 
 @pytest.mark.parametrize("channels", [3, 1])

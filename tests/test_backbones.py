@@ -22,7 +22,7 @@ from fakedetect.losses import BCEWithLogits
 from fakedetect.modules import Detector
 from fakedetect.nets import MLP, Backbone, PretrainedWeightsError
 from fakedetect.train import train
-from tests.conftest import ROOT, SUBSET, WEIGHTS_DIR
+from tests.conftest import ROOT, SUBSET, WEIGHTS_DIR, needs
 
 EFFNET = WEIGHTS_DIR / "tf_efficientnet_lite0_in1k.pth"
 
@@ -146,10 +146,7 @@ def test_scratch_loads_nothing(offline_hub: None) -> None:
 
 
 def test_real_efficientnet_weights_load() -> None:
-    if not EFFNET.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"EfficientNet-Lite0 weights missing under CI: {EFFNET}")
-        pytest.skip(f"no weights at {EFFNET}")
+    needs(EFFNET)
     state = torch.load(EFFNET, map_location="cpu", weights_only=True)
     net = Backbone("tf_efficientnet_lite0", pretrained=True, weights_path=str(EFFNET))
     net.load_pretrained()

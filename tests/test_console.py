@@ -14,19 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONF, ROOT, SUBSET, assert_one_line
+from tests.conftest import CONF, ROOT, SUBSET, assert_one_line, project_scripts
 
 # a warning, a deprecation, a tip, or any line Python's warnings module formats (`file.py:LINE: message`)
 NOISE = re.compile(r"warn|deprecat|\btip\b|\.py:\d+: ", re.IGNORECASE)
 
 
-def _scripts() -> dict[str, str]:
-    tomllib = pytest.importorskip("tomllib", reason="Python >= 3.11 reads pyproject.toml")
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-
-
 def test_every_command_is_a_listed_hydra_app_in_the_package_root(monkeypatch: pytest.MonkeyPatch) -> None:
-    scripts = _scripts()
+    scripts = project_scripts()
     commands = sorted(p.stem for p in (ROOT / "fakedetect").glob("*.py") if p.stem != "__init__")
     assert sorted(scripts.values()) == sorted(f"fakedetect.{name}:main" for name in commands)
     for script, target in scripts.items():

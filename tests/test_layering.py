@@ -7,13 +7,13 @@ Each rule is a function of one module's source, so the checker itself is tested 
 from __future__ import annotations
 
 import ast
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, project_scripts
+
 PACKAGE = ROOT / "fakedetect"
 
 
@@ -111,20 +111,13 @@ def hydra_mains(tree: ast.Module) -> bool:
     return False
 
 
-def script_modules() -> set[str]:
-    """The modules of `[project.scripts]` in pyproject.toml (read as text: tomllib is Python 3.11+)."""
-    section = re.search(
-        r"^\[project\.scripts\]\n(.*?)(?=^\[|\Z)", (ROOT / "pyproject.toml").read_text(), re.MULTILINE | re.DOTALL
-    )
-    return set(re.findall(r"^[\w.-]+\s*=\s*[\"']([\w.]+):", section.group(1), re.MULTILINE)) if section else set()
-
-
 def sources() -> dict[str, ast.Module]:
     return {module_name(path): ast.parse(path.read_text(), str(path)) for path in sorted(PACKAGE.rglob("*.py"))}
 
 
 def entry_points(modules: dict[str, ast.Module]) -> set[str]:
-    return script_modules() | {name for name, tree in modules.items() if hydra_mains(tree)}
+    scripts = {target.split(":")[0] for target in project_scripts().values()}
+    return scripts | {name for name, tree in modules.items() if hydra_mains(tree)}
 
 
 def violations(modules: dict[str, ast.Module], commands: set[str]) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,19 +11,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from fakedetect.losses import BCEWithLogits, FocalLoss, HybridLoss, LossSchedule, LPIPSLoss, LPIPSWeightsError
-from tests.conftest import SHARED_DIR, WEIGHTS_DIR
+from tests.conftest import SHARED_DIR, WEIGHTS_DIR, needs
 
 WEIGHTS = WEIGHTS_DIR / "alexnet_features_imagenet.pth"
 REFERENCE = SHARED_DIR / "data" / "lpips-reference"
 # LPIPS (alex, v0.1) published by IQA-PyTorch for the five reference pairs (README of lpips-reference)
 PUBLISHED_LPIPS = {"I03": 0.7237, "I04": 0.2572, "I06": 0.05079, "I08": 0.05205, "I19": 0.4253}
-
-
-def needs(path: Path) -> None:
-    if not path.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{path} missing under CI")
-        pytest.skip(f"{path} not found")
 
 
 @pytest.fixture(scope="module")
