@@ -14,7 +14,7 @@ from torch import Tensor
 from torchvision.io import decode_jpeg, encode_jpeg
 
 
-def jpeg(x: Tensor, quality: int | Tensor) -> Tensor:
+def jpeg(x: Tensor, quality: float | Tensor) -> Tensor:
     """JPEG re-compression of uint8 NCHW images at one quality, or one quality per image."""
     qualities = quality.tolist() if isinstance(quality, Tensor) else [int(quality)] * len(x)
     images = list(x.cpu())

@@ -12,9 +12,11 @@ import io
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
+from PIL.JpegImagePlugin import JpegImageFile
 
 # The example tables of the JPEG standard (ITU T.81 Annex K), natural order; libjpeg scales them by quality.
 IJG_LUMINANCE = [
@@ -175,7 +177,9 @@ def header_facts(data: bytes) -> dict:
                 has_exif = "exif" in img.info or img.format == "TIFF"
                 if has_exif and img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
                     width, height = height, width
-                quality = jpeg_quality(img.quantization) if img.format == "JPEG" else None
+                quality = (
+                    jpeg_quality(img.quantization) if isinstance(img, JpegImageFile) and img.format == "JPEG" else None
+                )
                 return {"w": width, "h": height, "format": img.format, "mode": img.mode, "quality": quality}
     except Exception as err:  # noqa: BLE001 - an unreadable file is reported, not fatal
         return {"error": f"{type(err).__name__}: {' '.join(str(err).split())}"}
@@ -312,7 +316,7 @@ def audit_shortcuts(
     images, and for the images of each source in a class that has several sources (e.g. one generator's), against
     the images of the other classes."""
     y = np.asarray(labels, dtype=np.int64)
-    out = {
+    out: dict[str, Any] = {
         "per_class": {
             cls: summarize([f for f, label in zip(facts, y, strict=True) if label == i])
             for i, cls in enumerate(classes)

@@ -222,7 +222,9 @@ class TarSource(Source):
             with tarfile.open(self.path, mode="r|*") as tar:
                 for member in tar:
                     if member.isfile() and member.name in wanted:
-                        yield member.name, tar.extractfile(member).read()
+                        file = tar.extractfile(member)
+                        assert file is not None  # a regular file's member always has one
+                        yield member.name, file.read()
         except ARCHIVE_ERRORS as err:
             raise self._damaged(err) from None
 

@@ -32,6 +32,8 @@ class LPIPSLoss(nn.Module):
     state dict: a trained checkpoint carries it, so eval and predict need no weights file.
     """
 
+    trunk_loaded: torch.Tensor  # a buffer
+
     def __init__(self, net: str = "alex", weights_path: str | None = None) -> None:
         super().__init__()
         require("model.reconstruction.lpips_net", net, net in TRUNKS, f"one of {sorted(TRUNKS)} (the LPIPS net)")

@@ -45,6 +45,9 @@ class SelectedThresholds(Metric):
     """
 
     full_state_update = False
+    # list states, as add_state registers them (Module.__getattr__ alone would type them Tensor | Module)
+    probs: list[torch.Tensor]
+    labels: list[torch.Tensor]
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)

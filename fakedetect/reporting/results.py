@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,8 @@ def collect(outputs: Path, min_train: int = 0) -> list[dict]:
 
 def reference(experiment: str) -> str:
     path = ROOT / "conf" / "experiment" / f"{experiment}.yaml"
-    return str(OmegaConf.load(path).get("reference") or "") if path.exists() else ""
+    cfg = OmegaConf.load(path) if path.exists() else None
+    return str(cfg.get("reference") or "") if isinstance(cfg, DictConfig) else ""
 
 
 def table(records: list[dict]) -> str:

@@ -6,6 +6,7 @@ import json
 import logging
 import platform
 from pathlib import Path
+from typing import cast
 
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -44,7 +45,7 @@ def flat_hparams(cfg: DictConfig) -> dict[str, object]:
         else:
             out[prefix[:-1]] = node if isinstance(node, (int, float, str, bool)) else str(node)
 
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = cast(dict, OmegaConf.to_container(cfg, resolve=True))  # a DictConfig's: to_container has no overloads
     walk({k: container[k] for k in ("data", "model", "loss", "trainer", "seed") if k in container}, "")
     return out
 
