@@ -6,7 +6,7 @@ import io
 import os
 import re
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from PIL import Image
+from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -67,6 +68,24 @@ def project_scripts() -> dict[str, str]:
         r"^\[project\.scripts\]\n(.*?)(?=^\[|\Z)", (ROOT / "pyproject.toml").read_text(), re.MULTILINE | re.DOTALL
     )
     return dict(re.findall(r"^([\w.-]+)\s*=\s*[\"']([\w.:]+)[\"']", section.group(1), re.MULTILINE)) if section else {}
+
+
+def event_files(folder: Path) -> Iterator[EventAccumulator]:
+    """Every TensorBoard event file under `folder`, loaded."""
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        events = EventAccumulator(str(path))
+        events.Reload()
+        yield events
+
+
+def event_tags(folder: Path, plugin: str) -> set[str]:
+    """The tags of one TensorBoard plugin ("scalars", "images", "hparams") over every event file under `folder`."""
+    return {
+        tag
+        for events in event_files(folder)
+        if plugin in events.ActivePlugins()
+        for tag in events.PluginTagToContent(plugin)
+    }
 
 
 def compose_config(name: str, overrides: list[str], out: Path) -> DictConfig:

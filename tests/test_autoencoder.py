@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import DictConfig
-from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 from tensorboard.util.tensor_util import make_ndarray
 from torch import nn
 
@@ -21,7 +20,7 @@ from fakedetect.modules.autoencoder import AutoencoderDetector
 from fakedetect.nets import ConvAutoencoder, TransferAutoencoder
 from fakedetect.train import train
 from fakedetect.utils.checkpoint import CONFIG_KEY, load_checkpoint, load_trained
-from tests.conftest import compose_config, needs, subset_train_config
+from tests.conftest import compose_config, event_files, event_tags, needs, subset_train_config
 from tests.test_losses import WEIGHTS
 
 
@@ -88,17 +87,6 @@ def ae_run(tmp_path_factory: pytest.TempPathFactory, cifake_path: Path, cache_di
     return cfg, train(cfg)
 
 
-def image_tags(folder: Path) -> set[str]:
-    """The image tags of every TensorBoard event file under `folder`."""
-    tags: set[str] = set()
-    for event_file in folder.rglob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(event_file))
-        acc.Reload()
-        if "images" in acc.ActivePlugins():
-            tags |= set(acc.PluginTagToContent("images"))
-    return tags
-
-
 # what fakedetect.reporting.callbacks draws for an autoencoder's test
 FIGURES = {"test/reconstructions", "test/misclassified", "test/confusion_matrix", "test/roc"}
 
@@ -121,7 +109,7 @@ def test_eval_applies_the_checkpoints_threshold(ae_run: tuple[DictConfig, dict],
     result = evaluate(compose_config("eval", [f"ckpt_path={ckpt_path}", "trainer=cpu", "report=false"], tmp_path))
     for key in ("test/threshold", "test/acc", "test/f1", "test/recon_loss"):
         assert result[key] == pytest.approx(metrics[key], abs=1e-6), key
-    assert image_tags(tmp_path) >= FIGURES  # eval's TensorBoard has the figure callbacks' images too
+    assert event_tags(tmp_path, "images") >= FIGURES  # eval's TensorBoard has the figure callbacks' images too
 
 
 def test_module_brings_its_statistics_and_old_checkpoints_load(ae_run: tuple[DictConfig, dict], tmp_path: Path) -> None:
@@ -143,13 +131,14 @@ def test_module_brings_its_statistics_and_old_checkpoints_load(ae_run: tuple[Dic
 
 def test_tensorboard_has_reconstructions_mistakes_and_schedule(ae_run: tuple[DictConfig, dict]) -> None:
     cfg, _ = ae_run
-    c_weights: list[float] = []
-    for event_file in (Path(cfg.paths.output_dir) / "tensorboard").glob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(event_file))
-        acc.Reload()
-        if "train/c_weight" in acc.PluginTagToContent("scalars"):
-            c_weights = [float(make_ndarray(e.tensor_proto)) for e in acc.Tensors("train/c_weight")]
-    assert {"val/reconstructions", *FIGURES} <= image_tags(Path(cfg.paths.output_dir) / "tensorboard")
+    tensorboard = Path(cfg.paths.output_dir) / "tensorboard"
+    c_weights = [
+        float(make_ndarray(e.tensor_proto))
+        for events in event_files(tensorboard)
+        if "train/c_weight" in events.PluginTagToContent("scalars")
+        for e in events.Tensors("train/c_weight")
+    ]
+    assert {"val/reconstructions", *FIGURES} <= event_tags(tensorboard, "images")
     # frozen for the first quarter of the steps: epoch 1 averages below 1, epoch 2 is all 1
     assert len(c_weights) == 2 and 0.3 < c_weights[0] < 0.7 and c_weights[1] == 1.0
 

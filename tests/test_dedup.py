@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import DictConfig
-from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
 from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.data.inspect import audit
@@ -23,7 +22,7 @@ from fakedetect.reporting.predictions import score
 from fakedetect.reporting.results import table
 from fakedetect.train import train
 from fakedetect.utils.checkpoint import load_trained
-from tests.conftest import compose_config
+from tests.conftest import compose_config, event_tags
 from tests.test_data import CLASSES, _batches, _encode, _module, _random_png, _write_tree
 
 # the test files of `_planted` that repeat a train file byte for byte (one of them under the other class)
@@ -219,13 +218,9 @@ def test_cifake_subset_training_logs_dedup_metrics(
     # the whole archive: CIFAKE's 378 test files with a train copy, counted without fakedetect
     train_files = {d for n, d in digests.items() if n.startswith("train/")}
     assert sum(d in train_files for n, d in digests.items() if n.startswith("test/")) == 378
-    tags: set[str] = set()
-    for event_file in (Path(cfg.paths.output_dir) / "tensorboard").glob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(event_file))
-        acc.Reload()
-        if "scalars" in acc.ActivePlugins():
-            tags |= set(acc.PluginTagToContent("scalars"))
-    assert {"test/acc_dedup", "test/auroc_dedup", "test/n_dedup_removed", "hp/test_acc_dedup"} <= tags
+    assert {"test/acc_dedup", "test/auroc_dedup", "test/n_dedup_removed", "hp/test_acc_dedup"} <= event_tags(
+        Path(cfg.paths.output_dir) / "tensorboard", "scalars"
+    )
     record = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     row = table([{**record, "experiment": "cnnv3", "train_images": 1800}])
     assert f"| {100 * metrics['test/acc']:.2f}% | {100 * metrics['test/acc_dedup']:.2f}% |" in row

@@ -19,7 +19,6 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
-from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
 from fakedetect.search.adapter import parse_overrides, trial_id
 from fakedetect.search.pruning import OptunaTrialCallback
@@ -28,7 +27,7 @@ from fakedetect.search.storage import load_study
 from fakedetect.search.sweeper import OWNER, SearchSweeper, fail_orphans, outcome, this_process
 from fakedetect.train import metric_value
 from fakedetect.utils.builders import build_model
-from tests.conftest import CONF, ROOT, SUBSET, compose_config
+from tests.conftest import CONF, ROOT, SUBSET, compose_config, event_tags
 
 # every search config; one whose model is not in conf/model/ is skipped until it is
 SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
@@ -258,9 +257,7 @@ def test_sweep_stores_resumes_without_repeats_and_reports(cifake_path: Path, cac
     assert f"| {study.best_trial.number} | COMPLETE |" in (report / "best_trials.md").read_text()
     assert {p.name for p in (report / "plots").glob("*.png")} >= {"history.png", "timeline.png"}
     for run in sorted((report / "tensorboard").glob("trial_*")):
-        events = EventAccumulator(str(run))
-        events.Reload()
-        assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+        assert "_hparams_/session_start_info" in event_tags(run, "hparams"), run
     assert len(list((report / "tensorboard").glob("trial_*"))) == 2
 
     run_sweep(

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig
-from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
 from fakedetect.eval import evaluate
 from fakedetect.train import metric_value, train
 from fakedetect.utils.checkpoint import checkpoint_config, load_checkpoint
-from tests.conftest import ROOT, SUBSET, compose_config, subset_train_config
+from tests.conftest import ROOT, SUBSET, compose_config, event_tags, subset_train_config
 
 
 @pytest.mark.parametrize("model", ["cnn", "mlp"])
@@ -72,13 +71,10 @@ def test_eval_reproduces_the_test_metric(trained: tuple[DictConfig, dict], tmp_p
 
 def test_tensorboard_has_scalars_hparams_and_figures(trained: tuple[DictConfig, dict]) -> None:
     cfg, _ = trained
-    tags: dict[str, set[str]] = {"scalars": set(), "images": set(), "hparams": set()}
-    for event_file in (Path(cfg.paths.output_dir) / "tensorboard").glob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(event_file))
-        acc.Reload()
-        for plugin in tags:
-            if plugin in acc.ActivePlugins():
-                tags[plugin] |= set(acc.PluginTagToContent(plugin))
+    tags = {
+        plugin: event_tags(Path(cfg.paths.output_dir) / "tensorboard", plugin)
+        for plugin in ("scalars", "images", "hparams")
+    }
     assert {"train/loss", "val/acc", "val/acc_best", "test/acc", "hp/test_acc"} <= tags["scalars"]
     assert {"test/confusion_matrix", "test/roc"} <= tags["images"]
     assert "_hparams_/session_start_info" in tags["hparams"]
