@@ -113,8 +113,10 @@ class BatchAugment(nn.Module):
         _check_arguments(locals())
         self.flip, self.translate, self.rotate = flip, translate, rotate
         self.jitter = (brightness, contrast, saturation)
-        self.blur_jpeg = (blur_prob, blur_sigma, jpeg_prob, tuple(jpeg_quality))
-        self.resize = (resize_prob, tuple(resize_scale))
+        quality_low, quality_high = jpeg_quality  # plain pairs, whatever sequence Hydra passed
+        scale_low, scale_high = resize_scale
+        self.blur_jpeg = (blur_prob, blur_sigma, jpeg_prob, (quality_low, quality_high))
+        self.resize = (resize_prob, (scale_low, scale_high))
 
     def forward(self, x: Tensor) -> Tensor:
         """x: float images in [0, 1], (N, C, H, W)."""
@@ -139,8 +141,11 @@ def _check_arguments(args: dict) -> None:
     def share(v: object) -> bool:
         return is_number(v) and 0 <= v <= 1
 
-    def pair(v: object, ok: Callable[[object], bool]) -> bool:
-        return isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2 and all(map(ok, v)) and v[0] <= v[1]
+    def pair(v: object, ok: Callable[[float], bool]) -> bool:
+        if not (isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2):
+            return False
+        low, high = v
+        return is_number(low) and is_number(high) and ok(low) and ok(high) and low <= high
 
     checks = [
         ("flip", lambda v: isinstance(v, bool), "true or false"),
@@ -154,6 +159,6 @@ def _check_arguments(args: dict) -> None:
         ("jpeg_prob", share, "a probability in [0, 1]"),
         ("jpeg_quality", lambda v: pair(v, lambda q: is_int(q) and 1 <= q <= 100), "[low, high] qualities in 1..100"),
         ("resize_prob", share, "a probability in [0, 1]"),
-        ("resize_scale", lambda v: pair(v, lambda f: is_number(f) and 0 < f <= 1), "[low, high] factors in (0, 1]"),
+        ("resize_scale", lambda v: pair(v, lambda f: 0 < f <= 1), "[low, high] factors in (0, 1]"),
     ]
     require_each("data.augment", args, checks)

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +108,7 @@ def decoded_stream(
     workers: int,
     batch_files: int = BATCH_FILES,
     batch_bytes: int = BATCH_BYTES,
-) -> Iterator[tuple[str, np.ndarray | str, str]]:
+) -> Generator[tuple[str, np.ndarray | str, str], None, None]:
     """(name, image or the reason it failed, digest) for every name, decoded on `workers` processes with at most
     `workers + 1` batches read ahead."""
     work = (resolution, fit, max_pixels)
@@ -183,7 +183,7 @@ def decode_entries(
             digests=digests[keep],
             sources=np.array([e.source for e in kept], dtype=str),
         )
-        if tmp is not None:
+        if tmp is not None and folder is not None:  # both or neither
             write_labels(tmp, decoded)
             publish(tmp, folder)
         return decoded
@@ -221,6 +221,7 @@ class Rows:
 
     def flush(self) -> None:
         if self.pending:
+            assert self.path is not None  # rows are pending only on their way to the file
             mapped = np.load(self.path, mmap_mode="r+")
             for i, row in self.pending.items():
                 mapped[i] = row
@@ -234,6 +235,7 @@ class Rows:
         if self.memory is not None:
             return self.memory if keep.all() else self.memory[keep]
         self.flush()
+        assert self.path is not None  # rows not in memory are in the file
         images = self.path.with_name("images.npy")
         if keep.all():
             os.replace(self.path, images)

@@ -12,9 +12,10 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Protocol, runtime_checkable
 
 import fsspec
 import lightning as L
@@ -52,6 +53,13 @@ SPLITS = ("train", "val", "test")
 PACK_META = "fakedetect_pack.json"
 # rows moved to the device at a time: the memory loader never copies a whole split into RAM first
 DEVICE_CHUNK = 8192
+
+
+@runtime_checkable
+class TakesStatistics(Protocol):
+    """A LightningModule that keeps the normalization statistics as buffers (Detector)."""
+
+    def set_statistics(self, mean: Sequence[float], std: Sequence[float]) -> None: ...
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -266,14 +274,14 @@ class ImageDataModule(L.LightningDataModule):
         """What decides the listed entries. A manifest outside the source counts by its content (one inside it is
         part of the source's identity): edited labels must not reuse a stale cache."""
         manifest = Path(self.manifest).expanduser() if self.manifest else None
-        outside = manifest is not None and manifest.is_absolute() and manifest.is_file()
+        outside = manifest if manifest is not None and manifest.is_absolute() and manifest.is_file() else None
         return [
             source.identity(),
             self.classes,
             self.aliases,
             self.layout,
             self.manifest,
-            hashlib.sha1(manifest.read_bytes()).hexdigest() if outside else None,
+            hashlib.sha1(outside.read_bytes()).hexdigest() if outside is not None else None,
             self.train_limit,
             self.test_limit,
             self.seed if (self.train_limit or self.test_limit) else None,
@@ -327,7 +335,8 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._plan()
         model = self.trainer.lightning_module if self.trainer is not None else None
-        if hasattr(model, "set_statistics"):  # kept as buffers on the model: a checkpoint's module needs no data
+        if isinstance(model, TakesStatistics):  # kept as buffers on the model: a checkpoint's module needs no data
+            assert self.mean is not None and self.std is not None  # _plan sets them
             model.set_statistics(self.mean, self.std)
 
     def _plan(self) -> None:
@@ -356,12 +365,12 @@ class ImageDataModule(L.LightningDataModule):
             rows.labels, rows.splits, self.val_fraction, self.test_fraction, self.seed, self._excluded(rows.names)
         )
         if self.train_sources is not None:
-            index = self._only_train_sources(index, rows)
+            index = self._only_train_sources(index, rows, self.train_sources)
         self._check_classes(index, rows.labels, has_splits=bool((rows.splits != "").any()))
         self.splits = {k: Split(v, rows.labels[v], sources[v]) for k, v in index.items()}
         self.test_names = [rows.names[i] for i in index["test"]]
         self._mark_duplicates(rows.digests[index["test"]], rows.digests[np.concatenate([index["train"], index["val"]])])
-        if self.mean is None:
+        if self.mean is None or self.std is None:  # set together
             self.mean, self.std = self._stats()
         log.info(
             "splits: %s; sources %s; mean %s std %s",
@@ -396,18 +405,21 @@ class ImageDataModule(L.LightningDataModule):
         log.info("data.exclude lists %d of these files (%s); they leave train", excluded.sum(), self.exclude)
         return excluded
 
-    def _only_train_sources(self, index: dict[str, np.ndarray], rows: Listed) -> dict[str, np.ndarray]:
+    def _only_train_sources(
+        self, index: dict[str, np.ndarray], rows: Listed, train_sources: list[str]
+    ) -> dict[str, np.ndarray]:
         """Train and val keep the fakes of `train_sources` and every real image; test keeps everything."""
-        unknown = sorted(set(self.train_sources) - set(self.source_names))
+        unknown = sorted(set(train_sources) - set(self.source_names))
         if unknown:
             raise ConfigError(
                 f"data.train_sources: {unknown} not among the sources of {self.root}: {self.source_names}"
             )
-        keep = np.isin(rows.sources, self.train_sources) | (rows.labels == 0)
+        keep = np.isin(rows.sources, train_sources) | (rows.labels == 0)
         return {k: v[keep[v]] if k != "test" else v for k, v in index.items()}
 
     def _packed(self, part: str) -> str:
         """A path under data.litdata_dir, which may be an object storage URL (no pathlib for it)."""
+        assert self.litdata_dir is not None  # required with loader=litdata, checked at construction
         return f"{self.litdata_dir.rstrip('/')}/{part}"
 
     def _setup_packed(self) -> None:
@@ -638,14 +650,21 @@ class ImageDataModule(L.LightningDataModule):
     def _rank(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
 
+    @property
+    def _images(self) -> np.ndarray:
+        """The decoded images the memory and cached loaders read, there once setup has run."""
+        if self._data is None:
+            raise RuntimeError(f"data.loader={self.loader} reads the decoded images, which setup() has not read")
+        return self._data.images
+
     def _on_the_device(self, split: str, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """A split's images, labels and sources on the device, copied over in chunks from the memory map."""
         if (split, str(device)) not in self._on_device:
             part = self.splits[split]
-            h, w = self._data.images.shape[1:3]
+            h, w = self._images.shape[1:3]
             images = torch.empty((len(part), 3, h, w), dtype=torch.uint8, device=device)
             for i in range(0, len(part), DEVICE_CHUNK):
-                rows = np.ascontiguousarray(self._data.images[part.index[i : i + DEVICE_CHUNK]])
+                rows = np.ascontiguousarray(self._images[part.index[i : i + DEVICE_CHUNK]])
                 images[i : i + len(rows)] = torch.from_numpy(rows).to(device).permute(0, 3, 1, 2)
             self._on_device[(split, str(device))] = (
                 images,
@@ -672,7 +691,7 @@ class ImageDataModule(L.LightningDataModule):
                 images, labels, sources = images[where], labels[where], sources[where]
             return DeviceBatches(images, labels, sources, order)
         if self.loader == "cached":
-            rows = CacheRows(self._data.images, part.index[positions], part.labels[positions], part.sources[positions])
+            rows = CacheRows(self._images, part.index[positions], part.labels[positions], part.sources[positions])
             return CachedBatches(rows, order, self.num_workers, pin)
         if self.loader == "litdata" and not len(positions):  # pack writes no chunks for an empty split
             empty = torch.empty(0, dtype=torch.int64)
@@ -724,6 +743,8 @@ class ImageDataModule(L.LightningDataModule):
     def dedup_test_dataloader(self, first: int | None = None) -> Iterable:
         """The test images without a byte-identical copy in train or val, in test order, among the `first` test
         images only when given (those a test cut short by limit_test_batches saw); never split across processes."""
+        if self.test_duplicates is None:
+            raise RuntimeError("the test duplicates are marked by setup(), which has not run")
         keep = ~self.test_duplicates
         if first is not None:
             keep[first:] = False
@@ -787,7 +808,7 @@ def _check_arguments(args: dict) -> None:
             "{FAKE: [fake, ai, 1_fake]}",
         ),
         ("layout", lambda v: v in LAYOUTS, " | ".join(LAYOUTS)),
-        ("manifest", lambda v: v is None or (isinstance(v, str) and v), "null or the path of a CSV manifest"),
+        ("manifest", lambda v: v is None or (isinstance(v, str) and v != ""), "null or the path of a CSV manifest"),
         (
             "train_sources",
             lambda v: v is None or (names(v) and len(list(v)) > 0),
@@ -795,7 +816,7 @@ def _check_arguments(args: dict) -> None:
         ),
         (
             "litdata_dir",
-            lambda v: v is None or (isinstance(v, str) and v),
+            lambda v: v is None or (isinstance(v, str) and v != ""),
             "null or the folder (or object storage URL) that python -m fakedetect.pack wrote",
         ),
     ]

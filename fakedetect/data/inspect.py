@@ -139,25 +139,25 @@ def hamming_groups(hashes: np.ndarray, max_distance: int) -> list[list[int]]:
 def duplicate_summary(groups: Iterable[list[int]], splits: list[str]) -> dict:
     """How many groups and surplus copies lie within each split, how many groups span train and test, and how many
     test images those hold (what a test without train copies leaves out)."""
-    out = {
-        "groups": 0,
-        "surplus_copies": 0,
-        "within": defaultdict(int),
-        "train_test_groups": 0,
-        "train_test_test_images": 0,
-    }
+    n_groups = surplus_copies = train_test_groups = train_test_test_images = 0
+    within: defaultdict[str, int] = defaultdict(int)
     for g in groups:
-        out["groups"] += 1
-        out["surplus_copies"] += len(g) - 1
+        n_groups += 1
+        surplus_copies += len(g) - 1
         names = {splits[i] for i in g}
         for s in names:
             members = sum(splits[i] == s for i in g)
-            out["within"][s] += members - 1 if members > 1 else 0
+            within[s] += members - 1 if members > 1 else 0
         if {"train", "test"} <= names:
-            out["train_test_groups"] += 1
-            out["train_test_test_images"] += sum(splits[i] == "test" for i in g)
-    out["within"] = dict(out["within"])
-    return out
+            train_test_groups += 1
+            train_test_test_images += sum(splits[i] == "test" for i in g)
+    return {
+        "groups": n_groups,
+        "surplus_copies": surplus_copies,
+        "within": dict(within),
+        "train_test_groups": train_test_groups,
+        "train_test_test_images": train_test_test_images,
+    }
 
 
 def exclusions(groups: Iterable[list[int]], entries: list[Entry]) -> list[str]:

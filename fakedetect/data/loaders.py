@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import PurePosixPath
 from typing import NamedTuple
 
@@ -94,8 +94,8 @@ class CacheRows(Dataset):
     in file order, for locality on disk, and handed out in the batch's order.
     """
 
-    def __init__(self, images: np.memmap, index: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> None:
-        if not isinstance(images, np.memmap):
+    def __init__(self, images: np.ndarray, index: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> None:
+        if not isinstance(images, np.memmap) or images.filename is None:
             raise TypeError("CacheRows reads a memory-mapped decode cache (load_cache's images)")
         self.path, self.index, self.labels, self.sources = images.filename, index, labels, sources
         self._images: np.ndarray | None = None
@@ -106,15 +106,15 @@ class CacheRows(Dataset):
     def __getitem__(self, positions: Tensor) -> Batch:
         if self._images is None:
             self._images = np.load(self.path, mmap_mode="r")
-        positions = positions.numpy()
-        rows = self.index[positions]
+        at = positions.numpy()
+        rows = self.index[at]
         in_file_order = np.argsort(rows, kind="stable")
         images = np.empty((len(rows), *self._images.shape[1:]), dtype=np.uint8)
         images[in_file_order] = self._images[rows[in_file_order]]
         return (
             torch.from_numpy(images).permute(0, 3, 1, 2),
-            torch.from_numpy(self.labels[positions]),
-            torch.from_numpy(self.sources[positions]),
+            torch.from_numpy(self.labels[at]),
+            torch.from_numpy(self.sources[at]),
         )
 
     def __getstate__(self) -> dict:
@@ -212,9 +212,11 @@ class StreamLoader(DataLoader):
     # None in place of an all-unreadable batch: Lightning skips a None training batch, and the epoch keeps the
     # length it announced, by which Lightning decides when to validate
     keeps_batch_count = False
+    dataset: StreamDataset
 
-    def __iter__(self) -> Iterator[Batch | None]:
-        dataset: StreamDataset = self.dataset
+    # a generator of batches where DataLoader's stub promises its _BaseDataLoaderIter
+    def __iter__(self) -> Iterator[Batch | None]:  # type: ignore[override]
+        dataset = self.dataset
         seen: set[int] = set()
         unreadable: dict[int, list[str]] = {}
         for images, labels, sources, bad in super().__iter__():
@@ -268,7 +270,7 @@ class KeptBatches:
     """Another loader's batches with only the items whose position in the split is kept (positions counted in
     the order that loader yields, which for an unshuffled split is the split's order)."""
 
-    def __init__(self, loader: object, keep: np.ndarray) -> None:
+    def __init__(self, loader: Iterable[Batch], keep: np.ndarray) -> None:
         self.loader, self.keep = loader, torch.from_numpy(keep)
 
     def __iter__(self) -> Iterator[Batch]:

@@ -51,7 +51,10 @@ def pack(datamodule: ImageDataModule, output: str, chunk_bytes: str = "64MB", ov
     datamodule.prepare_data()
     datamodule.setup("fit")
     data = datamodule.decoded()  # the memory-mapped cache setup planned the splits over
+    if not isinstance(data.images, np.memmap) or data.images.filename is None:
+        raise TypeError("pack copies the rows of a memory-mapped decode cache (ImageDataModule.decoded's images)")
     images = data.images.filename
+    splits: dict[str, dict[str, list]] = {}
     meta = {
         "data": {
             "classes": datamodule.classes,
@@ -64,11 +67,11 @@ def pack(datamodule: ImageDataModule, output: str, chunk_bytes: str = "64MB", ov
         "mean": datamodule.mean,
         "std": datamodule.std,
         "skipped": datamodule.skipped,
-        "splits": {},
+        "splits": splits,
     }
     for split in SPLITS:
         part = datamodule.splits[split]
-        meta["splits"][split] = {
+        splits[split] = {
             "names": [data.names[i] for i in part.index],
             "labels": part.labels.tolist(),
             "sources": part.sources.tolist(),
