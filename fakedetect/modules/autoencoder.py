@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from fakedetect.losses.schedule import LossSchedule
 from fakedetect.modules.detector import Detector
+from fakedetect.nets.autoencoder import ConvAutoencoder, TransferAutoencoder
 
 
 class AutoencoderDetector(Detector):
@@ -29,10 +30,11 @@ class AutoencoderDetector(Detector):
     """
 
     not_hparams = (*Detector.not_hparams, "reconstruction")
+    net: ConvAutoencoder | TransferAutoencoder  # the nets with `autoencode`
 
     def __init__(
         self,
-        net: nn.Module,
+        net: ConvAutoencoder | TransferAutoencoder,
         loss: nn.Module,
         reconstruction: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer],
@@ -49,8 +51,9 @@ class AutoencoderDetector(Detector):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if stage == "fit" and not self.trainer.ckpt_path and hasattr(self.reconstruction, "load_pretrained"):
-            self.reconstruction.load_pretrained()
+        load_pretrained = getattr(self.reconstruction, "load_pretrained", None)  # LPIPS's, say
+        if stage == "fit" and not self.trainer.ckpt_path and load_pretrained is not None:
+            load_pretrained()
 
     def on_train_start(self) -> None:
         super().on_train_start()

@@ -6,9 +6,11 @@ import inspect
 import logging
 import math
 from collections.abc import Callable, Sequence
+from typing import TypedDict
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import (
@@ -38,7 +40,11 @@ DATA_STATE = "ImageDataModule"
 
 # Inputs are sigmoid probabilities and 0/1 labels by construction; torchmetrics' checks of them would read the
 # values back from the device (a host-device synchronization) on every step.
-UNCHECKED = {"validate_args": False}
+class Unchecked(TypedDict):
+    validate_args: bool
+
+
+UNCHECKED: Unchecked = {"validate_args": False}
 
 
 def detection_metrics(threshold: float, prefix: str) -> MetricCollection:
@@ -78,6 +84,10 @@ class Detector(L.LightningModule):
 
     # constructor arguments that are modules or factories, kept out of the saved hyperparameters
     not_hparams: tuple[str, ...] = ("net", "loss", "optimizer", "scheduler")
+    # buffers (registered in __init__)
+    val_thresholds: Tensor
+    data_mean: Tensor
+    data_std: Tensor
 
     def __init__(
         self,
@@ -132,13 +142,13 @@ class Detector(L.LightningModule):
     @property
     def threshold_name(self) -> str:
         """The selected threshold's name: youden, f1, or the configured number as text."""
-        name = self.hparams.threshold
+        name = self.hparams["threshold"]
         return name if isinstance(name, str) else str(name)
 
     def thresholds(self) -> dict[str, float | None]:
         """Every threshold this detector knows by name: its fixed number (0.5 when it selects a fitted one),
         and Youden's and best F1's of its last validation (None before any)."""
-        fixed = "0.5" if isinstance(self.hparams.threshold, str) else self.threshold_name
+        fixed = "0.5" if isinstance(self.hparams["threshold"], str) else self.threshold_name
         named = {
             n: None if math.isnan(t) else t for n, t in zip(NAMED_THRESHOLDS, self.val_thresholds.tolist(), strict=True)
         }
@@ -147,7 +157,7 @@ class Detector(L.LightningModule):
     @property
     def decision_threshold(self) -> float:
         """FAKE when the probability exceeds this: the configured number, or the Youden / F1 one of validation."""
-        name = self.hparams.threshold
+        name = self.hparams["threshold"]
         if not isinstance(name, str):
             return float(name)
         value = float(self.val_thresholds[NAMED_THRESHOLDS.index(name)])
@@ -197,7 +207,7 @@ class Detector(L.LightningModule):
             self.net.load_pretrained()
         if self.trainer.strategy.root_device.type == "cuda":
             self.net.to(memory_format=torch.channels_last)
-        if self.hparams.compile and stage == "fit":
+        if self.hparams["compile"] and stage == "fit":
             self.net.compile()  # in place: the state dict keeps its keys, so checkpoints load uncompiled
 
     def _step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -281,14 +291,14 @@ class Detector(L.LightningModule):
             if isinstance(state.get(name), Tensor):
                 setattr(self, name, torch.empty_like(state[name], device=self.device))
 
-    def configure_optimizers(self) -> dict:
+    def configure_optimizers(self) -> OptimizerConfig | OptimizerLRSchedulerConfig:
         optimizer = self.optimizer_factory(params=self.net.param_groups())
         scales = [group.pop("lr_scale", 1.0) for group in optimizer.param_groups]
         for group, scale in zip(optimizer.param_groups, scales, strict=True):
             group["lr"] *= scale
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        kwargs = {}
+        kwargs: dict[str, object] = {}
         if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
         max_lr = getattr(self.scheduler_factory, "keywords", {}).get("max_lr")
@@ -299,7 +309,7 @@ class Detector(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {
                 "scheduler": scheduler,
-                "interval": self.hparams.scheduler_interval,
+                "interval": self.hparams["scheduler_interval"],
                 "monitor": "val/loss",
             },
         }

@@ -60,4 +60,4 @@ class EMA(EMAWeightAveraging):
         # Lightning runs checkpoint callbacks last, so the checkpoint written after this validation sees them
         thresholds = getattr(pl_module, "val_thresholds", None)
         if self._average_model is not None and thresholds is not None:
-            self._average_model.module.val_thresholds.copy_(thresholds)
+            self._average_model.module.get_buffer("val_thresholds").copy_(thresholds)

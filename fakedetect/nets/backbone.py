@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import huggingface_hub.constants
 import timm
@@ -57,6 +58,11 @@ class Backbone(DetectorNet):
       frozen BatchNorms turned into FrozenBatchNorm2d so their statistics stay fixed too.
     - `backbone_lr_scale` multiplies the optimizer's learning rate for everything but the head.
     """
+
+    # timm's create_model is typed as returning a bare nn.Module; what this class calls (reset_classifier,
+    # group_matcher, pretrained_cfg, feature_info, forward_features, forward_head) is the interface every timm
+    # architecture has without a common base class to name it
+    model: Any
 
     def __init__(
         self,
