@@ -6,6 +6,7 @@ import io
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -49,6 +50,21 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cache")
     os.environ["FAKEDETECT_CACHE"] = str(path)
     return path
+
+
+def run_command(
+    command: str, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """`python -m fakedetect.<command> <args>` as a user runs it, in `cwd` with `env` (default: this process's),
+    its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", f"fakedetect.{command}", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_one_line(done: subprocess.CompletedProcess, *expected: str) -> str:

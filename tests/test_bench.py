@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,16 +15,20 @@ from omegaconf import OmegaConf
 
 from fakedetect.benchmarks.throughput import Span, Utilisation, measure_row, nvidia_smi_reader
 from fakedetect.utils.errors import ConfigError
-from tests.conftest import ROOT, assert_one_line
+from tests.conftest import assert_one_line, run_command
+
+
+def run_bench(*args: str, cache_dir: Path, timeout: float) -> None:
+    """A `python -m fakedetect.bench` run on the session's decode cache, one thread, that must succeed."""
+    env = {**os.environ, "FAKEDETECT_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    result = run_command("bench", *args, env=env, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_bench_reports_throughput_ratio_and_time_to_accuracy(
     cifake_path: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "fakedetect.bench",
+    run_bench(
         f"data.root={cifake_path}",
         "data.train_limit=1000",
         "data.test_limit=500",
@@ -40,10 +43,9 @@ def test_bench_reports_throughput_ratio_and_time_to_accuracy(
         "time_to_accuracy.experiment=cnnv3",
         "time_to_accuracy.targets=[0.0,1.01]",
         'time_to_accuracy.overrides=["data.train_limit=1000","data.test_limit=500","trainer.max_epochs=2"]',
-    ]
-    env = {**os.environ, "FAKEDETECT_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+        cache_dir=cache_dir,
+        timeout=600,
+    )
     report = json.loads((tmp_path / "bench-cpu.json").read_text())
     mlp = report["models"]["mlp"]
     assert mlp["fakedetect_img_s"] > 0 and mlp["plain_img_s"] > 0
@@ -60,10 +62,7 @@ def test_bench_reports_throughput_ratio_and_time_to_accuracy(
 
 def test_gpu_suite_runs_every_stage_at_tiny_scale(cifake_path: Path, cache_dir: Path, tmp_path: Path) -> None:
     """Every stage of `suite=gpu` end to end on CPU at scale=tiny, so a GPU session spends no minutes on a crash."""
-    command = [
-        sys.executable,
-        "-m",
-        "fakedetect.bench",
+    run_bench(
         "suite=gpu",
         "suite.scale=tiny",
         "stage=open",
@@ -73,10 +72,9 @@ def test_gpu_suite_runs_every_stage_at_tiny_scale(cifake_path: Path, cache_dir: 
         f"data.root={cifake_path}",
         "trainer.accelerator=cpu",
         f"hydra.run.dir={tmp_path / 'run'}",
-    ]
-    env = {**os.environ, "FAKEDETECT_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+        cache_dir=cache_dir,
+        timeout=900,
+    )
     record = json.loads((tmp_path / "bench-gpu.json").read_text())
     stages = {s["stage"]: s for s in record["stages"]}
     assert list(stages) == ["1", "1b", "2", "3a", "3b", "4", "5"] and {s["scale"] for s in stages.values()} == {"tiny"}
@@ -121,36 +119,26 @@ def test_gpu_suite_runs_every_stage_at_tiny_scale(cifake_path: Path, cache_dir: 
 
 
 def test_gpu_suite_unknown_stage_is_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fakedetect.bench",
-            "suite=gpu",
-            "stage=9",
-            f"suite.report={tmp_path / 'bench-gpu'}",
-            f"hydra.run.dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    result = run_command(
+        "bench",
+        "suite=gpu",
+        "stage=9",
+        f"suite.report={tmp_path / 'bench-gpu'}",
+        f"hydra.run.dir={tmp_path}",
         timeout=300,
     )
     assert assert_one_line(result) == "error: stage=9: give a stage of suite gpu (1, 1b, 2, 3a, 3b, 4, 5), next or open"
 
 
-def test_gpu_suite_record_that_is_not_one_is_a_config_error(tmp_path: Path) -> None:
+# JSON of the wrong shape, of another shape, or none: the same one line, not a traceback
+@pytest.mark.parametrize("text", ['{"stages": 3}', "[1, 2]", "{not json"])
+def test_gpu_suite_record_that_is_not_one_is_a_config_error(text: str, tmp_path: Path) -> None:
     from fakedetect.benchmarks.suite import load
-    from fakedetect.utils.errors import ConfigError
 
     path = tmp_path / "bench-gpu.json"
-    path.write_text('{"stages": 3}')
+    path.write_text(text)
     with pytest.raises(ConfigError, match="not a suite record .* move it away"):
         load(path)
-    for text in ("[1, 2]", "{not json"):  # JSON of another shape, or none: the same one line, not a traceback
-        path.write_text(text)
-        with pytest.raises(ConfigError, match="not a suite record .*move it away"):
-            load(path)
 
 
 def test_gpu_suite_search_past_its_deadline_is_reported_as_such(
