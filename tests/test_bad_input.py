@@ -8,8 +8,6 @@ import multiprocessing
 import os
 import re
 import signal
-import subprocess
-import sys
 import tarfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -31,10 +29,12 @@ from fakedetect.data.loaders import StreamDataset, StreamLoader, collate_skippin
 from fakedetect.data.sources import FolderSource, Source
 from fakedetect.losses import BCEWithLogits, FocalLoss, HybridLoss, LossSchedule
 from fakedetect.utils.errors import ConfigError
-from tests.conftest import assert_one_line, compose_config, sideways_jpeg
+from tests.conftest import assert_one_line, compose_config, run_command, sideways_jpeg
 
 CLASSES = ("REAL", "FAKE")
 GARBAGE = b"\x00not an image at all" * 30
+# every FAKE test image of a default `_tree` (4 per class), unreadable
+UNREADABLE_TEST_FAKES = {f"test/FAKE/{i}.png": GARBAGE for i in range(4)}
 
 
 def _png(seed: int, size: int = 12) -> bytes:
@@ -85,9 +85,7 @@ def _deadline(seconds: int) -> Iterator[None]:
 
 
 def test_class_with_only_unreadable_files_stops_naming_the_folder(tmp_path: Path) -> None:
-    root = _tree(tmp_path / "data")
-    for f in (root / "test" / "FAKE").iterdir():
-        f.write_bytes(GARBAGE)
+    root = _tree(tmp_path / "data", bad=UNREADABLE_TEST_FAKES)
     with pytest.raises(
         DataLayoutError,
         match=r"the test split has no FAKE images: its 4 files in 'test/FAKE' "
@@ -308,9 +306,7 @@ def test_stream_batch_of_only_unreadable_files_is_skipped_and_counted(tmp_path: 
 
 
 def test_stream_class_with_only_unreadable_files_stops_after_the_pass(tmp_path: Path) -> None:
-    root = _tree(tmp_path / "data")
-    for f in (root / "test" / "FAKE").iterdir():
-        f.write_bytes(GARBAGE)
+    root = _tree(tmp_path / "data", bad=UNREADABLE_TEST_FAKES)
     dm = _module(root, tmp_path, loader="stream", num_workers=0)
     with pytest.raises(
         DataLayoutError,
@@ -453,12 +449,5 @@ def test_commands_end_in_one_line(
         if command == "train"
         else [f"hydra.run.dir={tmp_path / 'run'}"]
     )
-    run = subprocess.run(
-        [sys.executable, "-m", f"fakedetect.{command}", *make_args(tmp_path), *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = run_command(command, *make_args(tmp_path), *args, cwd=tmp_path, env=env, timeout=300)
     assert_one_line(run, expected)

@@ -8,13 +8,12 @@ import importlib
 import io
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONF, ROOT, SUBSET, assert_one_line, project_scripts
+from tests.conftest import CONF, ROOT, SUBSET, assert_one_line, project_scripts, run_command
 
 # a warning, a deprecation, a tip, or any line Python's warnings module formats (`file.py:LINE: message`)
 NOISE = re.compile(r"warn|deprecat|\btip\b|\.py:\d+: ", re.IGNORECASE)
@@ -48,13 +47,7 @@ def test_every_command_is_a_listed_hydra_app_in_the_package_root(monkeypatch: py
     ids=["cross_generator-metric", "search_report-no-storage"],
 )
 def test_former_argparse_commands_end_in_one_line(args: list[str], expected: list[str], tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", f"fakedetect.{args[0]}", *args[1:]],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_command(args[0], *args[1:], cwd=tmp_path, timeout=300)
     assert_one_line(done, *expected)
     assert not list(tmp_path.iterdir()), "a report command makes no run folder"
 
@@ -63,21 +56,14 @@ def test_default_training_console_is_quiet(cifake_path: Path, tmp_path: Path) ->
     """A default CPU training, as a user starts it: the config, the splits, one progress bar, the results."""
     env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "PYTHONWARNINGS")}
     env |= {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fakedetect.train",
-            f"data.root={cifake_path}",
-            *SUBSET,
-            "trainer.max_epochs=1",
-            f"hydra.run.dir={tmp_path}",
-        ],
+    done = run_command(
+        "train",
+        f"data.root={cifake_path}",
+        *SUBSET,
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={tmp_path}",
         cwd=tmp_path,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
     console = done.stdout + done.stderr
     assert done.returncode == 0, console[-3000:]

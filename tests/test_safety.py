@@ -7,7 +7,6 @@ import copy
 import json
 import os
 import subprocess
-import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ from fakedetect.utils.checkpoint import (
     resume_path,
 )
 from fakedetect.utils.errors import ConfigError
-from tests.conftest import ROOT, assert_one_line, compose_config
+from tests.conftest import assert_one_line, compose_config, run_command
 from tests.test_predict import train_tiny
 
 WHITELIST_WARNING = "execution whitelist"
@@ -68,16 +67,9 @@ def altered(ckpt: Path, out: Path, change: Callable[[dict], Any]) -> Path:
     return out
 
 
-def run_cli(command: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_cli(command: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", f"fakedetect.{command}", *args, f"hydra.run.dir={cwd / 'run'}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_command(command, *args, f"hydra.run.dir={cwd / 'run'}", env=env, timeout=300)
 
 
 def command_args(command: str, tmp_path: Path) -> list[str]:
