@@ -120,6 +120,13 @@ def entry_points(modules: dict[str, ast.Module]) -> set[str]:
     return scripts | {name for name, tree in modules.items() if hydra_mains(tree)}
 
 
+# what the modules, nets and data layers may not import, and why
+DRAWING = {
+    "matplotlib": "matplotlib belongs in fakedetect.reporting",
+    "fakedetect.reporting": "figures are reporting callbacks, not part of {layer}",
+}
+
+
 def violations(modules: dict[str, ast.Module], commands: set[str]) -> list[str]:
     """Every broken rule of the package, one line each."""
     found = []
@@ -128,14 +135,10 @@ def violations(modules: dict[str, ast.Module], commands: set[str]) -> list[str]:
         layer = name.split(".")[1] if name.count(".") else ""
         if layer in ("modules", "nets", "data"):
             found += [
-                f"{name} imports {i}: matplotlib belongs in fakedetect.reporting"
+                f"{name} imports {i}: {why.format(layer=layer)}"
+                for package, why in DRAWING.items()
                 for i in sorted(imports)
-                if within(i, "matplotlib")
-            ]
-            found += [
-                f"{name} imports {i}: figures are reporting callbacks, not part of {layer}"
-                for i in sorted(imports)
-                if within(i, "fakedetect.reporting")
+                if within(i, package)
             ]
         found += [
             f"{name} imports the command {i}: move what it needs into a library module"
