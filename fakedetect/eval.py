@@ -34,7 +34,7 @@ from fakedetect.utils.app import command
 from fakedetect.utils.builders import build_list, build_trainer
 from fakedetect.utils.checkpoint import load_trained
 from fakedetect.utils.errors import ConfigError
-from fakedetect.utils.records import machine, print_config, scalars, write_metrics
+from fakedetect.utils.records import machine, plain, print_config, scalars, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ DATA_KEYS = set(inspect.signature(ImageDataModule).parameters)
 def named_test_sets(cfg: DictConfig) -> dict[str | None, dict[str, Any]]:
     """Set name -> the data values that replace the checkpoint's own: eval's non-null `data.*`, then the set's.
     Without `test_sets`, one unnamed set (None): the checkpoint's data with eval's `data.*`."""
-    base = {k: v for k, v in OmegaConf.to_container(cfg.get("data") or {}, resolve=True).items() if v is not None}
+    data = cfg.get("data")
+    base = {k: v for k, v in plain(data).items() if v is not None} if data else {}
     named = cfg.get("test_sets") or {}
     if not isinstance(named, Mapping):
         raise ConfigError(f"test_sets={named}: give named data overrides, e.g. {EXAMPLE}")
@@ -58,7 +59,7 @@ def named_test_sets(cfg: DictConfig) -> dict[str | None, dict[str, Any]]:
                 f"test_sets.{name}: a set name is letters, digits, '_', '.' or '-' (it names the "
                 f"set's report folder), e.g. {EXAMPLE}"
             )
-        if not isinstance(values, Mapping) or not values:
+        if not isinstance(values, DictConfig) or not values:
             raise ConfigError(
                 f"test_sets.{name}={values}: give the set's data overrides, at least its root, e.g. {EXAMPLE}"
             )
@@ -68,7 +69,7 @@ def named_test_sets(cfg: DictConfig) -> dict[str | None, dict[str, Any]]:
                 f"test_sets.{name}.{unknown[0]}: not a data setting; a test set takes data keys "
                 f"({', '.join(sorted(DATA_KEYS))})"
             )
-        sets[str(name)] = {**base, **OmegaConf.to_container(values, resolve=True)}
+        sets[str(name)] = {**base, **plain(values)}
     return sets or {None: base}
 
 
@@ -78,7 +79,7 @@ def set_loggers(cfg: DictConfig, name: str | None) -> list:
     loggers = cfg.get("logger")
     if name is None or not loggers:
         return build_list(loggers)
-    own = OmegaConf.create(OmegaConf.to_container(loggers, resolve=True))
+    own = OmegaConf.create(plain(loggers))
     for entry in own.values():
         if isinstance(entry, DictConfig) and "_target_" in entry:
             entry.version = name
@@ -165,8 +166,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         record["per_source"] = rows
         metrics = {f"{name}/{k}": v for name, result in results.items() for k, v in result["metrics"].items()}
         record["metrics"] = metrics
-    if rank_zero_only.rank == 0:
-        write_metrics(out / "metrics.json", record)
+    rank_zero_only(write_metrics)(out / "metrics.json", record)
     return metrics
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
 
 from fakedetect.reporting.dedup import dedup_metrics
 from fakedetect.reporting.per_source import per_source_metrics
@@ -18,7 +19,7 @@ from fakedetect.utils.app import command
 from fakedetect.utils.builders import build_list, build_model, build_trainer, count_parameters, instantiate
 from fakedetect.utils.callbacks import LogInterval
 from fakedetect.utils.checkpoint import StoreConfig, resume_path
-from fakedetect.utils.records import log_hparams, machine, print_config, scalars, write_metrics
+from fakedetect.utils.records import log_hparams, machine, plain, print_config, scalars, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = build_model(cfg)
     callbacks = [
         *build_list(cfg.get("callbacks")),
-        StoreConfig(OmegaConf.to_container(cfg, resolve=True)),
+        StoreConfig(plain(cfg)),
         LogInterval(),
     ]
     if cfg.get("optuna_trial"):  # set by the fakedetect_optuna sweeper: report to, and be pruned by, this trial
@@ -54,7 +55,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_path(cfg.get("ckpt_path"), model), weights_only=True)
         record["train_time_s"] = time.perf_counter() - start
         record["epochs"] = trainer.current_epoch
-        record["ckpt_path"] = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        checkpoints = trainer.checkpoint_callback
+        record["ckpt_path"] = checkpoints.best_model_path if isinstance(checkpoints, ModelCheckpoint) else ""
         metrics.update(scalars(trainer.callback_metrics))
     if cfg.get("test"):
         best = record.get("ckpt_path")
@@ -84,14 +86,18 @@ def metric_value(metrics: dict[str, float], name: str | Sequence[str] | None) ->
     if not name:
         return None
     if not isinstance(name, str):
-        return [metric_value(metrics, n) for n in name]
+        return [_logged(metrics, n) for n in name]
+    return _logged(metrics, name)
+
+
+def _logged(metrics: dict[str, float], name: str) -> float:
     if name not in metrics:
         raise KeyError(f"optimized_metric '{name}' was not logged; logged: {sorted(metrics)}")
     return metrics[name]
 
 
 @command("train")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float | list[float] | None:
     return metric_value(train(cfg), cfg.get("optimized_metric"))
 
 

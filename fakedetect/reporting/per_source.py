@@ -12,14 +12,16 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import Logger
 from torch import Tensor
 from torchmetrics.functional.classification import binary_accuracy, binary_auroc, binary_recall, binary_specificity
 
+from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.metrics.thresholds import decide
 from fakedetect.modules.detector import Detector
 from fakedetect.reporting.predictions import Scores, tested_scores
@@ -31,7 +33,7 @@ FIELDS = ["test_set", "source", "kind", "n", "n_fake", "n_real", *METRICS]
 ALL = "all"
 
 
-def _rate(fn: object, preds: Tensor, labels: Tensor) -> float | None:
+def _rate(fn: Callable[[Tensor, Tensor], Tensor], preds: Tensor, labels: Tensor) -> float | None:
     return float(fn(preds, labels)) if len(labels) else None
 
 
@@ -95,7 +97,7 @@ def flat_metrics(rows: Iterable[dict], prefix: str = "test/") -> dict[str, float
 
 
 def log_per_source(
-    loggers: Iterable[object], rows: Iterable[dict], step: int = 0, prefix: str = "test/"
+    loggers: Iterable[Logger], rows: Iterable[dict], step: int = 0, prefix: str = "test/"
 ) -> dict[str, float]:
     """Send the rows' scalars to every logger (TensorBoard: test/source/<name>/acc ...); returns them."""
     metrics = flat_metrics(rows, prefix)
@@ -138,7 +140,7 @@ def write_per_source(folder: Path, rows: Sequence[dict]) -> None:
 
 def per_source_metrics(
     model: Detector,
-    datamodule: L.LightningDataModule,
+    datamodule: ImageDataModule,
     trainer: L.Trainer,
     scores: Scores | None = None,
     test_set: str = "test",

@@ -7,14 +7,16 @@ probabilities of the test step bit for bit (same batches, same precision context
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
 from torch import Tensor
 
+from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.modules.detector import Detector
 
 # (images, labels, sources) as every data loader yields them; (images, labels) batches (predict's files) score too
@@ -95,7 +97,7 @@ def score(
 
 
 def split_scores(
-    model: Detector, datamodule: L.LightningDataModule, trainer: L.Trainer, split: str = "test", **kwargs: object
+    model: Detector, datamodule: ImageDataModule, trainer: L.Trainer, split: str = "test", **kwargs: Any
 ) -> Scores:
     """A split (val or test) scored as the trainer's test step scores it: its own loader, device and precision."""
     loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
@@ -109,13 +111,16 @@ def split_scores(
     )
 
 
-def tested_images(trainer: L.Trainer, datamodule: L.LightningDataModule) -> int:
+def tested_images(trainer: L.Trainer, datamodule: ImageDataModule) -> int:
     """How many test images the last `trainer.test` saw on every process (all of them unless limit_test_batches
     cut it short): the prefix of the test split that reports scored after it must cover."""
-    return sum(trainer.num_test_batches) * datamodule.eval_batch_size * trainer.world_size
+    batches = sum(trainer.num_test_batches)
+    if not math.isfinite(batches):  # Lightning's count for a loader without a length
+        raise RuntimeError("the test loader has no length, so the images the test saw cannot be counted")
+    return int(batches) * datamodule.eval_batch_size * trainer.world_size
 
 
-def tested_scores(model: Detector, datamodule: L.LightningDataModule, trainer: L.Trainer, **kwargs: object) -> Scores:
+def tested_scores(model: Detector, datamodule: ImageDataModule, trainer: L.Trainer, **kwargs: Any) -> Scores:
     """The images the last `trainer.test` saw, scored as its test step scored them: what a report, per-source table
     or robustness row made after testing covers, so that each agrees with test/acc."""
     return split_scores(model, datamodule, trainer, "test", limit=tested_images(trainer, datamodule), **kwargs)

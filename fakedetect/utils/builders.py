@@ -18,6 +18,7 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
+from fakedetect.modules.detector import Detector
 from fakedetect.utils.errors import ConfigError, user_error
 
 log = logging.getLogger(__name__)
@@ -107,9 +108,15 @@ def build_list(cfg: DictConfig | None) -> list:
     return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
-def build_model(cfg: DictConfig, allow: Sequence[str] = RUN_TARGETS, source: str = "config") -> L.LightningModule:
+def build_model(cfg: DictConfig, allow: Sequence[str] = RUN_TARGETS, source: str = "config") -> Detector:
     loss = instantiate(cfg.loss, allow=allow, source=source)
-    return instantiate(cfg.model, loss=loss, allow=allow, source=source)
+    model = instantiate(cfg.model, loss=loss, allow=allow, source=source)
+    if not isinstance(model, Detector):  # train, eval, predict and the reports score through Detector's interface
+        raise ConfigError(
+            f"{source}: model._target_ must be fakedetect.modules.Detector or a subclass of it, "
+            f"got {type(model).__module__}.{type(model).__qualname__}"
+        )
+    return model
 
 
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:

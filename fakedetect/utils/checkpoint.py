@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fakedetect.data.datamodule import ImageDataModule
+from fakedetect.modules.detector import Detector
 from fakedetect.utils.builders import MODEL_TARGETS, build_model, instantiate
 from fakedetect.utils.errors import ConfigError
 
@@ -93,7 +94,7 @@ def checkpoint_config(checkpoint: Mapping[str, Any], path: str | Path = "") -> D
 class Trained:
     """A checkpoint's detector in eval mode, with the data module that holds its preprocessing and classes."""
 
-    model: L.LightningModule
+    model: Detector
     datamodule: ImageDataModule
     config: DictConfig
     global_step: int

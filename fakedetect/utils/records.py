@@ -6,7 +6,7 @@ import json
 import logging
 import platform
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -34,6 +34,11 @@ def write_metrics(path: Path, record: dict) -> None:
     log.info("metrics written to %s", path)
 
 
+def plain(cfg: DictConfig) -> dict[str, Any]:
+    """A config node resolved to plain dicts and lists (to_container's typing cannot say a DictConfig gives a dict)."""
+    return cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))
+
+
 def flat_hparams(cfg: DictConfig) -> dict[str, object]:
     """The run's data, model, loss and trainer settings as dotted keys of scalars, for the hparams view."""
     out: dict[str, object] = {}
@@ -45,7 +50,7 @@ def flat_hparams(cfg: DictConfig) -> dict[str, object]:
         else:
             out[prefix[:-1]] = node if isinstance(node, (int, float, str, bool)) else str(node)
 
-    container = cast(dict, OmegaConf.to_container(cfg, resolve=True))  # a DictConfig's: to_container has no overloads
+    container = plain(cfg)
     walk({k: container[k] for k in ("data", "model", "loss", "trainer", "seed") if k in container}, "")
     return out
 
