@@ -72,12 +72,14 @@ def run_cli(command: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[
     return run_command(command, *args, f"hydra.run.dir={cwd / 'run'}", env=env, timeout=300)
 
 
-def command_args(command: str, tmp_path: Path) -> list[str]:
-    """What eval or predict needs besides the checkpoint; predict checks its input before loading it."""
+def run_on_checkpoint(command: str, ckpt: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """eval or predict of `ckpt`, with what else each needs (predict checks its input before loading the checkpoint)."""
     if command == "eval":
-        return ["trainer=cpu"]
-    Image.new("RGB", (32, 32)).save(tmp_path / "image.png")
-    return [f"input={tmp_path / 'image.png'}"]
+        args = ["trainer=cpu"]
+    else:
+        Image.new("RGB", (32, 32)).save(tmp_path / "image.png")
+        args = [f"input={tmp_path / 'image.png'}"]
+    return run_cli(command, f"ckpt_path={ckpt}", *args, cwd=tmp_path)
 
 
 def test_training_and_checkpoints_need_nothing_beyond_the_allow_lists(run: tuple[Path, list[str]]) -> None:
@@ -91,12 +93,7 @@ def test_malicious_pickle_runs_nothing(command: str, ckpt: Path, tmp_path: Path)
     marker = tmp_path / "created_by_the_checkpoint"
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "payload": OpensAFile(marker)}, evil)
-    last = assert_one_line(
-        run_cli(command, f"ckpt_path={evil}", *command_args(command, tmp_path), cwd=tmp_path),
-        str(evil),
-        "'io.open'",
-        "refused",
-    )
+    last = assert_one_line(run_on_checkpoint(command, evil, tmp_path), str(evil), "'io.open'", "refused")
     assert not marker.exists(), last
 
 
@@ -108,12 +105,7 @@ def test_malicious_target_runs_nothing(command: str, ckpt: Path, tmp_path: Path)
         checkpoint[CONFIG_KEY]["data"] = {"_target_": "shutil.copyfile", "src": str(ckpt), "dst": str(copied)}
 
     evil = altered(ckpt, tmp_path / "evil.ckpt", copy_a_file)
-    last = assert_one_line(
-        run_cli(command, f"ckpt_path={evil}", *command_args(command, tmp_path), cwd=tmp_path),
-        str(evil),
-        "'shutil.copyfile'",
-        "refused",
-    )
+    last = assert_one_line(run_on_checkpoint(command, evil, tmp_path), str(evil), "'shutil.copyfile'", "refused")
     assert not copied.exists(), last
 
 
