@@ -13,12 +13,14 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 import optuna
 from hydra import compose
@@ -27,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fakedetect.benchmarks import throughput as bench
 from fakedetect.data import decode_bench
 from fakedetect.utils.errors import ConfigError
-from fakedetect.utils.records import machine
+from fakedetect.utils.records import machine, plain
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,7 +98,7 @@ def run_suite(cfg: DictConfig) -> list[dict]:
     report = Path(suite.report)
     record = load(report.with_suffix(".json"))
     deadline = Deadline(suite.deadline_s)
-    entries = []
+    entries: list[dict] = []
     for number in chosen(cfg.get("stage"), suite, record):
         stage = suite.stages[number]
         if entries and deadline.left() < stage.budget_s:
@@ -142,15 +144,15 @@ def run_stage(cfg: DictConfig, number: str, stage: DictConfig, record: dict, dea
 def scaled(run: DictConfig, suite: DictConfig) -> DictConfig:
     """The run at the suite's scale: at `tiny`, its `tiny` patch merged into it (maps key by key, e.g. one row's
     steps), and the suite's and the patch's tiny overrides after its own."""
-    run = OmegaConf.to_container(run, resolve=True)
-    patch = run.pop("tiny", None) or {}
+    values = plain(run)
+    patch = values.pop("tiny", None) or {}
     if suite.scale == "tiny":
-        common = list(suite.tiny) if run["kind"] not in ("throughput", "generate") else []
-        overrides = [*run.get("overrides", []), *common, *patch.pop("overrides", [])]
-        return OmegaConf.merge(run, patch, {"overrides": overrides})
+        common = list(suite.tiny) if values["kind"] not in ("throughput", "generate") else []
+        overrides = [*values.get("overrides", []), *common, *patch.pop("overrides", [])]
+        return cast(DictConfig, OmegaConf.merge(values, patch, {"overrides": overrides}))  # dicts merge to one
     if suite.scale != "full":
         raise ConfigError(f"suite.scale={suite.scale}: use full or tiny")
-    return OmegaConf.create(run)
+    return OmegaConf.create(values)
 
 
 def generate(cfg: DictConfig, run: DictConfig, folder: Path, share: float, earlier: dict) -> dict:
@@ -184,7 +186,7 @@ def max_time(seconds: float) -> str:
 
 
 def time_to_accuracy(cfg: DictConfig, run: DictConfig, folder: Path, share: float, earlier: dict) -> dict:
-    capped = OmegaConf.merge(run, {"overrides": [*run.overrides, max_time(share - 30)]})
+    capped = cast(DictConfig, OmegaConf.merge(run, {"overrides": [*run.overrides, max_time(share - 30)]}))
     result = bench.time_to_accuracy(capped, bench._data_overrides(cfg, limits=False))
     return {**result, "train_overrides": [f"experiment={run.experiment}", *run.overrides]}
 
@@ -229,7 +231,7 @@ def train_run(cfg: DictConfig, overrides: list[str], folder: Path, seconds: floa
         folder,
         seconds,
     )
-    if error:
+    if metrics is None:  # then error says why
         return {"error": error, "train_overrides": overrides}
     keep = ("epochs", "train_time_s", "ckpt_path", "images", "params", "metrics")
     return {**{k: metrics[k] for k in keep if k in metrics}, "capped_at_s": cap, "train_overrides": overrides}
@@ -290,7 +292,7 @@ def search(cfg: DictConfig, run: DictConfig, folder: Path, share: float, earlier
         trials = []
     states = Counter(t.state.name for t in trials)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    best = max(complete, key=lambda t: t.value) if complete else None
+    best = max(complete, key=lambda t: -math.inf if t.value is None else t.value) if complete else None
     return {
         "workers": run.workers,
         "trials": run.trials,

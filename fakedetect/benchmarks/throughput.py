@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -29,6 +29,7 @@ from torchmetrics.functional.classification import binary_accuracy
 
 from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.metrics.thresholds import decide
+from fakedetect.modules.detector import Detector
 from fakedetect.reporting.predictions import score
 from fakedetect.utils.builders import build_model, instantiate, resolve_precision
 from fakedetect.utils.errors import ConfigError
@@ -136,7 +137,9 @@ class EpochTester(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         _sync(trainer.strategy.root_device)
         self.train_s += time.perf_counter() - self.start
-        datamodule = trainer.datamodule
+        datamodule = getattr(trainer, "datamodule", None)  # Lightning sets it when fit is given one
+        if not isinstance(datamodule, ImageDataModule) or not isinstance(pl_module, Detector):
+            raise TypeError("EpochTester tests a Detector fitted on an ImageDataModule")
         # the memory loader keeps the test split on the device after the first epoch
         probs, labels, _ = score(
             pl_module,
@@ -155,7 +158,7 @@ class EpochTester(L.Callback):
         return {f"{t:.3f}": next((p["train_s"] for p in self.curve if p["test_acc"] >= t), None) for t in self.targets}
 
 
-def bench_trainer(cfg: DictConfig, callbacks: list[L.Callback], **kwargs: object) -> L.Trainer:
+def bench_trainer(cfg: DictConfig, callbacks: list[L.Callback], **kwargs: Any) -> L.Trainer:
     """The configured trainer with nothing but the measurement around it: no validation, logging or checkpoints."""
     return instantiate(
         cfg.trainer,
