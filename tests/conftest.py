@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +21,8 @@ from omegaconf import DictConfig, open_dict
 from PIL import Image
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
+from fakedetect.eval import evaluate
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 # This machine's shared data and weights, from the variables conf/paths/default.yaml reads (paths.shared_dir,
@@ -28,6 +32,8 @@ WEIGHTS_DIR = Path(os.environ.get("FAKEDETECT_WEIGHTS", SHARED_DIR / "weights"))
 CIFAKE = Path(os.environ.get("CIFAKE_TEST_ARCHIVE", SHARED_DIR / "data" / "cifake" / "cifake.tar.gz"))
 # One small stratified CIFAKE subset shared by the training tests, so it is decoded once per session.
 SUBSET = ["data.train_limit=2000", "data.test_limit=1000"]
+# A test run prints no config dump and no progress bar.
+QUIET = ["print_config=false", "callbacks.progress_bar=null"]
 
 
 def needs(path: Path, hint: str = "") -> None:
@@ -53,10 +59,15 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_command(
-    command: str, *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: float = 600
+    command: str,
+    *args: str,
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    check: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """`python -m fakedetect.<command> <args>` as a user runs it, in `cwd` with `env` (default: this process's),
-    its output captured as text."""
+    its output captured as text; `check` raises on a non-zero exit."""
     return subprocess.run(
         [sys.executable, "-m", f"fakedetect.{command}", *args],
         cwd=cwd,
@@ -64,6 +75,7 @@ def run_command(
         capture_output=True,
         text=True,
         timeout=timeout,
+        check=check,
     )
 
 
@@ -118,6 +130,17 @@ def compose_config(name: str, overrides: list[str], out: Path) -> DictConfig:
     return cfg
 
 
+def metrics_json(folder: Path) -> dict[str, Any]:
+    """The metrics.json in `folder`: a train or eval run's record, or an eval report's summary."""
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def evaluate_run(run: Path, out: Path, *overrides: str) -> dict[str, float]:
+    """`eval` on CPU of the checkpoint that the training run in `run` recorded, with outputs under `out`."""
+    ckpt = metrics_json(run)["ckpt_path"]
+    return evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", *overrides], out))
+
+
 def subset_train_config(cifake: Path, cache: Path, out: Path, *overrides: str) -> DictConfig:
     """A train config on the shared CIFAKE subset, quiet and on CPU, with outputs under `out`."""
     base = [
@@ -125,8 +148,7 @@ def subset_train_config(cifake: Path, cache: Path, out: Path, *overrides: str) -
         f"data.cache_dir={cache}",
         *SUBSET,
         "trainer=cpu",
-        "print_config=false",
-        "callbacks.progress_bar=null",
+        *QUIET,
     ]
     return compose_config("train", [*base, *overrides], out)
 

@@ -3,7 +3,6 @@ whose checkpoint, eval and TensorBoard carry the chosen threshold and the recons
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -14,13 +13,19 @@ from omegaconf import DictConfig
 from tensorboard.util.tensor_util import make_ndarray
 from torch import nn
 
-from fakedetect.eval import evaluate
 from fakedetect.losses import BCEWithLogits
 from fakedetect.modules.autoencoder import AutoencoderDetector
 from fakedetect.nets import ConvAutoencoder, TransferAutoencoder
 from fakedetect.train import train
 from fakedetect.utils.checkpoint import CONFIG_KEY, load_checkpoint, load_trained
-from tests.conftest import compose_config, event_files, event_tags, needs, subset_train_config
+from tests.conftest import (
+    evaluate_run,
+    event_files,
+    event_tags,
+    metrics_json,
+    needs,
+    subset_train_config,
+)
 from tests.test_losses import WEIGHTS
 
 
@@ -95,7 +100,7 @@ def test_ae_conv_learns_and_tests_at_the_youden_threshold(ae_run: tuple[DictConf
     cfg, metrics = ae_run
     assert metrics["test/acc"] > 0.65, metrics
     assert {"train/recon_loss", "train/class_loss", "val/recon_loss", "test/recon_loss"} <= set(metrics)
-    record = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    record = metrics_json(Path(cfg.paths.output_dir))
     thresholds = load_checkpoint(record["ckpt_path"])["thresholds"]
     assert set(thresholds) == {"0.5", "youden", "f1", "selected", "value"}
     assert thresholds["selected"] == "youden" and thresholds["value"] == thresholds["youden"]
@@ -105,8 +110,7 @@ def test_ae_conv_learns_and_tests_at_the_youden_threshold(ae_run: tuple[DictConf
 
 def test_eval_applies_the_checkpoints_threshold(ae_run: tuple[DictConfig, dict], tmp_path: Path) -> None:
     cfg, metrics = ae_run
-    ckpt_path = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["ckpt_path"]
-    result = evaluate(compose_config("eval", [f"ckpt_path={ckpt_path}", "trainer=cpu", "report=false"], tmp_path))
+    result = evaluate_run(Path(cfg.paths.output_dir), tmp_path, "report=false")
     for key in ("test/threshold", "test/acc", "test/f1", "test/recon_loss"):
         assert result[key] == pytest.approx(metrics[key], abs=1e-6), key
     assert event_tags(tmp_path, "images") >= FIGURES  # eval's TensorBoard has the figure callbacks' images too
@@ -116,7 +120,7 @@ def test_module_brings_its_statistics_and_old_checkpoints_load(ae_run: tuple[Dic
     """The trained module carries the data's statistics; a checkpoint written before they were buffers (and
     with the autoencoder's old `model.n_images`) still loads, its statistics taken from the data module's state."""
     cfg, _ = ae_run
-    ckpt_path = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["ckpt_path"]
+    ckpt_path = metrics_json(Path(cfg.paths.output_dir))["ckpt_path"]
     trained = load_trained(ckpt_path)
     mean, std = trained.datamodule.mean, trained.datamodule.std
     model = trained.model

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +20,7 @@ from fakedetect.losses import BCEWithLogits
 from fakedetect.modules import Detector
 from fakedetect.nets import MLP, Backbone, PretrainedWeightsError
 from fakedetect.train import train
-from tests.conftest import ROOT, SUBSET, WEIGHTS_DIR, needs
+from tests.conftest import SUBSET, WEIGHTS_DIR, needs, run_command
 
 EFFNET = WEIGHTS_DIR / "tf_efficientnet_lite0_in1k.pth"
 
@@ -179,22 +177,15 @@ def test_cli_without_weights_ends_with_one_line(cifake_path: Path, cache_dir: Pa
         "CUDA_VISIBLE_DEVICES": "",
     }
     start = time.perf_counter()
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fakedetect.train",
-            "model=resnet18",
-            "model.net.pretrained=true",
-            *SUBSET,
-            "trainer=cpu",
-            "callbacks.progress_bar=null",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        cwd=ROOT,
+    run = run_command(
+        "train",
+        "model=resnet18",
+        "model.net.pretrained=true",
+        *SUBSET,
+        "trainer=cpu",
+        "callbacks.progress_bar=null",
+        f"hydra.run.dir={tmp_path / 'run'}",
         env=env,
-        capture_output=True,
-        text=True,
     )
     assert run.returncode != 0
     assert "Traceback" not in run.stderr and "Retrying" not in run.stdout + run.stderr

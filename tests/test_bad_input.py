@@ -29,7 +29,7 @@ from fakedetect.data.loaders import StreamDataset, StreamLoader, collate_skippin
 from fakedetect.data.sources import FolderSource, Source
 from fakedetect.losses import BCEWithLogits, FocalLoss, HybridLoss, LossSchedule
 from fakedetect.utils.errors import ConfigError
-from tests.conftest import assert_one_line, compose_config, run_command, sideways_jpeg
+from tests.conftest import QUIET, assert_one_line, compose_config, run_command, sideways_jpeg
 
 CLASSES = ("REAL", "FAKE")
 GARBAGE = b"\x00not an image at all" * 30
@@ -343,8 +343,7 @@ def test_stream_training_through_lightning_skips_bad_batches(tmp_path: Path, cap
             "model=mlp",
             "trainer=cpu",
             "trainer.max_epochs=1",
-            "print_config=false",
-            "callbacks.progress_bar=null",
+            *QUIET,
             "logger=csv",
         ],
         tmp_path / "run",
@@ -408,7 +407,7 @@ def _garbage_zip(tmp_path: Path) -> Path:
         (
             lambda tmp: tmp / "nowhere",
             r"data source not found: .*nowhere; get CIFAKE with `python -m "
-            r"fakedetect\.data\.download cifake`, or try .* `data=cifake_sample`",
+            r"fakedetect\.download cifake`, or try .* `data=cifake_sample`",
         ),
         (_garbage_zip, r"data\.zip is not a readable \.zip archive \(File is not a zip file\): re-download"),
         (_truncated_tar, r"cifake\.tar\.gz is not a readable \.tar/\.tar\.gz archive, or is truncated"),

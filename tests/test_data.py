@@ -69,18 +69,19 @@ def _random_png(rng: np.random.Generator, size: int = 12) -> bytes:
     return _encode(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "PNG")
 
 
+def _split_files(rng: np.random.Generator, per_class: int) -> dict[str, bytes]:
+    """`per_class` random PNGs in each of train/{REAL,FAKE} and test/{REAL,FAKE}, by relative name."""
+    return {
+        f"{split}/{cls}/{i}.png": _random_png(rng)
+        for split in ("train", "test")
+        for cls in CLASSES
+        for i in range(per_class)
+    }
+
+
 def _split_folder(root: Path, per_class: int = 4, seed: int = 0) -> Path:
     """A tiny train/{REAL,FAKE}, test/{REAL,FAKE} folder of random PNGs."""
-    rng = np.random.default_rng(seed)
-    return _write_tree(
-        root,
-        {
-            f"{split}/{cls}/{i}.png": _random_png(rng)
-            for split in ("train", "test")
-            for cls in CLASSES
-            for i in range(per_class)
-        },
-    )
+    return _write_tree(root, _split_files(np.random.default_rng(seed), per_class))
 
 
 def _module(root: Path | str, cache: Path, **kwargs: object) -> ImageDataModule:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SUBSET
+from tests.conftest import QUIET, ROOT, SUBSET, metrics_json, run_command
 
 # Same global batch (2 x 64 against 1 x 128) and epochs; different sample order, so not bit-identical:
 # on this 2-epoch, 1,800-image run the two test accuracies must agree within 8 points.
@@ -20,26 +17,18 @@ TOLERANCE = 0.08
 def run(tmp: Path, cifake: Path, cache: Path, *overrides: str) -> tuple[dict, str]:
     """The run's metrics.json and its stderr."""
     env = {**os.environ, "CIFAKE": str(cifake), "FAKEDETECT_CACHE": str(cache)}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fakedetect.train",
-            *SUBSET,
-            "trainer.max_epochs=2",
-            "callbacks.progress_bar=null",
-            "print_config=false",
-            f"hydra.run.dir={tmp}",
-            *overrides,
-        ],
-        cwd=ROOT,
+    result = run_command(
+        "train",
+        *SUBSET,
+        "trainer.max_epochs=2",
+        *QUIET,
+        f"hydra.run.dir={tmp}",
+        *overrides,
         env=env,
         check=True,
-        capture_output=True,
-        text=True,
         timeout=600,
     )
-    return json.loads((tmp / "metrics.json").read_text()), result.stderr
+    return metrics_json(tmp), result.stderr
 
 
 def test_ddp_sim_matches_single_process(cifake_path: Path, cache_dir: Path, tmp_path: Path) -> None:

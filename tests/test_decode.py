@@ -22,7 +22,7 @@ from fakedetect.data.decode_bench import cache_memory, decode_speed, generate
 from fakedetect.data.layouts import IMAGE_SUFFIXES, Entry
 from fakedetect.data.sources import FolderSource
 from fakedetect.utils.errors import ConfigError
-from tests.conftest import ROOT, assert_one_line, sideways_jpeg
+from tests.conftest import assert_one_line, run_command, sideways_jpeg
 
 
 def _coded(width: int, height: int) -> np.ndarray:
@@ -333,10 +333,5 @@ def test_decode_bench_generates_times_and_measures_memory(tmp_path: Path) -> Non
     ],
 )
 def test_decode_bench_bad_arguments_are_one_line(args: list[str], message: str, tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "fakedetect.decode_bench", *args, f"hydra.run.dir={tmp_path}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    done = run_command("decode_bench", *args, f"hydra.run.dir={tmp_path}")
     assert message in assert_one_line(done)

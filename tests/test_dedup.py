@@ -4,7 +4,6 @@ train and eval, agreeing with the data audit."""
 from __future__ import annotations
 
 import hashlib
-import json
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +21,8 @@ from fakedetect.reporting.predictions import score
 from fakedetect.reporting.results import table
 from fakedetect.train import train
 from fakedetect.utils.checkpoint import load_trained
-from tests.conftest import compose_config, event_tags
-from tests.test_data import CLASSES, _batches, _encode, _module, _random_png, _write_tree
+from tests.conftest import QUIET, compose_config, event_tags, metrics_json
+from tests.test_data import CLASSES, _batches, _encode, _module, _random_png, _split_files, _split_folder, _write_tree
 
 # the test files of `_planted` that repeat a train file byte for byte (one of them under the other class)
 COPIES = ["test/FAKE/copy.png", "test/FAKE/cross.png", "test/REAL/copy.png"]
@@ -33,12 +32,7 @@ def _planted(root: Path, per_class: int = 8) -> Path:
     """Random PNGs with copies of train files planted in test, beside two near misses that must stay: a pair of
     copies within test only, and a train image's pixels encoded again with other bytes."""
     rng = np.random.default_rng(0)
-    files = {
-        f"{split}/{cls}/{i}.png": _random_png(rng)
-        for split in ("train", "test")
-        for cls in CLASSES
-        for i in range(per_class)
-    }
+    files = _split_files(rng, per_class)
     pixels = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
     files["train/FAKE/pixels.png"] = _encode(pixels, "PNG", compress_level=9)
     files["test/FAKE/pixels.png"] = _encode(pixels, "PNG", compress_level=1)
@@ -113,8 +107,7 @@ def _folder_train(root: Path, out: Path, cache: Path, *overrides: str) -> dict[s
             "data.batch_size=8",
             "trainer=cpu",
             "trainer.max_epochs=2",
-            "print_config=false",
-            "callbacks.progress_bar=null",
+            *QUIET,
             *overrides,
         ],
         out,
@@ -123,16 +116,7 @@ def _folder_train(root: Path, out: Path, cache: Path, *overrides: str) -> dict[s
 
 
 def test_without_copies_acc_dedup_is_test_acc(tmp_path: Path) -> None:
-    rng = np.random.default_rng(1)
-    root = _write_tree(
-        tmp_path / "data",
-        {
-            f"{split}/{cls}/{i}.png": _random_png(rng)
-            for split in ("train", "test")
-            for cls in CLASSES
-            for i in range(12)
-        },
-    )
+    root = _split_folder(tmp_path / "data", per_class=12, seed=1)
     metrics = _folder_train(root, tmp_path / "run", tmp_path / "cache", "model.threshold=youden")
     assert metrics["test/n_dedup_removed"] == 0 and metrics["test/n_dedup_groups"] == 0
     assert metrics["test/acc_dedup"] == metrics["test/acc"]
@@ -151,10 +135,10 @@ def test_a_test_split_of_copies_only_has_no_acc_dedup(tmp_path: Path, caplog: py
 def test_planted_copies_change_acc_dedup_as_scored_by_hand(tmp_path: Path) -> None:
     root = _planted(tmp_path / "data")
     metrics = _folder_train(root, tmp_path / "run", tmp_path / "cache", "model.threshold=youden")
-    record = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+    record = metrics_json(tmp_path / "run")["metrics"]
     assert record["test/acc_dedup"] == metrics["test/acc_dedup"] and record["test/n_dedup_removed"] == 3
     # the same figure from the whole test split, scored and decided by hand, its copies dropped afterwards
-    ckpt = json.loads((tmp_path / "run" / "metrics.json").read_text())["ckpt_path"]
+    ckpt = metrics_json(tmp_path / "run")["ckpt_path"]
     trained = load_trained(ckpt)
     dm = trained.datamodule
     dm.setup("test")
@@ -189,7 +173,7 @@ def test_planted_copies_change_acc_dedup_as_scored_by_hand(tmp_path: Path) -> No
     assert short["test/n_dedup_removed"] == dm.test_duplicates[:8].sum()
     assert short["test/acc_dedup"] == pytest.approx(correct[:8][kept[:8]].float().mean().item(), abs=1e-6)
     # the report, the per-source table and the robustness rows cover the same 8 images as test/acc
-    record = json.loads((tmp_path / "short" / "metrics.json").read_text())
+    record = metrics_json(tmp_path / "short")
     assert record["report"]["n"] == 8 and record["per_source"][-1]["n"] == 8
     assert record["report"]["at_threshold"]["youden"]["acc"] == short["test/acc"] == record["robustness"][0]["acc"]
 
@@ -221,7 +205,7 @@ def test_cifake_subset_training_logs_dedup_metrics(
     assert {"test/acc_dedup", "test/auroc_dedup", "test/n_dedup_removed", "hp/test_acc_dedup"} <= event_tags(
         Path(cfg.paths.output_dir) / "tensorboard", "scalars"
     )
-    record = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    record = metrics_json(Path(cfg.paths.output_dir))
     row = table([{**record, "experiment": "cnnv3", "train_images": 1800}])
     assert f"| {100 * metrics['test/acc']:.2f}% | {100 * metrics['test/acc_dedup']:.2f}% |" in row
     del record["metrics"]["test/acc_dedup"]  # a run from before the metric

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fakedetect.data.download import SAMPLE, DownloadError, download, fetch_cifake
-from tests.conftest import assert_one_line
+from tests.conftest import assert_one_line, run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOB = SAMPLE.read_bytes()
@@ -68,14 +68,7 @@ def server() -> Iterator[ThreadingHTTPServer]:
 def run_download(*overrides: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_") and k != "HYDRA_FULL_ERROR"}
     env["KAGGLE_CONFIG_DIR"] = "/nonexistent"
-    return subprocess.run(
-        [sys.executable, "-m", "fakedetect.download", "cifake", *overrides],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=120,
-    )
+    return run_command("download", "cifake", *overrides, env=env, timeout=120)
 
 
 def free_port() -> int:

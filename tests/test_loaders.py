@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ from fakedetect.data.pack import pack
 from fakedetect.data.sources import Source
 from fakedetect.train import train
 from fakedetect.utils.errors import ConfigError
-from tests.conftest import ROOT, assert_one_line, compose_config
+from tests.conftest import QUIET, assert_one_line, compose_config, metrics_json, run_command
 from tests.test_data import _encode, _write_tree
 
 LOADERS = ("memory", "cached", "stream", "litdata")
@@ -235,22 +233,28 @@ def test_random_crop_differs_per_pass_only_when_training(tmp_path: Path) -> None
     assert len({x.numpy().tobytes() for x in crops(False)}) == 1  # eval: the centre, always
 
 
+def _data(root: Path, tmp_path: Path) -> list[str]:
+    """The manifest tree at 16 px, with a private decode cache: what every command here reads."""
+    return [
+        f"data.root={root}",
+        "data.manifest=labels.csv",
+        "data.resolution=16",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]
+
+
 def _train_cfg(root: Path, tmp_path: Path, *overrides: str):
     return compose_config(
         "train",
         [
-            f"data.root={root}",
-            "data.manifest=labels.csv",
-            "data.resolution=16",
-            f"data.cache_dir={tmp_path / 'cache'}",
+            *_data(root, tmp_path),
             "data.decode_workers=1",
             "data.batch_size=4",
             "data.eval_batch_size=8",
             "trainer=cpu",
             "trainer.max_epochs=1",
             "+trainer.limit_train_batches=3",
-            "print_config=false",
-            "callbacks.progress_bar=null",
+            *QUIET,
             *overrides,
         ],
         tmp_path / "run",
@@ -263,28 +267,18 @@ def test_tiny_training_run(loader: str, manifest_root, tmp_path: Path) -> None:
     extra = [f"data.loader={loader}", "data.num_workers=1"]
     if loader == "litdata":  # the pack command, as users run it
         packed = tmp_path / "packed"
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "fakedetect.pack",
-                f"data.root={root}",
-                "data.manifest=labels.csv",
-                "data.resolution=16",
-                f"data.cache_dir={tmp_path / 'cache'}",
-                f"output={packed}",
-                f"hydra.run.dir={tmp_path / 'pack'}",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
+        done = run_command(
+            "pack",
+            *_data(root, tmp_path),
+            f"output={packed}",
+            f"hydra.run.dir={tmp_path / 'pack'}",
         )
         assert done.returncode == 0, done.stderr
         assert json.loads((packed / "fakedetect_pack.json").read_text())["source_names"] == ["camera", "gen_a", "gen_b"]
         extra.append(f"data.litdata_dir={packed}")
     metrics = train(_train_cfg(root, tmp_path, *extra))
     assert 0 <= metrics["test/acc"] <= 1
-    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    record = metrics_json(tmp_path / "run")
     assert record["images"] == {"train": 24, "val": 6, "test": 9}
 
 
@@ -297,23 +291,13 @@ def test_tiny_training_run(loader: str, manifest_root, tmp_path: Path) -> None:
 )
 def test_bad_data_keys_are_one_line(override: str, expected: str, manifest_root, tmp_path: Path) -> None:
     root, _ = manifest_root
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fakedetect.train",
-            f"data.root={root}",
-            "data.manifest=labels.csv",
-            "data.resolution=16",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            "data.decode_workers=1",
-            "trainer=cpu",
-            override,
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+    done = run_command(
+        "train",
+        *_data(root, tmp_path),
+        "data.decode_workers=1",
+        "trainer=cpu",
+        override,
+        f"hydra.run.dir={tmp_path / 'run'}",
     )
     assert_one_line(done, expected)
 

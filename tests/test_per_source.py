@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from fakedetect.reporting.cross_generator import write_table
 from fakedetect.reporting.per_source import flat_metrics, source_rows, write_per_source
 from fakedetect.reporting.predictions import NO_SOURCE, Scores, score
 from fakedetect.utils.errors import ConfigError
-from tests.conftest import ROOT, assert_one_line, compose_config
+from tests.conftest import QUIET, assert_one_line, compose_config, metrics_json, run_command
 from tests.synthetic import write_tree
 
 NAMES = ["camera", "gen_a", "gen_b", "unused"]
@@ -105,19 +103,7 @@ def test_test_sets_typed_on_the_command_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"test_sets.../up: a set name is"):
         named_test_sets(cfg)
     # the command: checked before the checkpoint is read
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fakedetect.eval",
-            "ckpt_path=missing.ckpt",
-            "test_sets={web60:/w}",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    done = run_command("eval", "ckpt_path=missing.ckpt", "test_sets={web60:/w}", f"hydra.run.dir={tmp_path / 'run'}")
     assert_one_line(done, "test_sets.web60=/w: give the set's data overrides, at least its root")
 
 
@@ -136,21 +122,11 @@ def test_cross_generator_table_from_run_files(tmp_path: Path) -> None:
     assert "| gen_a | 95.0 | 55.0 | 75.0 |" in text and "| gen_b | 60.0 | 90.0 | 75.0 |" in text
     assert "camera" not in text  # columns are generators only
     assert (tmp_path / "table" / "cross_generator.png").stat().st_size > 5000
-    done = subprocess.run(
-        [sys.executable, "-m", "fakedetect.cross_generator", f"runs={tmp_path / 'table'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    done = run_command("cross_generator", f"runs={tmp_path / 'table'}")
     assert_one_line(done, "no training run with per-source results under")
     with pytest.raises(ConfigError, match="no training run with per-source results under"):
         write_table(tmp_path / "table", tmp_path / "table")
-    done = subprocess.run(
-        [sys.executable, "-m", "fakedetect.cross_generator", f"runs={tmp_path / 'missing'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    done = run_command("cross_generator", f"runs={tmp_path / 'missing'}")
     assert_one_line(done, "runs=", "missing: no such folder")
 
 
@@ -159,44 +135,31 @@ def test_cross_generator_multirun_at_cpu_scale(tmp_path: Path, cache_dir: Path) 
     on its folder (a tiny net, 32 px, one epoch: the figures mean nothing, the shape does)."""
     data = write_tree(tmp_path / "data", {"train": 6, "test": 4})
     sweep = tmp_path / "multirun"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fakedetect.train",
-            "-m",
-            "experiment=cross_generator",
-            f"data.root={data}",
-            "data.train_sources=[gen_a],[gen_b]",
-            "model.net.name=test_resnet",
-            "model.net.pretrained=false",
-            "data.resolution=32",
-            "data.num_workers=0",
-            "data.val_fraction=0.25",
-            f"data.cache_dir={cache_dir}",
-            "trainer=cpu",
-            "trainer.max_epochs=1",
-            "print_config=false",
-            "callbacks.progress_bar=null",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    done = run_command(
+        "train",
+        "-m",
+        "experiment=cross_generator",
+        f"data.root={data}",
+        "data.train_sources=[gen_a],[gen_b]",
+        "model.net.name=test_resnet",
+        "model.net.pretrained=false",
+        "data.resolution=32",
+        "data.num_workers=0",
+        "data.val_fraction=0.25",
+        f"data.cache_dir={cache_dir}",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        *QUIET,
+        f"hydra.sweep.dir={sweep}",
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     for run, trained_on in (("0", "gen_a"), ("1", "gen_b")):
-        record = json.loads((sweep / run / "metrics.json").read_text())
+        record = metrics_json(sweep / run)
         # train and val: that generator's fakes and every real image
         assert record["images"]["train"] + record["images"]["val"] == 6 + 6 * 2, record["images"]
         assert {r["source"] for r in record["per_source"]} == {"camera", "gen_a", "gen_b", "all"}, trained_on
-    done = subprocess.run(
-        [sys.executable, "-m", "fakedetect.cross_generator", f"runs={sweep}", "metric=auroc"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    done = run_command("cross_generator", f"runs={sweep}", "metric=auroc")
     assert done.returncode == 0, done.stderr
     lines = (sweep / "cross_generator.md").read_text().splitlines()
     assert "| trained on | gen_a | gen_b | mean |" in lines

@@ -8,8 +8,6 @@ import json
 import logging
 import math
 import os
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -25,28 +23,15 @@ from fakedetect.reporting.predictions import score
 from fakedetect.train import train
 from fakedetect.utils.checkpoint import CONFIG_KEY, load_checkpoint, load_trained
 from fakedetect.utils.errors import ConfigError
-from tests.conftest import ROOT, SUBSET, assert_one_line, compose_config
+from tests.conftest import assert_one_line, compose_config, run_command, subset_train_config
 from tests.synthetic import noise_photo
 
 
 def train_tiny(out: Path, cifake: Path, cache: Path, *overrides: str) -> Path:
     """A few training batches on the shared CIFAKE subset; returns the last checkpoint."""
     train(
-        compose_config(
-            "train",
-            [
-                f"data.root={cifake}",
-                f"data.cache_dir={cache}",
-                *SUBSET,
-                "trainer=cpu",
-                "trainer.max_epochs=1",
-                "+trainer.limit_train_batches=4",
-                "test=false",
-                "print_config=false",
-                "callbacks.progress_bar=null",
-                *overrides,
-            ],
-            out,
+        subset_train_config(
+            cifake, cache, out, "trainer.max_epochs=1", "+trainer.limit_train_batches=4", "test=false", *overrides
         )
     )
     return out / "checkpoints" / "last.ckpt"
@@ -136,19 +121,13 @@ def test_predict_to_json_with_a_threshold(checkpoint: Path, photos: Path, tmp_pa
 
 def test_predict_cli_with_a_glob(checkpoint: Path, photos: Path, tmp_path: Path) -> None:
     """The documented command with a glob: only the matching images, decoded as in training."""
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fakedetect.predict",
-            f"ckpt_path={checkpoint}",
-            f"input='{photos}/**/*.[pP][nN][gG]'",
-            f"hydra.run.dir={tmp_path}",
-        ],
-        cwd=ROOT,
+    run_command(
+        "predict",
+        f"ckpt_path={checkpoint}",
+        f"input='{photos}/**/*.[pP][nN][gG]'",
+        f"hydra.run.dir={tmp_path}",
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
         check=True,
-        capture_output=True,
     )
     with (tmp_path / "predictions.csv").open() as f:
         table = list(csv.DictReader(f))
@@ -195,11 +174,11 @@ def test_predict_cli_bad_input_is_one_line(checkpoint: Path, photos: Path, tmp_p
         ([f"input={photos}/*.heic"], "error: no images found for input="),
         ([f"input={photos}", "threshold=1.5"], "error: threshold=1.5 must be a probability"),
     ):
-        done = subprocess.run(
-            [sys.executable, "-m", "fakedetect.predict", f"ckpt_path={checkpoint}", *args, f"hydra.run.dir={tmp_path}"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
+        done = run_command(
+            "predict",
+            f"ckpt_path={checkpoint}",
+            *args,
+            f"hydra.run.dir={tmp_path}",
             env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
         )
         assert assert_one_line(done).startswith(message)

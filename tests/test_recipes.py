@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -20,7 +17,14 @@ from fakedetect.reporting.predictions import choose_tta, score
 from fakedetect.train import train
 from fakedetect.utils.checkpoint import load_checkpoint, load_trained
 from fakedetect.utils.errors import ConfigError
-from tests.conftest import ROOT, assert_one_line, compose_config, subset_train_config
+from tests.conftest import (
+    assert_one_line,
+    compose_config,
+    evaluate_run,
+    metrics_json,
+    run_command,
+    subset_train_config,
+)
 
 
 class LeftMinusRight(DetectorNet):
@@ -103,7 +107,7 @@ def test_ema_weights_are_validated_checkpointed_and_tested(ema_run: Path) -> Non
     """The checkpoint's state dict is the average (its current weights kept apart, for resuming), loads through
     `load_trained`, scores the validation split to the logged val/acc (so the average is what was validated),
     carries the Youden threshold recorded beside it, and eval of it reproduces train's test metrics."""
-    record = json.loads((ema_run / "metrics.json").read_text())
+    record = metrics_json(ema_run)
     ckpt = record["ckpt_path"]
     checkpoint = load_checkpoint(ckpt)
     averaged, current = checkpoint["state_dict"], checkpoint["current_model_state"]
@@ -126,18 +130,12 @@ def test_ema_weights_are_validated_checkpointed_and_tested(ema_run: Path) -> Non
 def test_eval_with_flip_tta_report_and_robustness_equal_test_acc(ema_run: Path, tmp_path: Path) -> None:
     """eval tta=null and tta=flip switch the checkpoint's own flip off and on; with flip, the report's selected row
     and the robustness table's clean row equal test/acc, all scored with the mirror."""
-    ckpt = json.loads((ema_run / "metrics.json").read_text())["ckpt_path"]
-    off = evaluate(
-        compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "tta=null", "report=false"], tmp_path / "off")
+    off = evaluate_run(ema_run, tmp_path / "off", "tta=null", "report=false")
+    metrics = evaluate_run(
+        ema_run, tmp_path / "flip", "tta=flip", "robustness.enabled=true", "robustness.conditions=[clean]"
     )
-    cfg = compose_config(
-        "eval",
-        [f"ckpt_path={ckpt}", "trainer=cpu", "tta=flip", "robustness.enabled=true", "robustness.conditions=[clean]"],
-        tmp_path / "flip",
-    )
-    metrics = evaluate(cfg)
-    record = json.loads((tmp_path / "flip" / "metrics.json").read_text())
-    assert record["tta"] == "flip" and json.loads((tmp_path / "off" / "metrics.json").read_text())["tta"] is None
+    record = metrics_json(tmp_path / "flip")
+    assert record["tta"] == "flip" and metrics_json(tmp_path / "off")["tta"] is None
     assert record["report"]["at_threshold"]["youden"]["acc"] == metrics["test/acc"]
     assert record["robustness"][0]["acc"] == metrics["test/acc"]
     assert metrics["test/auroc"] != off["test/auroc"], "the mirror's scores changed nothing"
@@ -160,19 +158,6 @@ def test_recipes_compose(experiment: str, tmp_path: Path) -> None:
 
 def test_bad_tta_is_one_line(tmp_path: Path) -> None:
     """model.tta=rotate stops the run with one line naming the key and the values, before any data is read."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fakedetect.train",
-            "data=cifake_sample",
-            "model.tta=rotate",
-            f"hydra.run.dir={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
+    done = run_command("train", "data=cifake_sample", "model.tta=rotate", f"hydra.run.dir={tmp_path}", timeout=120)
     last = assert_one_line(done)
     assert last.startswith("error: tta='rotate' (model.tta") and "use flip" in last

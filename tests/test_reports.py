@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -21,14 +20,13 @@ from fakedetect.data.augment import BatchAugment
 from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.data.degrade import blur, degrade, jpeg, noise, resize
 from fakedetect.data.inspect import audit, hamming_groups
-from fakedetect.eval import evaluate
 from fakedetect.metrics.thresholds import f1_threshold, youden_threshold
 from fakedetect.reporting.audit import draw_sizes
 from fakedetect.reporting.results import collect, table, update_readme
 from fakedetect.reporting.robustness import parse_condition, robustness_table
 from fakedetect.train import train
 from fakedetect.utils.errors import ConfigError
-from tests.conftest import ROOT, compose_config, subset_train_config
+from tests.conftest import ROOT, evaluate_run, metrics_json, subset_train_config
 from tests.synthetic import smooth_images
 
 
@@ -108,18 +106,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, cifake_path: Path, cac
 @pytest.fixture(scope="module")
 def eval_run(trained_run: Path) -> Path:
     out = trained_run.parents[2] / "eval" / "runs" / "e1"
-    ckpt = json.loads((trained_run / "metrics.json").read_text())["ckpt_path"]
-    cfg = compose_config(
-        "eval",
-        [
-            f"ckpt_path={ckpt}",
-            "trainer=cpu",
-            "robustness.enabled=true",
-            "robustness.conditions=[clean,jpeg:50,blur:1.0]",
-        ],
-        out,
-    )
-    evaluate(cfg)
+    evaluate_run(trained_run, out, "robustness.enabled=true", "robustness.conditions=[clean,jpeg:50,blur:1.0]")
     return out
 
 
@@ -129,13 +116,13 @@ def test_eval_report_files_and_thresholds(eval_run: Path) -> None:
         png = report / f"{name}.png"
         assert png.stat().st_size > 5000, name
         assert Image.open(png).size[0] > 200
-    summary = json.loads((report / "metrics.json").read_text())
+    summary = metrics_json(report)
     assert summary["n"] == 1000 and 0.5 < summary["auroc"] <= 1 and 0 <= summary["ece"] < 0.5
     assert set(summary["at_threshold"]) == {"0.5", "youden", "f1"}
     assert 0 < summary["at_threshold"]["youden"]["threshold"] < 1
     for m in summary["at_threshold"].values():
         assert {"precision_REAL", "recall_FAKE", "f1_FAKE", "acc"} <= set(m)
-    record = json.loads((eval_run / "metrics.json").read_text())
+    record = metrics_json(eval_run)
     # one scorer and one decision rule: the selected threshold's row and the clean robustness row are test/acc
     assert record["thresholds"]["selected"] == "youden" and record["thresholds"]["source"] == "checkpoint"
     assert record["report"]["at_threshold"]["youden"]["acc"] == record["metrics"]["test/acc"]
@@ -148,8 +135,8 @@ def test_eval_report_files_and_thresholds(eval_run: Path) -> None:
 def test_eval_reproduces_the_test_metrics_of_training(trained_run: Path, eval_run: Path) -> None:
     """With the checkpoint's own (Youden) threshold, eval gives the end-of-training test metrics to the last digit,
     and its stored thresholds are those the training run chose on its validation split."""
-    trained = json.loads((trained_run / "metrics.json").read_text())
-    evaluated = json.loads((eval_run / "metrics.json").read_text())
+    trained = metrics_json(trained_run)
+    evaluated = metrics_json(eval_run)
     test = {k: v for k, v in trained["metrics"].items() if k.startswith("test/")}
     assert {"test/acc", "test/auroc", "test/threshold", "test/loss"} <= set(test)
     assert {k: evaluated["metrics"][k] for k in test} == test
@@ -160,22 +147,20 @@ def test_eval_reproduces_the_test_metrics_of_training(trained_run: Path, eval_ru
 def test_eval_refit_thresholds(trained_run: Path, tmp_path: Path) -> None:
     """thresholds=refit fits Youden and F1 again on the validation split, and the test metrics use the refit one;
     the same data as training's validation gives back the same thresholds. A wrong value is one line."""
-    ckpt = json.loads((trained_run / "metrics.json").read_text())["ckpt_path"]
-    cfg = compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "thresholds=refit", "report=false"], tmp_path)
-    metrics = evaluate(cfg)
-    record = json.loads((tmp_path / "metrics.json").read_text())
-    trained = json.loads((trained_run / "metrics.json").read_text())["metrics"]
+    metrics = evaluate_run(trained_run, tmp_path, "thresholds=refit", "report=false")
+    record = metrics_json(tmp_path)
+    trained = metrics_json(trained_run)["metrics"]
     assert record["thresholds"]["source"] == "refit"
     assert record["thresholds"]["youden"] == pytest.approx(trained["val/threshold_youden"])
     assert metrics["test/threshold"] == pytest.approx(record["thresholds"]["youden"])
     with pytest.raises(ConfigError, match="thresholds=validation: use checkpoint"):
-        evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "thresholds=validation"], tmp_path))
+        evaluate_run(trained_run, tmp_path, "thresholds=validation")
 
 
 def test_results_table_from_run_files(trained_run: Path, tmp_path: Path) -> None:
     records = collect(trained_run.parents[2])
     assert [r["experiment"] for r in records] == ["cnn_baseline"]
-    acc = json.loads((trained_run / "metrics.json").read_text())["metrics"]["test/acc"]
+    acc = metrics_json(trained_run)["metrics"]["test/acc"]
     text = table(records)
     assert f"{100 * acc:.2f}%" in text and "95.08%" in text and "| 1800 |" in text
     readme = tmp_path / "README.md"

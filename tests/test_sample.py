@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 from fakedetect.data.download import SAMPLE, build_sample, sha256_of
 from fakedetect.data.sources import Source
 from fakedetect.reporting.results import collect, table
+from tests.conftest import metrics_json, run_command
 
 
 def test_sample_is_small_stratified_and_licensed() -> None:
@@ -34,19 +32,13 @@ def test_sample_rebuilds_byte_for_byte(cifake_path: Path, tmp_path: Path) -> Non
 def test_sample_run_in_an_empty_folder_says_sample(tmp_path: Path) -> None:
     """The README's first run, from a folder with nothing in it: its folder, metrics and results row say sample."""
     env = {k: v for k, v in os.environ.items() if k not in ("CIFAKE", "PROJECT_ROOT", "FAKEDETECT_CACHE")}
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fakedetect.train",
-            "data=cifake_sample",
-            "experiment=cnn_baseline",
-            "trainer=cpu",
-            "trainer.max_epochs=1",
-            "callbacks.progress_bar=null",
-        ],
-        capture_output=True,
-        text=True,
+    run = run_command(
+        "train",
+        "data=cifake_sample",
+        "experiment=cnn_baseline",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "callbacks.progress_bar=null",
         cwd=tmp_path,
         env=env,
         timeout=300,
@@ -54,7 +46,7 @@ def test_sample_run_in_an_empty_folder_says_sample(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     (folder,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
     assert folder.name.endswith("-sample")
-    record = json.loads((folder / "metrics.json").read_text())
+    record = metrics_json(folder)
     assert record["data"] == "cifake_sample" and record["images"] == {"train": 1080, "val": 120, "test": 400}
     (row,) = table(collect(tmp_path / "outputs")).splitlines()[2:]
     assert re.match(r"\| `cnn_baseline` \(sample\) \| .* \| 1080 \(sample\) \|", row), row

@@ -3,10 +3,7 @@ every `model=` option and for a compiled net, on tiny trainings over the shared 
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +11,6 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from fakedetect.eval import evaluate
 from fakedetect.gradcam import gradcam
 from fakedetect.metrics.thresholds import decide
 from fakedetect.modules import Detector
@@ -24,7 +20,14 @@ from fakedetect.reporting.predictions import score
 from fakedetect.train import train
 from fakedetect.utils.checkpoint import load_checkpoint, load_trained
 from fakedetect.utils.errors import ConfigError
-from tests.conftest import ROOT, assert_one_line, compose_config, subset_train_config
+from tests.conftest import (
+    assert_one_line,
+    compose_config,
+    evaluate_run,
+    metrics_json,
+    run_command,
+    subset_train_config,
+)
 from tests.synthetic import noise_photo
 
 # model option -> extra overrides; ae_transfer gets timm's tiny test ResNet as its encoder and an MSE reconstruction
@@ -71,22 +74,16 @@ def test_train_eval_predict_gradcam(
             "callbacks.early_stopping=null",
         )
     )
-    ckpt = json.loads((run / "metrics.json").read_text())["ckpt_path"]
+    ckpt = metrics_json(run)["ckpt_path"]
     assert not any("_orig_mod" in key for key in load_checkpoint(ckpt)["state_dict"])
 
     # eval with the stored threshold: the test metrics of training (to the last digit, unless training ran the
     # compiled kernels, whose float results differ from eager ones), and the report agrees with them exactly
     out = tmp_path / "eval"
-    metrics = evaluate(
-        compose_config(
-            "eval",
-            [f"ckpt_path={ckpt}", "trainer=cpu", "robustness.enabled=true", "robustness.conditions=[clean]"],
-            out,
-        )
-    )
+    metrics = evaluate_run(run, out, "robustness.enabled=true", "robustness.conditions=[clean]")
     test = {k: v for k, v in trained_metrics.items() if k.startswith("test/")}
     assert {k: metrics[k] for k in test} == (pytest.approx(test, rel=1e-4) if name == "compile" else test)
-    record = json.loads((out / "metrics.json").read_text())
+    record = metrics_json(out)
     assert record["report"]["at_threshold"]["youden"]["acc"] == metrics["test/acc"]
     assert record["robustness"][0]["acc"] == metrics["test/acc"]
     assert record["report"]["classes"] == ["REAL", "FAKE"]
@@ -154,18 +151,11 @@ def test_mlp_gradcam_cli_is_one_line(tmp_path: Path, cifake_path: Path, cache_di
         )
     )
     ckpt = next((run / "checkpoints").glob("*.ckpt"))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fakedetect.gradcam",
-            f"ckpt_path={ckpt}",
-            "device=cpu",
-            f"hydra.run.dir={tmp_path / 'gc'}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    done = run_command(
+        "gradcam",
+        f"ckpt_path={ckpt}",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path / 'gc'}",
         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
     )
     assert assert_one_line(done).startswith("error: Grad-CAM needs spatial feature maps")

@@ -27,7 +27,7 @@ from fakedetect.search.storage import load_study
 from fakedetect.search.sweeper import OWNER, SearchSweeper, fail_orphans, outcome, this_process
 from fakedetect.train import metric_value
 from fakedetect.utils.builders import build_model
-from tests.conftest import CONF, ROOT, SUBSET, compose_config, event_tags
+from tests.conftest import CONF, QUIET, ROOT, SUBSET, compose_config, event_tags
 
 # every search config; one whose model is not in conf/model/ is skipped until it is
 SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
@@ -219,8 +219,7 @@ def sweep_command(
         "data.batch_size=128",
         "trainer=cpu",
         "trainer.max_epochs=1",
-        "callbacks.progress_bar=null",
-        "print_config=false",
+        *QUIET,
         f"paths.log_dir={tmp}",
         f"hydra.sweep.dir={tmp / name}",
         *overrides,

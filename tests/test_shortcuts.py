@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ from PIL import Image
 
 from fakedetect.data.inspect import audit
 from fakedetect.data.shortcuts import header_facts, jpeg_quality, lookup_accuracy, threshold_accuracy
-from tests.conftest import assert_one_line
+from tests.conftest import assert_one_line, run_command
 from tests.test_data import _write_tree
 
 CLASSES = ["REAL", "FAKE"]
@@ -168,19 +166,7 @@ def test_per_source_shortcut_of_one_generator(tmp_path: Path) -> None:
 def test_inspect_command_bad_input_is_one_line(args: list[str], expected: str, tmp_path: Path) -> None:
     root = _write_tree(tmp_path / "data", {"a.png": _image((8, 8), "PNG", 0), "b.png": _image((8, 8), "PNG", 1)})
     (root / "labels.csv").write_text("path,label\na.png,REAL\nb.png,dog\n")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fakedetect.audit",
-            f"root={root}",
-            *args,
-            "decode=false",
-            "workers=1",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = run_command(
+        "audit", f"root={root}", *args, "decode=false", "workers=1", f"hydra.run.dir={tmp_path / 'run'}", timeout=120
     )
     assert_one_line(done, expected)

@@ -4,7 +4,6 @@ folder of synthetic images of several sizes, formats and sources, decoded in Dat
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from fakedetect.gradcam import gradcam
 from fakedetect.predict import predict
 from fakedetect.train import train
 from fakedetect.utils.errors import ConfigError
-from tests.conftest import compose_config, event_tags
+from tests.conftest import QUIET, compose_config, event_tags, metrics_json
 from tests.synthetic import SOURCES, write_tree
 
 STREAM = [
@@ -39,14 +38,13 @@ def test_streamed_train_eval_gradcam_predict(tmp_path: Path, cache_dir: Path) ->
                 f"data.cache_dir={cache_dir}",
                 "trainer=cpu",
                 "trainer.max_epochs=1",
-                "print_config=false",
-                "callbacks.progress_bar=null",
+                *QUIET,
                 "model.net.n_layers=2",
             ],
             run,
         )
     )
-    record = json.loads((run / "metrics.json").read_text())
+    record = metrics_json(run)
     assert record["images"] == {"train": 44, "val": 4, "test": 24}  # val: 10% of each class of train; test as given
     assert {r["source"] for r in record["per_source"]} == {*SOURCES, "all"}
     assert trained["test/acc"] > 0.6  # the classes are learnable: not chance
@@ -76,7 +74,7 @@ def test_streamed_train_eval_gradcam_predict(tmp_path: Path, cache_dir: Path) ->
         "per_source.md",
     ):
         assert (out / "report" / name).stat().st_size > 0, name
-    evaluated = json.loads((out / "metrics.json").read_text())
+    evaluated = metrics_json(out)
     assert evaluated["test_sets"]["synthetic"]["robustness"][0]["acc"] == metrics["synthetic/test/acc"]
     assert len(evaluated["per_source"]) == 8 and metrics["whole/test/source/gen_b/recall"] >= 0
     assert metrics["whole/test/source/gen_b/recall"] == pytest.approx(float(rows["whole", "gen_b"]["recall"]))

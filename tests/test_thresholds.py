@@ -15,6 +15,7 @@ from fakedetect.losses import BCEWithLogits
 from fakedetect.metrics.thresholds import SelectedThresholds, decide, f1_threshold, youden_threshold
 from fakedetect.modules import Detector
 from fakedetect.nets import MLP
+from fakedetect.reporting.callbacks import TestFigures
 from fakedetect.utils.errors import ConfigError
 
 # 2 FAKE among 8 REAL. Calling the top k scores FAKE (prob > the (k+1)-th score):
@@ -133,7 +134,10 @@ def test_test_metrics_use_the_chosen_threshold() -> None:
     model.val_thresholds.copy_(torch.tensor([0.6, 0.9]))
     model.on_test_start()
     assert all(m.threshold == pytest.approx(0.9) for name, m in model.test_metrics.items() if "auroc" not in name)
-    assert model.test_confusion.threshold == pytest.approx(0.9)
+    # the confusion-matrix figure (a reporting callback) counts at the same threshold
+    figures = TestFigures()
+    figures.on_test_start(None, model)  # type: ignore[arg-type]
+    assert figures.confusion.threshold == pytest.approx(0.9)
     model.test_metrics.update(torch.tensor([0.95, 0.85, 0.3, 0.2]), torch.tensor([1, 0, 1, 0]))
     # at 0.9 only the first is called FAKE: 3 of 4 right (at 0.5, 2 of 4)
     assert float(model.test_metrics.compute()["test/acc"]) == pytest.approx(0.75)

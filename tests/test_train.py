@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,10 +12,19 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from fakedetect.eval import evaluate
 from fakedetect.train import metric_value, train
 from fakedetect.utils.checkpoint import checkpoint_config, load_checkpoint
-from tests.conftest import ROOT, SUBSET, compose_config, event_tags, subset_train_config
+from tests.conftest import (
+    QUIET,
+    ROOT,
+    SUBSET,
+    compose_config,
+    evaluate_run,
+    event_tags,
+    metrics_json,
+    run_command,
+    subset_train_config,
+)
 
 
 @pytest.mark.parametrize("model", ["cnn", "mlp"])
@@ -42,7 +50,7 @@ def test_short_training_learns(trained: tuple[DictConfig, dict]) -> None:
 
 def test_metrics_json_records_the_run(trained: tuple[DictConfig, dict]) -> None:
     cfg, metrics = trained
-    record = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    record = metrics_json(Path(cfg.paths.output_dir))
     assert record["metrics"]["test/acc"] == pytest.approx(metrics["test/acc"])
     assert record["epochs"] == 2 and record["params"] > 100_000 and record["train_time_s"] > 0
     assert "CPU" in record["machine"]
@@ -50,7 +58,7 @@ def test_metrics_json_records_the_run(trained: tuple[DictConfig, dict]) -> None:
 
 def test_checkpoint_is_self_contained(trained: tuple[DictConfig, dict]) -> None:
     cfg, _ = trained
-    ckpt_path = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["ckpt_path"]
+    ckpt_path = metrics_json(Path(cfg.paths.output_dir))["ckpt_path"]
     ckpt = load_checkpoint(ckpt_path)
     run_cfg = checkpoint_config(ckpt, ckpt_path)
     assert run_cfg.model.net._target_ == "fakedetect.nets.FlexibleCNN"
@@ -61,12 +69,10 @@ def test_checkpoint_is_self_contained(trained: tuple[DictConfig, dict]) -> None:
 
 def test_eval_reproduces_the_test_metric(trained: tuple[DictConfig, dict], tmp_path: Path) -> None:
     cfg, metrics = trained
-    ckpt_path = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["ckpt_path"]
-    eval_cfg = compose_config("eval", [f"ckpt_path={ckpt_path}", "trainer=cpu"], tmp_path)
-    result = evaluate(eval_cfg)
+    result = evaluate_run(Path(cfg.paths.output_dir), tmp_path)
     assert result["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
     assert result["test/auroc"] == pytest.approx(metrics["test/auroc"], abs=1e-6)
-    assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["test/acc"] == result["test/acc"]
+    assert metrics_json(tmp_path)["metrics"]["test/acc"] == result["test/acc"]
 
 
 def test_tensorboard_has_scalars_hparams_and_figures(trained: tuple[DictConfig, dict]) -> None:
@@ -89,41 +95,24 @@ def test_cli_train_then_eval(cifake_path: Path, cache_dir: Path, tmp_path: Path)
     """The documented commands, as a user runs them: `python -m fakedetect.train` then `.eval`."""
     env = {**os.environ, "CIFAKE": str(cifake_path), "FAKEDETECT_CACHE": str(cache_dir)}
     run_dir = tmp_path / "run"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fakedetect.train",
-            "experiment=fakefinder_best",
-            *SUBSET,
-            "trainer=cpu",
-            "trainer.max_epochs=1",
-            "callbacks.progress_bar=null",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=ROOT,
+    run_command(
+        "train",
+        "experiment=fakefinder_best",
+        *SUBSET,
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "callbacks.progress_bar=null",
+        f"hydra.run.dir={run_dir}",
         env=env,
         check=True,
-        capture_output=True,
     )
-    record = json.loads((run_dir / "metrics.json").read_text())
+    record = metrics_json(run_dir)
     assert record["experiment"] == "fakefinder_best" and record["metrics"]["test/acc"] > 0.6
     eval_dir = tmp_path / "eval"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fakedetect.eval",
-            f"ckpt_path={record['ckpt_path']}",
-            "trainer=cpu",
-            f"hydra.run.dir={eval_dir}",
-        ],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
+    run_command(
+        "eval", f"ckpt_path={record['ckpt_path']}", "trainer=cpu", f"hydra.run.dir={eval_dir}", env=env, check=True
     )
-    evaluated = json.loads((eval_dir / "metrics.json").read_text())
+    evaluated = metrics_json(eval_dir)
     assert evaluated["metrics"]["test/acc"] == pytest.approx(record["metrics"]["test/acc"], abs=1e-6)
 
 
@@ -140,8 +129,7 @@ def test_last_checkpoint_follows_the_latest_epoch_and_a_killed_run_resumes_from_
         "model=mlp",
         "model.optimizer.lr=0",
         "test=false",
-        "print_config=false",
-        "callbacks.progress_bar=null",
+        *QUIET,
     ]
     run = tmp_path / "run"
     command = [sys.executable, "-m", "fakedetect.train", *overrides, "trainer.max_epochs=200", f"hydra.run.dir={run}"]
