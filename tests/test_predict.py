@@ -76,6 +76,11 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 NAMES = ["alpha.webp", "broken.jpg", "grey.png", "small.PNG", "palette.gif", "photo.jpg"]
 
 
+def predict_images(ckpt: Path, images: Path, out: Path, *overrides: str) -> list[dict]:
+    """`predict` of `images` (a file, folder or glob) by the checkpoint `ckpt`, run in `out`."""
+    return predict(compose_config("predict", [f"ckpt_path={ckpt}", f"input={images}", *overrides], out))
+
+
 def check_rows(rows: list[dict], threshold: float) -> None:
     for row in rows:
         if Path(row["path"]).name == "broken.jpg":
@@ -88,7 +93,7 @@ def check_rows(rows: list[dict], threshold: float) -> None:
 
 
 def test_predict_a_folder_to_csv(checkpoint: Path, photos: Path, tmp_path: Path) -> None:
-    rows = predict(compose_config("predict", [f"ckpt_path={checkpoint}", f"input={photos}", "num_workers=0"], tmp_path))
+    rows = predict_images(checkpoint, photos, tmp_path, "num_workers=0")
     with (tmp_path / "predictions.csv").open() as f:
         table = list(csv.DictReader(f))
     assert [Path(r["path"]).name for r in table] == NAMES
@@ -100,19 +105,8 @@ def test_predict_a_folder_to_csv(checkpoint: Path, photos: Path, tmp_path: Path)
 
 def test_predict_to_json_with_a_threshold(checkpoint: Path, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "preds.json"
-    rows = predict(
-        compose_config(
-            "predict",
-            [
-                f"ckpt_path={checkpoint}",
-                f"input={photos}",
-                f"output={out}",
-                "threshold=0.3",
-                "batch_size=2",
-                "num_workers=2",
-            ],
-            tmp_path,
-        )
+    rows = predict_images(
+        checkpoint, photos, tmp_path, f"output={out}", "threshold=0.3", "batch_size=2", "num_workers=2"
     )
     assert json.loads(out.read_text()) == rows
     assert [Path(r["path"]).name for r in rows] == NAMES
@@ -151,19 +145,19 @@ def test_predict_checks_its_output_before_scoring(
     non-image files of a folder input are counted in the log."""
     out = tmp_path / "preds.csv"
     out.write_text("keep me")
-    args = [f"ckpt_path={checkpoint}", f"input={photos}", f"output={out}", "num_workers=0"]
+    args = [f"output={out}", "num_workers=0"]
     with pytest.raises(ConfigError, match="exists; pass overwrite=true"):
-        predict(compose_config("predict", args, tmp_path))
+        predict_images(checkpoint, photos, tmp_path, *args)
     assert out.read_text() == "keep me"
     with caplog.at_level(logging.INFO, logger="fakedetect.predict"):
-        predict(compose_config("predict", [*args, "overwrite=true"], tmp_path))
+        predict_images(checkpoint, photos, tmp_path, *args, "overwrite=true")
     assert out.read_text().startswith("path,prob_fake")
     assert any("ignored 1 files" in r.getMessage() for r in caplog.records)
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     for bad, message in ((blocker / "preds.csv", "cannot be written"), (tmp_path, "is a folder")):
         with pytest.raises(ConfigError, match=message):
-            predict(compose_config("predict", [*args[:2], f"output={bad}"], tmp_path))
+            predict_images(checkpoint, photos, tmp_path, f"output={bad}")
 
 
 def test_predict_cli_bad_input_is_one_line(checkpoint: Path, photos: Path, tmp_path: Path) -> None:
@@ -197,7 +191,7 @@ def test_checkpoint_from_before_val_thresholds(
     assert all(math.isnan(t) for t in trained.model.val_thresholds.tolist())
     warnings = [r.getMessage() for r in caplog.records if r.name == "fakedetect.modules.detector"]
     assert len(warnings) == 1 and "val_thresholds" in warnings[0]
-    rows = predict(compose_config("predict", [f"ckpt_path={path}", f"input={photos}", "num_workers=0"], tmp_path))
+    rows = predict_images(path, photos, tmp_path, "num_workers=0")
     check_rows(rows, 0.5)
 
 
@@ -229,15 +223,15 @@ def test_predict_averages_crops_and_tiles(checkpoint: Path, photos: Path, tmp_pa
     model, dm = trained.model, trained.datamodule
     tiles = {"photo.jpg": 16, "grey.png": 2, "alpha.webp": 1, "palette.gif": 5, "small.PNG": 1}  # max_tiles=16
     for crops, counts in ((5, dict.fromkeys(tiles, 5)), ("tiles", tiles)):
-        args = [
-            f"ckpt_path={checkpoint}",
-            f"input={photos}",
+        rows = predict_images(
+            checkpoint,
+            photos,
+            tmp_path,
             f"crops={crops}",
             "num_workers=0",
             "batch_size=7",
             f"output={tmp_path}/out_{crops}.csv",
-        ]
-        rows = predict(compose_config("predict", args, tmp_path))
+        )
         check_rows(rows, 0.5)
         for row in rows:
             name = Path(row["path"]).name
@@ -257,7 +251,7 @@ def test_predict_bad_fit_crops_or_max_tiles_stop_before_scoring(checkpoint: Path
         (["crops=tiles", "max_tiles=0"], r"^max_tiles=0 must be a positive integer"),
     ):
         with pytest.raises(ConfigError, match=message):
-            predict(compose_config("predict", [f"ckpt_path={checkpoint}", f"input={photos}", *bad], tmp_path))
+            predict_images(checkpoint, photos, tmp_path, *bad)
     assert not (tmp_path / "predictions.csv").exists()
 
 
@@ -269,18 +263,8 @@ def test_predict_heic_with_the_fit_overridden(checkpoint: Path, tmp_path: Path) 
     Image.fromarray(rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(folder / "IMG_0001.HEIC", quality=90)
     probs = {}
     for fit in ("squash", "resize_crop"):
-        rows = predict(
-            compose_config(
-                "predict",
-                [
-                    f"ckpt_path={checkpoint}",
-                    f"input={folder}",
-                    f"fit={fit}",
-                    "num_workers=0",
-                    f"output={tmp_path}/{fit}.json",
-                ],
-                tmp_path,
-            )
+        rows = predict_images(
+            checkpoint, folder, tmp_path, f"fit={fit}", "num_workers=0", f"output={tmp_path}/{fit}.json"
         )
         assert [Path(r["path"]).name for r in rows] == ["IMG_0001.HEIC"] and not rows[0]["error"]
         probs[fit] = rows[0]["prob_fake"]
@@ -300,18 +284,8 @@ def test_predict_keeps_the_checkpoints_pixel_limit(checkpoint: Path, photos: Pat
     small_limit = tmp_path / "small_limit.ckpt"
     torch.save(stored, small_limit)
     for crops in (1, 5):
-        rows = predict(
-            compose_config(
-                "predict",
-                [
-                    f"ckpt_path={small_limit}",
-                    f"input={photos}",
-                    f"crops={crops}",
-                    "num_workers=0",
-                    f"output={tmp_path}/{crops}.csv",
-                ],
-                tmp_path,
-            )
+        rows = predict_images(
+            small_limit, photos, tmp_path, f"crops={crops}", "num_workers=0", f"output={tmp_path}/{crops}.csv"
         )
         refused = {Path(r["path"]).name for r in rows if r["error"] and "max_pixels=10000" in r["error"]}
         assert refused == {"photo.jpg"}
