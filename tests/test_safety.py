@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -233,3 +234,12 @@ def test_run_config_targets_are_allow_listed_too(tmp_path: Path) -> None:
 
 def test_forgotten_ckpt_path_is_one_line(tmp_path: Path) -> None:
     assert_one_line(run_cli("export", cwd=tmp_path), "ckpt_path is required: add ckpt_path=... to the command")
+
+
+def test_a_model_that_is_not_a_detector_is_one_config_error() -> None:
+    """Every command scores through Detector's interface: any other allowed module is refused when built, by name."""
+    cfg = OmegaConf.create(
+        {"loss": {"_target_": "fakedetect.losses.BCEWithLogits"}, "model": {"_target_": "torch.nn.Identity"}}
+    )
+    with pytest.raises(ConfigError, match=r"^run: model\._target_ must be fakedetect\.modules\.Detector .*torch\.nn"):
+        build_model(cfg, allow=(*MODEL_TARGETS, "torch.nn.Identity"), source="run")
