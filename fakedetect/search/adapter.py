@@ -70,7 +70,7 @@ def suggest(trial: Trial, name: str, distribution: BaseDistribution) -> Any:
 
 def set_trial_user_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: Any) -> None:
     """A user attribute on a trial this process holds only frozen (e.g. another process's RUNNING trial)."""
-    study._storage.set_trial_user_attr(trial._trial_id, key, value)
+    study._storage.set_trial_user_attr(trial_id(trial), key, value)
 
 
 def tell(study: optuna.Study, trial: Trial, state: TrialState, values: list[float] | None) -> bool:
