@@ -131,10 +131,13 @@ def test_group_choices_give_the_recipes_keys(
 
 def test_robust_recipes_keep_their_degradations(tmp_path: Path) -> None:
     blurjpeg = compose_config("train", ["experiment=cnnv3_blurjpeg", "data.root=x"], tmp_path).data.augment
-    robust = compose_config("train", ["experiment=cnnv3_robust", "data.root=x"], tmp_path).data.augment
+    recipe = compose_config("train", ["experiment=cnnv3_robust", "data.root=x"], tmp_path)
+    robust = recipe.data.augment
     assert (blurjpeg.blur_prob, blurjpeg.blur_sigma, blurjpeg.jpeg_prob, blurjpeg.resize_prob) == (0.5, 1.0, 0.5, 0.0)
-    assert (robust.blur_prob, robust.blur_sigma, robust.jpeg_prob, robust.resize_prob) == (0.5, 1.5, 0.5, 0.5)
+    assert (robust.blur_prob, robust.blur_sigma, robust.jpeg_prob, robust.resize_prob) == (0.4, 1.5, 0.4, 0.4)
     assert robust.translate == blurjpeg.translate == 4 and list(robust.jpeg_quality) == [30, 100]
+    assert (recipe.model.net.n_layers, list(recipe.model.net.filters)) == (3, [32, 64, 128])
+    assert recipe.model.tta == "flip" and recipe.callbacks.ema.decay == 0.999
 
 
 def test_machine_paths_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
