@@ -9,6 +9,7 @@ import io
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,18 @@ def test_default_training_console_is_quiet(cifake_path: Path, tmp_path: Path) ->
     assert "GPU available" not in console and "Trainable params" not in console
     assert "task_name: train" in console and "splits: {'train': 1800" in console
     assert "Epoch 0/0" in console and "test/acc" in console and "metrics written to" in console
+
+
+def test_quiet_console_drops_only_the_listed_library_warnings() -> None:
+    """An autoencoder's frozen LPIPS trunk makes Lightning warn of modules in eval mode at every fit: dropped, while
+    any other warning of the same category still shows."""
+    from lightning.pytorch.utilities.warnings import PossibleUserWarning
+
+    from fakedetect.utils.console import quiet_console
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        quiet_console()
+        for message in ("Found 41 module(s) in eval mode at the start of training. This may ...", "Found 41 others"):
+            warnings.warn(message, PossibleUserWarning, stacklevel=1)
+    assert [str(w.message) for w in shown] == ["Found 41 others"]

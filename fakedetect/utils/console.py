@@ -13,6 +13,8 @@ import warnings
 LIBRARY_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     # Lightning 2.6's pytree helper still builds torch's deprecated LeafSpec
     (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+    # frozen parts are kept in eval mode on purpose: LPIPS's trunk, FrozenBatchNorm2d of a partly frozen backbone
+    (UserWarning, r"Found \d+ module\(s\) in eval mode at the start of training"),
 )
 # Lightning's info lines that advertise other products or list accelerators (metrics.json records the machine)
 LIGHTNING_NOISE = ("💡 Tip:", "GPU available:", "TPU available:", "HPU available:")
