@@ -13,7 +13,7 @@ import warnings
 LIBRARY_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     # Lightning 2.6's pytree helper still builds torch's deprecated LeafSpec
     (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
-    # frozen parts are kept in eval mode on purpose: LPIPS's trunk, FrozenBatchNorm2d of a partly frozen backbone
+    # the LPIPS loss's frozen trunk stays in eval mode on purpose (all 41 such modules of an ae_transfer fit)
     (UserWarning, r"Found \d+ module\(s\) in eval mode at the start of training"),
 )
 # Lightning's info lines that advertise other products or list accelerators (metrics.json records the machine)
