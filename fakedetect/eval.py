@@ -18,16 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from fakedetect.callbacks.test_scores import TestScores
 from fakedetect.data.datamodule import ImageDataModule
-from fakedetect.metrics.thresholds import SelectedThresholds
+from fakedetect.metrics.scores import Scores
+from fakedetect.modules.detector import Detector
 from fakedetect.reporting.callbacks import Reconstructions, TestFigures
-from fakedetect.reporting.dedup import dedup_metrics
-from fakedetect.reporting.per_source import per_source_metrics, write_per_source
-from fakedetect.reporting.predictions import Scores, choose_tta, split_scores, tested_scores
+from fakedetect.reporting.per_source import write_per_source
 from fakedetect.reporting.report import ConfidentMistakes, write_report
 from fakedetect.reporting.robustness import parse_condition, robustness_table, write_robustness
 from fakedetect.utils.app import command
@@ -91,34 +92,26 @@ def evaluate_set(cfg: DictConfig, data: dict[str, Any], name: str | None, robust
     set's record (metrics, thresholds, report, robustness, per_source)."""
     trained = load_trained(cfg.ckpt_path, data)
     model, datamodule, run_cfg = trained.model, trained.datamodule, trained.config
-    choose_tta(model, cfg.get("tta"))
-    trainer = build_trainer(cfg, callbacks=[TestFigures(), Reconstructions()], loggers=set_loggers(cfg, name))
+    trained.choose_tta(cfg.get("tta"))
     where = f"test set {name}" if name else f"data.root={run_cfg.data.root}"
     if cfg.thresholds == "refit":
-        datamodule.setup("validate")
-        val = split_scores(model, datamodule, trainer, "val")
-        if len(val.labels.unique()) < 2:
-            raise ConfigError(
-                f"thresholds=refit: the validation split of {where} does not hold both classes "
-                f"({len(val.labels)} images), so no threshold can be fitted on it; use "
-                "thresholds=checkpoint"
-            )
-        fitted = SelectedThresholds()
-        fitted.update(val.probs, val.labels)
-        model.val_thresholds.copy_(fitted.compute())
-    trainer.test(model, datamodule=datamodule)
-    metrics = {**scalars(trainer.callback_metrics), **dedup_metrics(model, datamodule, trainer)}
+        refit_thresholds(cfg, model, datamodule, where)
     threshold = model.decision_threshold
+    mistakes = ConfidentMistakes(threshold)
+    tested = TestScores(name or "test", keep=mistakes if cfg.get("report") else None)
+    trainer = build_trainer(cfg, callbacks=[TestFigures(), Reconstructions(), tested], loggers=set_loggers(cfg, name))
+    trainer.test(model, datamodule=datamodule)
+    metrics = scalars(trainer.callback_metrics)
+    clean = tested.scores
+    if clean is None:
+        raise ConfigError(f"{where}: the test split is empty, so nothing was scored (data.root, data.test_limit)")
     known = {"0.5": 0.5, **{n: t for n, t in model.thresholds().items() if t is not None}}
     record: dict = {
         "data_root": run_cfg.data.root,
         "tta": model.tta,
         "thresholds": {**known, "selected": model.threshold_name, "value": threshold, "source": cfg.thresholds},
+        "per_source": tested.rows,
     }
-    mistakes = ConfidentMistakes(threshold)
-    clean = tested_scores(model, datamodule, trainer, keep=mistakes)
-    record["per_source"], source_metrics = per_source_metrics(model, datamodule, trainer, clean, name or "test")
-    metrics.update(source_metrics)
     if cfg.get("report"):
         record["report"] = write_report(
             folder, clean.probs, clean.labels, mistakes, known, datamodule.classes, trainer.loggers
@@ -126,7 +119,7 @@ def evaluate_set(cfg: DictConfig, data: dict[str, Any], name: str | None, robust
     if robustness:
 
         def degraded(transform: Callable[[torch.Tensor], torch.Tensor] | None) -> Scores:
-            return clean if transform is None else tested_scores(model, datamodule, trainer, transform=transform)
+            return clean if transform is None else degraded_scores(cfg, model, datamodule, transform)
 
         record["robustness"] = robustness_table(degraded, threshold, robustness)
         write_robustness(folder, record["robustness"], trainer.loggers)
@@ -134,6 +127,34 @@ def evaluate_set(cfg: DictConfig, data: dict[str, Any], name: str | None, robust
         logger.finalize("success")
     record["metrics"] = metrics
     return record
+
+
+def refit_thresholds(cfg: DictConfig, model: Detector, datamodule: ImageDataModule, where: str) -> None:
+    """Youden's and best-F1 thresholds fitted again on the validation split of the data given: the detector's own
+    validation hooks choose them, in a validation pass logged nowhere."""
+    datamodule.setup("validate")
+    labels = datamodule.splits["val"].labels
+    if len(np.unique(labels)) < 2:
+        raise ConfigError(
+            f"thresholds=refit: the validation split of {where} does not hold both classes "
+            f"({len(labels)} images), so no threshold can be fitted on it; use thresholds=checkpoint"
+        )
+    build_trainer(cfg, callbacks=[], loggers=[]).validate(model, datamodule=datamodule, verbose=False)
+
+
+def degraded_scores(
+    cfg: DictConfig, model: Detector, datamodule: ImageDataModule, transform: Callable[[torch.Tensor], torch.Tensor]
+) -> Scores:
+    """The test split scored again with `transform` degrading every uint8 batch first, in a test pass logged
+    nowhere (a robustness row)."""
+    tested = TestScores()
+    datamodule.test_transform = transform
+    try:
+        build_trainer(cfg, callbacks=[tested], loggers=[]).test(model, datamodule=datamodule, verbose=False)
+    finally:
+        datamodule.test_transform = None
+    assert tested.scores is not None  # the clean pass scored the same split
+    return tested.scores
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

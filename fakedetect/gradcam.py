@@ -12,7 +12,6 @@ from fakedetect.reporting.gradcam import explain_test_images
 from fakedetect.utils.app import command
 from fakedetect.utils.builders import build_list
 from fakedetect.utils.checkpoint import load_trained
-from fakedetect.utils.device import resolve_device
 from fakedetect.utils.errors import ConfigError, is_int
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,7 @@ def gradcam(cfg: DictConfig) -> Path:
         trained.model.decision_threshold,
         n=cfg.n,
         pool=cfg.pool,
-        device=resolve_device(cfg.device),
+        device=cfg.device,
     )
     output = Path(cfg.output)
     output.parent.mkdir(parents=True, exist_ok=True)

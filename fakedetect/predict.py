@@ -29,10 +29,9 @@ from torchvision.transforms.functional import five_crop
 from fakedetect.data.decode import DEFAULT_MAX_PIXELS, check_fit, cover, decode_image, open_image, to_rgb
 from fakedetect.data.layouts import IMAGE_SUFFIXES
 from fakedetect.metrics.thresholds import decide
-from fakedetect.reporting.predictions import choose_tta, score
 from fakedetect.utils.app import command
 from fakedetect.utils.checkpoint import load_trained
-from fakedetect.utils.device import resolve_device
+from fakedetect.utils.device import device_trainer
 from fakedetect.utils.errors import ConfigError, is_int, is_number
 
 log = logging.getLogger(__name__)
@@ -154,12 +153,12 @@ def predict(cfg: DictConfig) -> list[dict]:
         )
     trained = load_trained(cfg.ckpt_path, data={"fit": cfg.fit})
     datamodule, model = trained.datamodule, trained.model
-    choose_tta(model, cfg.get("tta"))
+    trained.choose_tta(cfg.get("tta"))
     threshold = model.decision_threshold if cfg.threshold is None else cfg.threshold
     if not (is_number(threshold) and 0 <= threshold <= 1):
         raise ConfigError(f"threshold={cfg.threshold} must be a probability in [0, 1], or null for the checkpoint's")
     threshold = float(threshold)
-    device = resolve_device(cfg.device)
+    trainer = device_trainer(cfg.device)
     per_file = 1 if crops == 1 else 5 if crops == 5 else cfg.max_tiles
     # decoded as the checkpoint's data module decodes: its resolution, fit (or fit=) and pixel limit
     files = ImageFiles(
@@ -179,18 +178,19 @@ def predict(cfg: DictConfig) -> list[dict]:
         batch_size=max(1, cfg.batch_size // per_file),
         num_workers=cfg.num_workers,
         collate_fn=collate,
-        pin_memory=device.type == "cuda",
+        pin_memory=trainer.strategy.root_device.type == "cuda",
     )
     rows: list[dict] = [
         {"path": str(path), "prob_fake": None, "label": None, "threshold": threshold, "crops": None, "error": None}
         for path in paths
     ]
-    batches = decoded(track(loader, description=f"predicting {len(paths)} images"), rows)
-    scores = score(model, batches, datamodule.preprocess, device)
-    owners = scores[1]
+    batches = DecodedWindows(track(loader, description=f"predicting {len(paths)} images"), rows)
+    predicted = trainer.predict(model, dataloaders=batches) or []
+    owners = torch.cat(batches.owners) if batches.owners else torch.empty(0, dtype=torch.long)
+    window_probs = torch.cat([p.cpu() for p in predicted]) if predicted else torch.empty(0)  # type: ignore[union-attr]
     counts = torch.bincount(owners, minlength=len(paths))
     scored = torch.nonzero(counts).flatten()
-    probs = torch.zeros(len(paths)).index_add_(0, owners, scores[0])[scored] / counts[scored]
+    probs = torch.zeros(len(paths)).index_add_(0, owners, window_probs)[scored] / counts[scored]
     for i, prob, decision, n in zip(
         scored.tolist(), probs.tolist(), decide(probs, threshold).tolist(), counts[scored].tolist(), strict=True
     ):
@@ -201,13 +201,21 @@ def predict(cfg: DictConfig) -> list[dict]:
     return rows
 
 
-def decoded(loader: Iterable[tuple[Tensor, Tensor | None, dict]], rows: list[dict]) -> Iterator[tuple[Tensor, Tensor]]:
-    """The scorer's (uint8 NCHW windows, their file indices) batches; each unreadable file's error goes to its row."""
-    for owners, images, errors in loader:
-        for i, error in errors.items():
-            rows[i]["error"] = error
-        if images is not None:
-            yield images, owners
+class DecodedWindows:
+    """The (uint8 NCHW windows,) batches `trainer.predict` scores, in order; each batch's file indices are kept in
+    `owners`, and each unreadable file's error goes to its row."""
+
+    def __init__(self, loader: Iterable[tuple[Tensor, Tensor | None, dict]], rows: list[dict]) -> None:
+        self.loader, self.rows = loader, rows
+        self.owners: list[Tensor] = []
+
+    def __iter__(self) -> Iterator[tuple[Tensor]]:
+        for owners, images, errors in self.loader:
+            for i, error in errors.items():
+                self.rows[i]["error"] = error
+            if images is not None:
+                self.owners.append(owners)
+                yield (images,)
 
 
 def write_rows(rows: list[dict], path: Path) -> None:

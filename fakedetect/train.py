@@ -12,8 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
-from fakedetect.reporting.dedup import dedup_metrics
-from fakedetect.reporting.per_source import per_source_metrics
+from fakedetect.callbacks.test_scores import TestScores
 from fakedetect.search.pruning import OptunaTrialCallback
 from fakedetect.utils.app import command
 from fakedetect.utils.builders import build_list, build_model, build_trainer, count_parameters, instantiate
@@ -32,10 +31,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     model = build_model(cfg)
+    tested = TestScores()
     callbacks = [
         *build_list(cfg.get("callbacks")),
         StoreConfig(plain(cfg)),
         LogInterval(),
+        tested,
     ]
     if cfg.get("optuna_trial"):  # set by the fakedetect_optuna sweeper: report to, and be pruned by, this trial
         callbacks.append(OptunaTrialCallback(**cfg.optuna_trial, monitor=cfg.optimized_metric))
@@ -64,9 +65,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             log.warning("no best checkpoint; testing the current weights")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(scalars(trainer.callback_metrics))
-        metrics.update(dedup_metrics(model, datamodule, trainer))
-        record["per_source"], source_metrics = per_source_metrics(model, datamodule, trainer)
-        metrics.update(source_metrics)
+        record["per_source"] = tested.rows
     record["metrics"] = metrics
     record["images"] = datamodule.split_sizes
     if trainer.is_global_zero:

@@ -12,7 +12,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Protocol, runtime_checkable
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from fakedetect.data.augment import BatchAugment
+from fakedetect.data.batch import Batch
 from fakedetect.data.cache import Decoded, cache_key, decode_entries, digest_entries, load_cache
 from fakedetect.data.decode import DEFAULT_MAX_PIXELS, DIGEST, FITS, BadImageError
 from fakedetect.data.layouts import LAYOUTS, DataLayoutError, Entry, Listing
@@ -39,12 +40,12 @@ from fakedetect.data.loaders import (
     collate_skipping,
     litdata_loader,
 )
+from fakedetect.data.pixels import LUMA
 from fakedetect.data.sources import Source
 from fakedetect.utils.errors import ConfigError, is_int, is_number, require, require_each
 
 log = logging.getLogger(__name__)
 
-LUMA = (0.299, 0.587, 0.114)
 # the smallest side length in pixels a run may decode to; below it no net here has anything to learn from
 MIN_RESOLUTION = 8
 LOADERS = ("memory", "cached", "stream", "litdata")
@@ -58,6 +59,8 @@ DEVICE_CHUNK = 8192
 @runtime_checkable
 class TakesStatistics(Protocol):
     """A LightningModule that keeps the normalization statistics as buffers (Detector)."""
+
+    has_statistics: bool
 
     def set_statistics(self, mean: Sequence[float], std: Sequence[float]) -> None: ...
 
@@ -233,6 +236,8 @@ class ImageDataModule(L.LightningDataModule):
         self._data: Decoded | None = None
         self._entries: list[Entry] = []
         self._on_device: dict[tuple[str, str], tuple[Tensor, Tensor, Tensor]] = {}
+        # degrades every uint8 test batch before the detector sees it (a robustness row); None: clean
+        self.test_transform: Callable[[Tensor], Tensor] | None = None
 
     @property
     def split_sizes(self) -> dict[str, int]:
@@ -333,15 +338,18 @@ class ImageDataModule(L.LightningDataModule):
             self.decoded()
 
     def setup(self, stage: str | None = None) -> None:
-        self._plan()
         model = self.trainer.lightning_module if self.trainer is not None else None
-        if isinstance(model, TakesStatistics):  # kept as buffers on the model: a checkpoint's module needs no data
-            assert self.mean is not None and self.std is not None  # _plan sets them
+        needs_statistics = isinstance(model, TakesStatistics) and not model.has_statistics
+        self._plan(statistics=needs_statistics or model is None)
+        if needs_statistics:  # the detector keeps them as buffers: a checkpoint's module needs no data
+            assert isinstance(model, TakesStatistics) and self.mean is not None and self.std is not None
             model.set_statistics(self.mean, self.std)
 
-    def _plan(self) -> None:
-        """Splits, sources, duplicates and normalization statistics, once."""
+    def _plan(self, statistics: bool = True) -> None:
+        """Splits, sources, duplicates and (for a detector without them) normalization statistics, once."""
         if self.splits:
+            if statistics and self.mean is None:
+                self.mean, self.std = self._stats()
             return
         if self.fit == "random_crop" and self.loader != "stream":
             log.warning(
@@ -370,15 +378,9 @@ class ImageDataModule(L.LightningDataModule):
         self.splits = {k: Split(v, rows.labels[v], sources[v]) for k, v in index.items()}
         self.test_names = [rows.names[i] for i in index["test"]]
         self._mark_duplicates(rows.digests[index["test"]], rows.digests[np.concatenate([index["train"], index["val"]])])
-        if self.mean is None or self.std is None:  # set together
+        if statistics and self.mean is None:
             self.mean, self.std = self._stats()
-        log.info(
-            "splits: %s; sources %s; mean %s std %s",
-            self.split_sizes,
-            self.source_names,
-            np.round(self.mean, 4).tolist(),
-            np.round(self.std, 4).tolist(),
-        )
+        log.info("splits: %s; sources %s", self.split_sizes, self.source_names)
 
     def _listed_rows(self) -> Listed:
         source = self._source()
@@ -600,49 +602,18 @@ class ImageDataModule(L.LightningDataModule):
         _write_atomic(path, json.dumps({"mean": mean, "std": std}))
         return mean, std
 
-    def state_dict(self) -> dict:
-        """What eval and predict need from the data: saved in every checkpoint."""
-        return {
-            "classes": self.classes,
-            "resolution": self.resolution,
-            "channels": self.channels,
-            "mean": self.mean,
-            "std": self.std,
-            "fit": self.fit,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.mean, self.std = state["mean"], state["std"]
-        trained = state.get("fit", "squash")  # checkpoints from before data.fit were all squashed
-        if trained != self.fit:
-            log.warning(
-                "the checkpoint's model was trained on data.fit=%s images; this run decodes with data.fit=%s",
-                trained,
-                self.fit,
-            )
-
-    @torch.no_grad()
-    def preprocess(self, images: Tensor, train: bool = False) -> Tensor:
-        """uint8 NCHW batch on any device to the normalized float batch the nets take."""
-        x = images.float().div_(255)
-        if self.channels == 1 and x.shape[1] == 3:
-            x = (x * x.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        if train:
-            x = self.augment(x)
-        mean = x.new_tensor(self.mean).view(1, -1, 1, 1)
-        std = x.new_tensor(self.std).view(1, -1, 1, 1)
-        x = (x - mean) / std
-        return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
-
-    def on_after_batch_transfer(
-        self, batch: tuple[Tensor, Tensor, Tensor] | None, dataloader_idx: int
-    ) -> tuple[Tensor, Tensor] | None:
-        """(preprocessed images, labels): the LightningModules never see the sources."""
+    def on_after_batch_transfer(self, batch: Sequence[Tensor] | None, dataloader_idx: int) -> Batch | None:
+        """The batch on the training device, training's augmented (floats in [0, 1]), a robustness pass's degraded
+        by `test_transform`; the detector preprocesses it."""
         if batch is None:  # a streamed training batch of only unreadable files, which Lightning skips
             return None
-        images, labels, _ = batch
-        training = self.trainer is not None and self.trainer.training
-        return self.preprocess(images, train=training), labels
+        images, labels, sources = batch[:3]
+        duplicates = batch[3] if len(batch) > 3 else torch.zeros_like(labels, dtype=torch.bool)
+        if self.trainer is not None and self.trainer.training:
+            images = self.augment(images.float().div_(255))
+        elif self.test_transform is not None and self.trainer is not None and self.trainer.testing:
+            images = self.test_transform(images)
+        return Batch(images, labels, sources, duplicates)
 
     def _device(self) -> torch.device:
         return self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")

@@ -13,6 +13,9 @@ from torchmetrics import Metric
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 from torchmetrics.utilities import dim_zero_cat
 
+# the thresholds SelectedThresholds chooses, in the order of its `compute`
+NAMED_THRESHOLDS = ("youden", "f1")
+
 
 def decide(probs: np.ndarray | torch.Tensor, threshold: float) -> torch.Tensor:
     """1 (FAKE) where prob > threshold, else 0, compared in float32 as torchmetrics' BinaryAccuracy does."""

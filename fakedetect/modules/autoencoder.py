@@ -23,8 +23,8 @@ class AutoencoderDetector(Detector):
     - The weights follow a LossSchedule over training steps: classification frozen for the first `c_freeze`
       of training, then ramped in over `c_ramp`. Validation and test losses use the full weights, so they
       compare across epochs.
-    - Batches arrive normalized; the target is the batch brought back to [0, 1] with the module's own
-      normalization statistics (Detector's buffers).
+    - The target is the preprocessed batch brought back to [0, 1] with the module's own normalization statistics
+      (Detector's buffers): greyscale for a greyscale detector.
     - `detector_args` are Detector's (scheduler, threshold, tta, ...). The reconstruction grids and misclassified
       images in TensorBoard are `fakedetect.reporting.callbacks.Reconstructions`'.
     """
@@ -67,8 +67,7 @@ class AutoencoderDetector(Detector):
         progress = self.global_step / self._total_steps if math.isfinite(self._total_steps) else 1.0
         return self.schedule(progress)
 
-    def _step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        x, y = batch
+    def _step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         stage = "train" if self.trainer.training else "test" if self.trainer.testing else "val"
         logits, reconstruction = self.net.autoencode(x)
         recon_loss, class_loss = self.reconstruction(reconstruction, self.unnormalize(x)), self.loss(logits, y)
@@ -81,4 +80,4 @@ class AutoencoderDetector(Detector):
         )
         if stage == "train":
             self.log("train/c_weight", c_weight, on_epoch=True, on_step=False, sync_dist=True)
-        return r_weight * recon_loss + c_weight * class_loss, self.probabilities(logits), y
+        return r_weight * recon_loss + c_weight * class_loss, self.probabilities(logits)

@@ -22,20 +22,17 @@ from torchmetrics.classification import (
 )
 from torchvision.transforms.v2.functional import horizontal_flip
 
-from fakedetect.metrics.thresholds import SelectedThresholds
+from fakedetect.data.batch import Batch
+from fakedetect.data.pixels import LUMA
+from fakedetect.metrics.thresholds import NAMED_THRESHOLDS, SelectedThresholds
+from fakedetect.modules.checkpoint_format import FORMAT, FORMAT_KEY, STATISTICS, upgrade
 from fakedetect.nets.base import DetectorNet
 from fakedetect.utils.errors import ConfigError, is_number, require
 
 log = logging.getLogger(__name__)
 
-# thresholds chosen on the validation split, in the order of the `val_thresholds` buffer
-NAMED_THRESHOLDS = ("youden", "f1")
 # test-time augmentations: None (off), or flip (P(FAKE) averaged over the image and its horizontal mirror)
 TTA = (None, "flip")
-# buffers of the training data's per-channel normalization statistics
-STATISTICS = ("data_mean", "data_std")
-# where a checkpoint keeps the data module's state (its class name, as Lightning saves it)
-DATA_STATE = "ImageDataModule"
 
 
 # Inputs are sigmoid probabilities and 0/1 labels by construction; torchmetrics' checks of them would read the
@@ -72,14 +69,17 @@ class Detector(L.LightningModule):
     validation pass (kept in the `val_thresholds` buffer, so in checkpoints) decides test metrics and
     `decision_threshold`; validation and training accuracy stay at 0.5 then.
 
-    `predict_step` is the one scorer of a preprocessed batch: test metrics, eval's report, robustness,
-    Grad-CAM, predict and the bench all turn logits into P(FAKE) through it or the same `probabilities`.
+    The detector owns its preprocessing: batches arrive as uint8 images (or, from training's augmentation, floats
+    in [0, 1]), and `preprocess` turns them into what the net takes with the training data's per-channel statistics
+    (buffers `data_mean`, `data_std`, empty until `set_statistics`, which the data module calls when it fits a
+    detector that has none; their length, 1 or 3, is the net's channel count). A checkpoint's module thus scores
+    raw images by itself: eval, predict and Grad-CAM need no data module to normalize.
+
+    `predict_step` is the one scorer of a raw batch: test metrics, eval's report, robustness, Grad-CAM, predict and
+    the bench all turn images into P(FAKE) through it or the same `preprocess` and `probabilities`.
     `tta` (test-time augmentation) applies there and to validation and test steps alike, so thresholds are
     fitted on the scores they decide; eval and predict may set another `tta` on a trained detector. Validation
     and test steps return those P(FAKE), for callbacks (`fakedetect.reporting.callbacks` draws the figures).
-
-    The training data's per-channel normalization statistics are buffers (`data_mean`, `data_std`: empty until
-    `set_statistics`, which the data module calls in its setup), so a checkpoint's module brings them itself.
     """
 
     # constructor arguments that are modules or factories, kept out of the saved hyperparameters
@@ -172,27 +172,46 @@ class Detector(L.LightningModule):
         return self.net(x)
 
     def set_statistics(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        """The per-channel mean and std the data module normalizes batches with."""
+        """The per-channel mean and std of the training data, which `preprocess` normalizes with."""
         self.data_mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
         self.data_std = torch.tensor(std, dtype=torch.float32, device=self.device)
 
+    @property
+    def has_statistics(self) -> bool:
+        return bool(len(self.data_mean))
+
     def unnormalize(self, x: Tensor) -> Tensor:
-        """A normalized batch brought back to [0, 1] images."""
-        if not len(self.data_mean):
+        """A preprocessed batch brought back to [0, 1] images (an autoencoder's reconstruction target)."""
+        std, mean = self.data_std.view(1, -1, 1, 1), self.data_mean.view(1, -1, 1, 1)
+        return (x * std.to(x.dtype) + mean.to(x.dtype)).clamp_(0, 1)
+
+    @staticmethod
+    def unit(images: Tensor) -> Tensor:
+        """Images as floats in [0, 1]: uint8 ones scaled, float ones (augmented in training) as they are."""
+        return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+
+    @torch.no_grad()
+    def preprocess(self, images: Tensor) -> Tensor:
+        """A batch of raw NCHW images (uint8, or floats in [0, 1]) as the net takes it: greyscale when the statistics
+        have one channel, normalized, channels-last on a GPU."""
+        if not self.has_statistics:
             raise RuntimeError(
                 f"{type(self).__name__} has no normalization statistics: fit or test it with "
                 "ImageDataModule, or load it from a checkpoint"
             )
-        std, mean = self.data_std.view(1, -1, 1, 1), self.data_mean.view(1, -1, 1, 1)
-        return (x * std.to(x.dtype) + mean.to(x.dtype)).clamp_(0, 1)
+        x = self.unit(images.to(self.device, non_blocking=True))
+        if len(self.data_mean) == 1 and x.shape[1] == 3:
+            x = (x * x.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        x = (x - self.data_mean.view(1, -1, 1, 1)) / self.data_std.view(1, -1, 1, 1)
+        return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
 
     @staticmethod
     def probabilities(logits: Tensor) -> Tensor:
         return logits.detach().float().sigmoid()
 
-    def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int = 0) -> Tensor:
-        """P(FAKE) of a preprocessed batch `(x, ...)`, as the test step computes it."""
-        x = batch[0]
+    def predict_step(self, batch: Sequence[Tensor], batch_idx: int = 0) -> Tensor:
+        """P(FAKE) of a batch `(raw images, ...)`, as the test step computes it."""
+        x = self.preprocess(batch[0])
         return self.augmented(x, self.probabilities(self(x)))
 
     def augmented(self, x: Tensor, probs: Tensor) -> Tensor:
@@ -210,13 +229,14 @@ class Detector(L.LightningModule):
         if self.hparams["compile"] and stage == "fit":
             self.net.compile()  # in place: the state dict keeps its keys, so checkpoints load uncompiled
 
-    def _step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        x, y = batch
+    def _step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """(loss, P(FAKE)) of the preprocessed images `x` with labels `y`."""
         logits = self(x)
-        return self.loss(logits, y), self.probabilities(logits), y
+        return self.loss(logits, y), self.probabilities(logits)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss, probs, y = self._step(batch)
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        y = batch.labels
+        loss, probs = self._step(self.preprocess(batch.images), y)
         self.train_acc.update(probs, y)  # not a call: that also computes a per-batch value nobody reads
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
@@ -225,9 +245,10 @@ class Detector(L.LightningModule):
     def on_train_start(self) -> None:
         self.val_acc_best.reset()
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss, probs, y = self._step(batch)
-        probs = self.augmented(batch[0], probs)
+    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        x, y = self.preprocess(batch.images), batch.labels
+        loss, probs = self._step(x, y)
+        probs = self.augmented(x, probs)
         self.val_metrics.update(probs, y)
         self.val_scores.update(probs, y)
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
@@ -253,9 +274,10 @@ class Detector(L.LightningModule):
             if hasattr(metric, "threshold"):  # AUROC has none
                 metric.threshold = threshold
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss, probs, y = self._step(batch)
-        probs = self.augmented(batch[0], probs)
+    def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        x, y = self.preprocess(batch.images), batch.labels
+        loss, probs = self._step(x, y)
+        probs = self.augmented(x, probs)
         self.test_metrics.update(probs, y)
         self.log("test/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         return probs
@@ -266,7 +288,9 @@ class Detector(L.LightningModule):
         self.test_metrics.reset()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """The thresholds as plain numbers too, for readers of the file (None before any validation)."""
+        """The format version, and the thresholds as plain numbers too, for readers of the file (None before any
+        validation)."""
+        checkpoint[FORMAT_KEY] = FORMAT
         thresholds = self.thresholds()
         checkpoint["thresholds"] = {
             **thresholds,
@@ -275,19 +299,10 @@ class Detector(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Older checkpoints load: without thresholds (none chosen, not a missing-key error), without statistics
-        (taken from the data module's state saved beside them), or with the `_orig_mod.` keys of a net that
-        `torch.compile` wrapped. The statistics buffers take the checkpoint's shape (1 or 3 channels)."""
-        state = checkpoint["state_dict"]
-        for key in [k for k in state if "._orig_mod." in k]:
-            state[key.replace("._orig_mod.", ".", 1)] = state.pop(key)
-        if "val_thresholds" not in state:
-            log.warning("checkpoint predates val_thresholds: no youden or f1 threshold is known, a number still works")
-            state["val_thresholds"] = torch.full((len(NAMED_THRESHOLDS),), math.nan)
-        data = checkpoint.get(DATA_STATE)
-        for name, key in zip(STATISTICS, ("mean", "std"), strict=True):
-            if name not in state and isinstance(data, dict) and data.get(key) is not None:
-                state[name] = torch.tensor(data[key], dtype=torch.float32)
+        """An older checkpoint is brought up to date first; the statistics buffers take the checkpoint's shape (1 or
+        3 channels)."""
+        state = upgrade(checkpoint)["state_dict"]
+        for name in STATISTICS:
             if isinstance(state.get(name), Tensor):
                 setattr(self, name, torch.empty_like(state[name], device=self.device))
 

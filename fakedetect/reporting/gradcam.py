@@ -12,12 +12,13 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
 from torch import Tensor, nn
 
+from fakedetect.callbacks.test_scores import TestScores
 from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.metrics.thresholds import decide
 from fakedetect.modules.detector import Detector
 from fakedetect.nets.base import DetectorNet
 from fakedetect.reporting.figures import new_figure
-from fakedetect.reporting.predictions import score
+from fakedetect.utils.device import device_trainer
 from fakedetect.utils.errors import ConfigError
 
 MIN_CAM_SIZE = 4
@@ -75,16 +76,19 @@ def pick_examples(labels: Tensor, probs: Tensor, threshold: float, n: int) -> Te
 
 
 class FirstOfEachBucket:
-    """The first n scored images of each bucket (all that `pick_examples` can choose), kept while scoring."""
+    """The first n scored images of each bucket (all that `pick_examples` can choose) among the first `pool`
+    scored, kept while scoring (a `keep` of TestScores)."""
 
-    def __init__(self, threshold: float, n: int) -> None:
-        self.threshold, self.n = threshold, n
+    def __init__(self, threshold: float, n: int, pool: int) -> None:
+        self.threshold, self.n, self.room = threshold, n, pool
         self.images: list[Tensor] = []
         self.labels: list[Tensor] = []
         self.probs: list[Tensor] = []
         self.counts = torch.zeros(4, dtype=torch.long)
 
     def __call__(self, images: Tensor, probs: Tensor, labels: Tensor) -> None:
+        images, probs, labels = images[: self.room], probs[: self.room], labels[: self.room]
+        self.room -= len(labels)
         groups = buckets(labels, probs, self.threshold)
         keep = torch.zeros(len(labels), dtype=torch.bool)
         for b in range(4):
@@ -144,20 +148,22 @@ def explain_test_images(
     threshold: float,
     n: int = 16,
     pool: int = 1000,
-    device: torch.device | None = None,
+    device: str = "cpu",
 ) -> Figure:
-    """Score `pool` test images, pick n hits and misses of both classes, return their Grad-CAM grid."""
+    """Score the first `pool` test images in a test pass, pick n hits and misses of both classes, return their
+    Grad-CAM grid."""
     explainable_layers(model.net)
-    device = device or torch.device("cpu")
-    datamodule.setup("test")
-    kept = FirstOfEachBucket(threshold, n)
-    score(model, datamodule.test_dataloader(), datamodule.preprocess, device, limit=pool, keep=kept)
+    kept = FirstOfEachBucket(threshold, n, pool)
+    trainer = device_trainer(
+        device, callbacks=[TestScores(keep=kept)], limit_test_batches=math.ceil(pool / datamodule.eval_batch_size)
+    )
+    trainer.test(model, datamodule=datamodule, verbose=False)
     if not kept.images:
         raise ConfigError("no test images to explain: the test split is empty (data.root, data.test_limit)")
     images, labels, probs = torch.cat(kept.images), torch.cat(kept.labels), torch.cat(kept.probs)
     picked = pick_examples(labels, probs, threshold, n)
     net = model.net.eval()
-    inputs = datamodule.preprocess(images[picked].to(device))
+    inputs = model.preprocess(images[picked])
     layer = cam_layer(net, inputs)
     maps = gradcam_maps(net, layer, inputs, decide(probs[picked], threshold).tolist())
     name = next(n for n, m in net.named_modules() if m is layer)

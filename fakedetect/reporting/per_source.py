@@ -15,16 +15,12 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-import lightning as L
 import torch
-from lightning.pytorch.loggers import Logger
 from torch import Tensor
 from torchmetrics.functional.classification import binary_accuracy, binary_auroc, binary_recall, binary_specificity
 
-from fakedetect.data.datamodule import ImageDataModule
+from fakedetect.metrics.scores import Scores
 from fakedetect.metrics.thresholds import decide
-from fakedetect.modules.detector import Detector
-from fakedetect.reporting.predictions import Scores, tested_scores
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +92,6 @@ def flat_metrics(rows: Iterable[dict], prefix: str = "test/") -> dict[str, float
     }
 
 
-def log_per_source(
-    loggers: Iterable[Logger], rows: Iterable[dict], step: int = 0, prefix: str = "test/"
-) -> dict[str, float]:
-    """Send the rows' scalars to every logger (TensorBoard: test/source/<name>/acc ...); returns them."""
-    metrics = flat_metrics(rows, prefix)
-    for logger in loggers:
-        logger.log_metrics(metrics, step=step)
-    return metrics
-
-
 def _cell(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
 
@@ -136,20 +122,3 @@ def write_per_source(folder: Path, rows: Sequence[dict]) -> None:
         "each real source: specificity, and accuracy and AUROC against all fakes.\n\n"
     )
     (folder / "per_source.md").write_text("# Results per source\n\n" + note + markdown(rows))
-
-
-def per_source_metrics(
-    model: Detector,
-    datamodule: ImageDataModule,
-    trainer: L.Trainer,
-    scores: Scores | None = None,
-    test_set: str = "test",
-) -> tuple[list[dict], dict[str, float]]:
-    """The rows of a run's test scores (those given, else the images `trainer.test` just saw, scored again) at its
-    decision threshold, logged to the trainer's loggers; train and eval both call it after testing."""
-    if scores is None:
-        scores = tested_scores(model, datamodule, trainer)
-    rows = source_rows(scores, datamodule.source_names, model.decision_threshold, test_set)
-    metrics = log_per_source(trainer.loggers, rows, trainer.global_step)
-    log.info("per source:\n%s", markdown(rows))
-    return rows, metrics

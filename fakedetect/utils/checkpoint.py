@@ -1,5 +1,6 @@
 """Self-contained checkpoints and exported detectors: the resolved run config travels inside, so eval, predict and
-gradcam need nothing else. Normalization statistics and the class mapping travel too, as the data module's state.
+gradcam need nothing else. The detector's buffers hold the normalization statistics; the checkpoint format and the
+one upgrade of older files are `fakedetect.modules.checkpoint_format`'s.
 
 Checkpoints are untrusted input. They are unpickled with `weights_only=True`: torch's own allow-list of tensors and
 plain containers is all that fakedetect writes (checkpoints of every `model=` option, with their optimizer,
@@ -26,13 +27,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fakedetect.data.datamodule import ImageDataModule
+from fakedetect.modules.checkpoint_format import FORMAT, FORMAT_KEY, upgrade
 from fakedetect.modules.detector import Detector
 from fakedetect.utils.builders import MODEL_TARGETS, build_model, instantiate
 from fakedetect.utils.errors import ConfigError
 
 CONFIG_KEY = "fakedetect_config"
 DETECTOR_JSON, WEIGHTS_FILE = "detector.json", "model.safetensors"
+# the file type of detector.json; its checkpoint format (FORMAT_KEY) versions the contents, as in a checkpoint
 DETECTOR_FORMAT = "fakedetect.detector/1"
+# `tta=checkpoint` (eval's and predict's default) keeps the test-time augmentation the detector was trained with
+CHECKPOINT_TTA = "checkpoint"
 WHERE = (
     "give a .ckpt from a training run (outputs/train/runs/<run>/checkpoints/) or a folder written by "
     "`python -m fakedetect.export`"
@@ -86,13 +91,13 @@ def checkpoint_config(checkpoint: Mapping[str, Any], path: str | Path = "") -> D
     missing = [key for key in ("data", "model", "loss") if not isinstance(cfg.get(key), DictConfig)]
     if missing:
         raise ConfigError(f"ckpt_path={path}: its fakedetect config has no {', '.join(missing)} section")
-    cfg.model.pop("n_images", None)  # autoencoders' before their figures moved to callbacks.reconstructions
     return cfg
 
 
 @dataclass
 class Trained:
-    """A checkpoint's detector in eval mode, with the data module that holds its preprocessing and classes."""
+    """A checkpoint's detector in eval mode (it preprocesses raw images itself), with the data module its run
+    config builds (the classes, and how images are decoded)."""
 
     model: Detector
     datamodule: ImageDataModule
@@ -101,32 +106,32 @@ class Trained:
     # the thresholds the checkpoint recorded (0.5, youden, f1, selected, value); None in older checkpoints
     thresholds: dict | None = None
 
+    def choose_tta(self, tta: str | None) -> None:
+        """The test-time augmentation asked for on the command line (flip, null), or `checkpoint` for the one the
+        detector was trained with; every score of it, test metrics included, then uses that one."""
+        if tta != CHECKPOINT_TTA:
+            self.model.tta = tta
+
 
 def load_trained(ckpt_path: str | Path, data: Mapping[str, Any] | None = None) -> Trained:
     """Rebuild model and data module from a checkpoint or an exported detector folder alone; `data` values (not
     None) replace its data config."""
     path = Path(ckpt_path)
-    checkpoint = read_detector(path) if path.is_dir() else load_checkpoint(path)
+    checkpoint = upgrade(read_detector(path) if path.is_dir() else load_checkpoint(path), f"ckpt_path={path}")
     cfg = checkpoint_config(checkpoint, path)
     for key, value in (data or {}).items():
         if value is not None:
             cfg.data[key] = value
     datamodule = instantiate(cfg.data, allow=MODEL_TARGETS, source=f"ckpt_path={path}")
-    data_state = checkpoint.get(type(datamodule).__qualname__)
-    try:
-        datamodule.load_state_dict(data_state)
-    except (KeyError, TypeError) as err:
-        raise ConfigError(
-            f"ckpt_path={path}: no usable '{type(datamodule).__qualname__}' state (normalization "
-            f"statistics and classes) in it ({type(err).__name__}: {err})"
-        ) from None
     model = build_model(cfg, allow=MODEL_TARGETS, source=f"ckpt_path={path}")
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"ckpt_path={path}: no state dict of tensors in it; {WHERE}")
-    model.on_load_checkpoint(checkpoint)  # as Lightning would: lets the module upgrade older checkpoints
+    model.on_load_checkpoint(checkpoint)  # as Lightning would: the statistics buffers take their stored shape
     check_weights(model, state, path)
     model.load_state_dict(state)
+    if not model.has_statistics:
+        raise ConfigError(f"ckpt_path={path}: no normalization statistics in it, so its detector cannot score images")
     step = checkpoint.get("global_step", 0)
     return Trained(model.eval(), datamodule, cfg, step if isinstance(step, int) else 0, checkpoint.get("thresholds"))
 
@@ -183,8 +188,7 @@ def export_detector(trained: Trained, output: str | Path, source: str | Path = "
         "exported_from": str(source),
         "weights": {"file": WEIGHTS_FILE, "sha256": sha256(weights)},
         "global_step": trained.global_step,
-        # the data module's state, under the key a checkpoint keeps it: classes, resolution, channels, mean, std
-        type(trained.datamodule).__qualname__: trained.datamodule.state_dict(),
+        FORMAT_KEY: FORMAT,
         "thresholds": trained.thresholds,
         CONFIG_KEY: OmegaConf.to_container(trained.config, resolve=True),
     }
