@@ -8,12 +8,13 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -22,6 +23,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
 
 from fakedetect.eval import evaluate
+from fakedetect.modules.detector import Detector
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -174,3 +176,12 @@ def sideways_jpeg(height: int, width: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, "JPEG", quality=95, exif=exif)
     return buf.getvalue()
+
+
+@torch.no_grad()
+def predicted(model: Detector, batches: Iterable[Sequence[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """P(FAKE) and labels of every batch by the detector's own predict step, in eval mode, outside Lightning's
+    loops: the independent figure a test compares Lightning's to."""
+    model.eval()
+    scored = [(model.predict_step(batch).cpu(), batch[1].cpu()) for batch in batches]
+    return torch.cat([p for p, _ in scored]), torch.cat([y for _, y in scored])

@@ -17,11 +17,10 @@ from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.data.inspect import audit
 from fakedetect.eval import evaluate
 from fakedetect.metrics.thresholds import decide
-from fakedetect.reporting.predictions import score
 from fakedetect.reporting.results import table
 from fakedetect.train import train
 from fakedetect.utils.checkpoint import load_trained
-from tests.conftest import QUIET, compose_config, event_tags, metrics_json
+from tests.conftest import QUIET, compose_config, event_tags, metrics_json, predicted
 from tests.test_data import CLASSES, _batches, _encode, _module, _random_png, _split_files, _split_folder, _write_tree
 
 # the test files of `_planted` that repeat a train file byte for byte (one of them under the other class)
@@ -142,7 +141,7 @@ def test_planted_copies_change_acc_dedup_as_scored_by_hand(tmp_path: Path) -> No
     trained = load_trained(ckpt)
     dm = trained.datamodule
     dm.setup("test")
-    probs, labels, _ = score(trained.model, dm.test_dataloader(), dm.preprocess)
+    probs, labels = predicted(trained.model, dm.test_dataloader())
     kept = torch.from_numpy(~dm.test_duplicates)
     correct = decide(probs, trained.model.decision_threshold) == labels
     assert metrics["test/acc"] == pytest.approx(correct.float().mean().item(), abs=1e-6)

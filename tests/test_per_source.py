@@ -12,9 +12,9 @@ import torch
 from omegaconf import OmegaConf
 
 from fakedetect.eval import named_test_sets
+from fakedetect.metrics.scores import Scores
 from fakedetect.reporting.cross_generator import write_table
 from fakedetect.reporting.per_source import flat_metrics, source_rows, write_per_source
-from fakedetect.reporting.predictions import NO_SOURCE, Scores, score
 from fakedetect.utils.errors import ConfigError
 from tests.conftest import QUIET, assert_one_line, compose_config, metrics_json, run_command
 from tests.synthetic import write_tree
@@ -27,7 +27,12 @@ def _scores() -> Scores:
     probs = torch.tensor([0.1, 0.2, 0.3, 0.7, 0.9, 0.8, 0.4, 0.6])
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     sources = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
-    return Scores(probs, labels, sources)
+    return _with(probs, labels, sources)
+
+
+def _with(probs: torch.Tensor, labels: torch.Tensor, sources: torch.Tensor) -> Scores:
+    """Scores of images none of which is a duplicate of a train file."""
+    return Scores(probs, labels, sources, torch.zeros_like(labels, dtype=torch.bool))
 
 
 def test_each_generator_against_all_reals_by_hand() -> None:
@@ -54,8 +59,8 @@ def test_mixed_source_and_images_without_a_source() -> None:
     from batches that carried no source count in the `all` row only."""
     probs = torch.tensor([0.9, 0.2, 0.6, 0.1, 0.8])
     labels = torch.tensor([1, 0, 0, 0, 1])
-    sources = torch.tensor([0, 0, 0, 1, NO_SOURCE])
-    rows = {r["source"]: r for r in source_rows(Scores(probs, labels, sources), ["sdv4", "nature"], 0.5)}
+    sources = torch.tensor([0, 0, 0, 1, -1])
+    rows = {r["source"]: r for r in source_rows(_with(probs, labels, sources), ["sdv4", "nature"], 0.5)}
     sdv4 = rows["sdv4"]
     assert sdv4["kind"] == "mixed" and (sdv4["n_fake"], sdv4["n_real"]) == (1, 2)
     assert sdv4["recall"] == 1.0 and sdv4["specificity"] == 0.5
@@ -64,21 +69,11 @@ def test_mixed_source_and_images_without_a_source() -> None:
 
 
 def test_one_class_pool_has_no_auroc_and_files_say_n_a(tmp_path: Path) -> None:
-    rows = source_rows(Scores(torch.tensor([0.9, 0.3]), torch.tensor([1, 1]), torch.tensor([0, 0])), ["gen"], 0.5)
+    rows = source_rows(_with(torch.tensor([0.9, 0.3]), torch.tensor([1, 1]), torch.tensor([0, 0])), ["gen"], 0.5)
     assert rows[0]["auroc"] is None and rows[0]["recall"] == 0.5
     write_per_source(tmp_path, rows)
     assert "| test | gen | fake | 2 | 2 | 0 | 0.5000 | n/a | 0.5000 | n/a |" in (tmp_path / "per_source.md").read_text()
     assert (tmp_path / "per_source.csv").read_text().splitlines()[0].startswith("test_set,source,kind,n")
-
-
-def test_score_takes_two_and_three_tuples() -> None:
-    model = torch.nn.Module()
-    model.predict_step = lambda batch: batch[0].float().mean((1, 2, 3))  # noqa: ARG005 - a stand-in scorer
-    images = torch.zeros(3, 1, 2, 2, dtype=torch.uint8)
-    three = score(model, [(images, torch.tensor([0, 1, 1]), torch.tensor([2, 0, 1]))], lambda x: x)
-    two = score(model, [(images, torch.tensor([0, 1, 1]))], lambda x: x)
-    assert three.sources.tolist() == [2, 0, 1] and two.sources.tolist() == [NO_SOURCE] * 3
-    assert torch.equal(three.probs, two.probs) and three.labels.tolist() == two.labels.tolist()
 
 
 def test_test_sets_typed_on_the_command_line(tmp_path: Path) -> None:

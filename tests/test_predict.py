@@ -19,7 +19,6 @@ from PIL import Image
 
 from fakedetect.data.decode import decode_image
 from fakedetect.predict import expand_input, predict, views
-from fakedetect.reporting.predictions import score
 from fakedetect.train import train
 from fakedetect.utils.checkpoint import CONFIG_KEY, load_checkpoint, load_trained
 from fakedetect.utils.errors import ConfigError
@@ -240,7 +239,8 @@ def test_predict_averages_crops_and_tiles(checkpoint: Path, photos: Path, tmp_pa
                 continue
             windows = views(Path(row["path"]).read_bytes(), dm.resolution, crops=crops)
             assert row["crops"] == counts[name] == len(windows)
-            expected = score(model, [(windows, torch.zeros(len(windows), dtype=torch.long))], dm.preprocess)[0]
+            with torch.no_grad():
+                expected = model.eval().predict_step((windows,))
             assert row["prob_fake"] == pytest.approx(expected.mean().item(), abs=1e-5)
 
 
@@ -272,7 +272,8 @@ def test_predict_heic_with_the_fit_overridden(checkpoint: Path, tmp_path: Path) 
     data = (folder / "IMG_0001.HEIC").read_bytes()
     for fit, prob in probs.items():
         image = torch.from_numpy(decode_image(data, trained.datamodule.resolution, fit)).permute(2, 0, 1)[None]
-        expected = score(trained.model, [(image, torch.zeros(1, dtype=torch.long))], trained.datamodule.preprocess)[0]
+        with torch.no_grad():
+            expected = trained.model.eval().predict_step((image,))
         assert prob == pytest.approx(expected.item(), abs=1e-5)
     assert probs["squash"] != probs["resize_crop"]
 

@@ -7,21 +7,22 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from fakedetect.eval import evaluate
 from fakedetect.modules import Detector
 from fakedetect.modules.ema import EMA, warmup_ema
 from fakedetect.nets.base import DetectorNet
-from fakedetect.reporting.predictions import choose_tta, score
 from fakedetect.train import train
-from fakedetect.utils.checkpoint import load_checkpoint, load_trained
+from fakedetect.utils.checkpoint import Trained, load_checkpoint, load_trained
 from fakedetect.utils.errors import ConfigError
 from tests.conftest import (
     assert_one_line,
     compose_config,
     evaluate_run,
     metrics_json,
+    predicted,
     run_command,
     subset_train_config,
 )
@@ -41,13 +42,15 @@ class LeftMinusRight(DetectorNet):
 
 
 def trick_detector(tta: str | None) -> Detector:
-    return Detector(LeftMinusRight(), nn.BCEWithLogitsLoss(), partial(torch.optim.SGD, lr=0.1), tta=tta)
+    detector = Detector(LeftMinusRight(), nn.BCEWithLogitsLoss(), partial(torch.optim.SGD, lr=0.1), tta=tta)
+    detector.set_statistics([0.0] * 3, [1.0] * 3)  # images as they are
+    return detector
 
 
 def test_flip_tta_averages_an_image_with_its_mirror() -> None:
     """Mirrored logits are opposite, so flip TTA gives exactly 0.5 for every image, while each image alone is
-    scored away from 0.5; a mirror-symmetric image gets the same score with and without TTA. The one scorer
-    (`score`) and the test step both go through it, and eval/predict's `tta=` switches it on a trained one."""
+    scored away from 0.5; a mirror-symmetric image gets the same score with and without TTA. The predict step
+    and the test step both go through it, and eval/predict's `tta=` switches it on a trained one."""
     x = torch.rand(6, 3, 8, 8)
     x[:, :, :, :4] += torch.linspace(0.5, 1, 6).view(6, 1, 1, 1)  # brighter left halves, differently per image
     plain, flipped = trick_detector(None), trick_detector("flip")
@@ -55,14 +58,15 @@ def test_flip_tta_averages_an_image_with_its_mirror() -> None:
     assert torch.allclose(flipped.predict_step((x,)), torch.full((6,), 0.5), atol=1e-6)
     symmetric = torch.cat([x[..., :4], x[..., :4].flip(-1)], dim=-1)
     assert torch.allclose(plain.predict_step((symmetric,)), flipped.predict_step((symmetric,)))
-    probs, _, _ = score(flipped, [(x, torch.zeros(6))], preprocess=lambda b: b)
+    probs, _ = predicted(flipped, [(x, torch.zeros(6))])
     assert torch.allclose(probs, torch.full((6,), 0.5), atol=1e-6)
-    choose_tta(plain, "checkpoint")
+    trained = Trained(plain, datamodule=None, config=OmegaConf.create(), global_step=0)  # type: ignore[arg-type]
+    trained.choose_tta("checkpoint")
     assert plain.tta is None
-    choose_tta(plain, "flip")
+    trained.choose_tta("flip")
     assert torch.allclose(plain.predict_step((x,)), torch.full((6,), 0.5), atol=1e-6)
     with pytest.raises(ConfigError, match=r"tta='rotate' \(model.tta, or tta= of eval and predict\): use flip"):
-        choose_tta(plain, "rotate")
+        trained.choose_tta("rotate")
 
 
 @pytest.mark.parametrize("bad", ["median", None, float("nan")])
@@ -118,7 +122,7 @@ def test_ema_weights_are_validated_checkpointed_and_tested(ema_run: Path) -> Non
     assert trained.model.thresholds()["youden"] == checkpoint["thresholds"]["youden"] is not None
     datamodule = trained.datamodule
     datamodule.setup("validate")
-    probs, labels, _ = score(trained.model, datamodule.val_dataloader(), datamodule.preprocess)
+    probs, labels = predicted(trained.model, datamodule.val_dataloader())
     assert ((probs > 0.5).long() == labels).float().mean().item() == pytest.approx(record["metrics"]["val/acc"])
     evaluated = evaluate(
         compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "report=false"], ema_run.parent / "eval")

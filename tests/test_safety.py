@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from fakedetect.eval import evaluate
 from fakedetect.export import export
+from fakedetect.modules.checkpoint_format import FORMAT, FORMAT_KEY
 from fakedetect.utils.builders import MODEL_TARGETS, build_model, instantiate
 from fakedetect.utils.checkpoint import (
     CONFIG_KEY,
@@ -188,6 +189,7 @@ def test_compiled_checkpoint_keys_load(ckpt: Path, tmp_path: Path) -> None:
     def compiled_keys(checkpoint: dict) -> None:
         state = checkpoint["state_dict"]
         checkpoint["state_dict"] = {k.replace("net.", "net._orig_mod.", 1): v for k, v in state.items()}
+        del checkpoint[FORMAT_KEY]  # written before format versions
 
     compiled = altered(ckpt, tmp_path / "compiled.ckpt", compiled_keys)
     assert any("_orig_mod" in k for k in load_checkpoint(compiled)["state_dict"])
@@ -196,10 +198,40 @@ def test_compiled_checkpoint_keys_load(ckpt: Path, tmp_path: Path) -> None:
     assert expected.keys() == loaded.keys() and all(torch.equal(expected[k], loaded[k]) for k in expected)
 
 
+def as_format1(checkpoint: dict) -> None:
+    """A checkpoint as main wrote it before format versions: no version, the statistics (and the data settings)
+    also in the data module's state, the detector's statistics buffers absent in the oldest ones."""
+    state = checkpoint["state_dict"]
+    del checkpoint[FORMAT_KEY]
+    checkpoint["ImageDataModule"] = {
+        "classes": ["REAL", "FAKE"],
+        "resolution": 32,
+        "channels": 3,
+        "mean": state.pop("data_mean").tolist(),
+        "std": state.pop("data_std").tolist(),
+        "fit": "squash",
+    }
+
+
+def test_older_format_evaluates_the_same_and_a_newer_one_is_refused(ckpt: Path, tmp_path: Path) -> None:
+    old = altered(ckpt, tmp_path / "format1.ckpt", as_format1)
+    assert FORMAT_KEY not in load_checkpoint(old) and "data_mean" not in load_checkpoint(old)["state_dict"]
+
+    def metrics(path: Path, out: str) -> dict[str, float]:
+        return evaluate(compose_config("eval", [f"ckpt_path={path}", "trainer=cpu", "report=false"], tmp_path / out))
+
+    assert metrics(old, "old") == metrics(ckpt, "new")
+    newer = altered(ckpt, tmp_path / "newer.ckpt", lambda c: c.__setitem__(FORMAT_KEY, FORMAT + 1))
+    with pytest.raises(ConfigError, match=f"checkpoint format {FORMAT + 1}, newer than") as err:
+        load_trained(newer)
+    assert str(newer) in str(err.value) and "\n" not in str(err.value)
+
+
 def test_export_round_trip_evaluates_identically(ckpt: Path, tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
     folder = export(compose_config("export", [f"ckpt_path={ckpt}", f"output={tmp_path / 'detector'}"], tmp_path))
     detector = json.loads((folder / DETECTOR_JSON).read_text())
-    assert detector["thresholds"]["selected"] == "youden" and detector["ImageDataModule"]["classes"] == ["REAL", "FAKE"]
+    assert detector["thresholds"]["selected"] == "youden" and detector[FORMAT_KEY] == FORMAT
+    assert "ImageDataModule" not in detector  # the statistics are in the weights, once
     state = load_checkpoint(ckpt)["state_dict"]
     weights = load_file(folder / WEIGHTS_FILE)
     assert weights.keys() == state.keys() and all(torch.equal(weights[k], state[k]) for k in state)

@@ -11,14 +11,15 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from fakedetect.callbacks.test_scores import TestScores
 from fakedetect.gradcam import gradcam
 from fakedetect.metrics.thresholds import decide
 from fakedetect.modules import Detector
 from fakedetect.nets import MLP
 from fakedetect.predict import predict
-from fakedetect.reporting.predictions import score
 from fakedetect.train import train
 from fakedetect.utils.checkpoint import load_checkpoint, load_trained
+from fakedetect.utils.device import device_trainer
 from fakedetect.utils.errors import ConfigError
 from tests.conftest import (
     assert_one_line,
@@ -110,30 +111,34 @@ def test_train_eval_predict_gradcam(
         assert png.stat().st_size > 10_000
 
 
-def test_score_is_the_test_step(cifake_path: Path, cache_dir: Path, tmp_path: Path) -> None:
-    """The scorer on the test loader gives the test step's probabilities; `limit`, `transform` and `keep` see the
-    batches as documented, and the model's mode is left as it was."""
+def test_test_scores_are_the_test_step(cifake_path: Path, cache_dir: Path, tmp_path: Path) -> None:
+    """TestScores collects, inside Lightning's test loop, the probabilities the test step computed with every
+    image's label and source in split order; `keep` sees every batch, and a test transform (the robustness table's
+    degradation) changes what is scored."""
     datamodule = instantiate(subset_train_config(cifake_path, cache_dir, tmp_path).data)
-    datamodule.setup("test")
-    model = Detector(MLP(hidden=[8]), torch.nn.BCEWithLogitsLoss(), torch.optim.Adam).train()
+    model = Detector(MLP(hidden=[8]), torch.nn.BCEWithLogitsLoss(), torch.optim.Adam)
     seen: list[int] = []
-    probs, labels, sources = score(
-        model,
-        datamodule.test_dataloader(),
-        datamodule.preprocess,
-        limit=700,
-        keep=lambda images, p, y: seen.append(len(images)),
-    )
-    assert model.training and len(probs) == len(labels) == 700 and sum(seen) == 700
-    assert probs.dtype == torch.float32 and labels.tolist() == datamodule.splits["test"].labels[:700].tolist()
-    assert sources.tolist() == datamodule.splits["test"].sources[:700].tolist()
+    tested = TestScores(keep=lambda images, p, y: seen.append(len(images)))
+    device_trainer("cpu", callbacks=[tested]).test(model, datamodule=datamodule)
+    assert tested.scores is not None
+    probs, labels, sources, _ = tested.scores
+    test = datamodule.splits["test"]
+    assert len(probs) == len(test.labels) == sum(seen) and probs.dtype == torch.float32
+    assert labels.tolist() == test.labels.tolist() and sources.tolist() == test.sources.tolist()
     assert datamodule.source_names == ["FAKE", "REAL"]  # CIFAKE's sources are its class folders
     with torch.no_grad():
-        x = datamodule.preprocess(torch.from_numpy(datamodule.split_images("test")[:700]).permute(0, 3, 1, 2))
-        expected = model.eval().probabilities(model(x))
+        raw = torch.from_numpy(datamodule.split_images("test")).permute(0, 3, 1, 2)
+        expected = model.eval().predict_step((raw,))
     assert torch.allclose(probs, expected, atol=1e-6)
-    dark, _, _ = score(model, datamodule.test_dataloader(), datamodule.preprocess, limit=10, transform=torch.zeros_like)
-    assert torch.allclose(dark, dark[0].expand(10))
+    assert tested.metrics["test/acc_dedup"] == pytest.approx(
+        float((decide(probs, 0.5) == labels)[~tested.scores.duplicates].float().mean())
+    )
+
+    datamodule.test_transform = torch.zeros_like
+    device_trainer("cpu", callbacks=[tested]).test(model, datamodule=datamodule)
+    assert tested.scores is not None
+    dark = tested.scores.probs
+    assert torch.allclose(dark, dark[0].expand(len(dark)))
 
 
 def test_mlp_gradcam_cli_is_one_line(tmp_path: Path, cifake_path: Path, cache_dir: Path) -> None:

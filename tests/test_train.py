@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
+from fakedetect.modules.checkpoint_format import FORMAT, FORMAT_KEY
 from fakedetect.train import metric_value, train
 from fakedetect.utils.checkpoint import checkpoint_config, load_checkpoint
 from tests.conftest import (
@@ -62,9 +63,10 @@ def test_checkpoint_is_self_contained(trained: tuple[DictConfig, dict]) -> None:
     ckpt = load_checkpoint(ckpt_path)
     run_cfg = checkpoint_config(ckpt, ckpt_path)
     assert run_cfg.model.net._target_ == "fakedetect.nets.FlexibleCNN"
-    data_state = ckpt["ImageDataModule"]
-    assert data_state["classes"] == ["REAL", "FAKE"] and len(data_state["mean"]) == 3
-    assert all(0.2 < s < 0.35 for s in data_state["std"])
+    # the statistics once, as the detector's buffers; nothing of the data module
+    assert ckpt[FORMAT_KEY] == FORMAT and "ImageDataModule" not in ckpt
+    state = ckpt["state_dict"]
+    assert len(state["data_mean"]) == 3 and all(0.2 < s < 0.35 for s in state["data_std"].tolist())
 
 
 def test_eval_reproduces_the_test_metric(trained: tuple[DictConfig, dict], tmp_path: Path) -> None:

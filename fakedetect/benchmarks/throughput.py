@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 
 import lightning as L
@@ -30,7 +31,6 @@ from torchmetrics.functional.classification import binary_accuracy
 from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.metrics.thresholds import decide
 from fakedetect.modules.detector import Detector
-from fakedetect.reporting.predictions import score
 from fakedetect.utils.builders import build_model, instantiate, resolve_precision
 from fakedetect.utils.errors import ConfigError
 from fakedetect.utils.records import machine
@@ -140,15 +140,7 @@ class EpochTester(L.Callback):
         datamodule = getattr(trainer, "datamodule", None)  # Lightning sets it when fit is given one
         if not isinstance(datamodule, ImageDataModule) or not isinstance(pl_module, Detector):
             raise TypeError("EpochTester tests a Detector fitted on an ImageDataModule")
-        # the memory loader keeps the test split on the device after the first epoch
-        probs, labels, _ = score(
-            pl_module,
-            datamodule.test_dataloader(),
-            datamodule.preprocess,
-            pl_module.device,
-            context=trainer.precision_plugin.forward_context,
-        )
-        acc = float(binary_accuracy(decide(probs, pl_module.decision_threshold), labels))
+        acc = test_accuracy(pl_module, datamodule, trainer.precision_plugin.forward_context)
         self.curve.append({"epoch": trainer.current_epoch + 1, "train_s": self.train_s, "test_acc": acc})
         log.info("epoch %d: %.1f s of training, test acc %.4f", trainer.current_epoch + 1, self.train_s, acc)
         trainer.should_stop = acc >= self.targets[-1]
@@ -156,6 +148,20 @@ class EpochTester(L.Callback):
     def reached(self) -> dict[str, float | None]:
         """Training seconds to the first epoch at or above each target; None if never reached."""
         return {f"{t:.3f}": next((p["train_s"] for p in self.curve if p["test_acc"] >= t), None) for t in self.targets}
+
+
+@torch.no_grad()
+def test_accuracy(model: Detector, datamodule: ImageDataModule, context: Callable[[], AbstractContextManager]) -> float:
+    """Test accuracy in the middle of `fit`, where Lightning's test loop cannot run: the detector's own predict step
+    over the test batches (the memory loader keeps them on the device after the first epoch), in eval mode."""
+    model.eval()
+    probs, labels = [], []
+    with context():
+        for batch in datamodule.test_dataloader():
+            probs.append(model.predict_step(batch).cpu())
+            labels.append(batch[1].cpu())
+    model.train()
+    return float(binary_accuracy(decide(torch.cat(probs), model.decision_threshold), torch.cat(labels)))
 
 
 def bench_trainer(cfg: DictConfig, callbacks: list[L.Callback], **kwargs: Any) -> L.Trainer:
@@ -202,8 +208,11 @@ def time_to_accuracy(cfg: DictConfig, data_overrides: list[str]) -> dict:
 
 def plain_rate(cfg: DictConfig, datamodule: ImageDataModule, device: torch.device, warmup: int, steps: int) -> Span:
     """The lean loop: the same pieces with nothing around them."""
-    model = build_model(cfg)
-    net, loss_fn = model.net.to(device).train(), model.loss
+    model = build_model(cfg).to(device)
+    if datamodule.mean is None or datamodule.std is None:
+        raise RuntimeError("plain_rate needs a data module that Lightning has set up (lightning_rate first)")
+    model.set_statistics(datamodule.mean, datamodule.std)  # what Lightning's setup hands the detector
+    net, loss_fn = model.net.train(), model.loss
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     optimizer = model.optimizer_factory(params=net.parameters())
@@ -216,7 +225,7 @@ def plain_rate(cfg: DictConfig, datamodule: ImageDataModule, device: torch.devic
             _sync(device)
             start = time.perf_counter()
         images, labels = (t.to(device, non_blocking=True) for t in next(batches)[:2])
-        x = datamodule.preprocess(images, train=True)
+        x = model.preprocess(datamodule.augment(images.float().div_(255)))
         with torch.autocast(device.type, dtype=dtype, enabled=precision.endswith("mixed")):
             loss = loss_fn(net(x), labels)
         optimizer.zero_grad(set_to_none=True)

@@ -74,7 +74,7 @@ class TestScores(L.Callback):
         self._parts = []
         threshold = pl_module.decision_threshold
         metrics = dedup_metrics(scores, threshold)
-        groups = getattr(trainer.datamodule, "duplicate_groups", None)
+        groups = getattr(getattr(trainer, "datamodule", None), "duplicate_groups", None)
         if groups is not None:
             metrics["test/n_dedup_groups"] = float(groups)
         if metrics["test/n_dedup_removed"]:
@@ -85,7 +85,7 @@ class TestScores(L.Callback):
             )
         if "test/acc_dedup" not in metrics:
             log.warning("every test image has a byte-identical copy in train or val: no test/acc_dedup")
-        names = list(getattr(trainer.datamodule, "source_names", []))
+        names = list(getattr(getattr(trainer, "datamodule", None), "source_names", []))
         self.rows = source_rows(scores, names, threshold, self.test_set)
         log.info("per source:\n%s", markdown(self.rows))
         metrics.update(flat_metrics(self.rows))

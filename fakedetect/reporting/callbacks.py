@@ -16,6 +16,7 @@ from torch import Tensor
 from torchmetrics.classification import BinaryConfusionMatrix, BinaryROC
 from torchvision.utils import make_grid
 
+from fakedetect.data.batch import Batch
 from fakedetect.metrics.thresholds import decide
 from fakedetect.modules.detector import Detector
 from fakedetect.reporting.figures import log_figure, log_image, metric_figure, new_figure
@@ -61,7 +62,7 @@ class TestFigures(L.Callback):
         trainer: L.Trainer,
         pl_module: L.LightningModule,
         outputs: StepOutput,
-        batch: Any,
+        batch: Batch,
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
@@ -94,16 +95,19 @@ class Reconstructions(L.Callback):
         return getattr(detector(pl_module).net, "autoencode", None)
 
     @torch.no_grad()
-    def _pairs(self, pl_module: L.LightningModule, x: Tensor) -> tuple[Tensor, Tensor]:
-        """[0, 1] images of the normalized batch `x`, and the net's reconstructions of them, on the CPU."""
+    def _pairs(self, pl_module: L.LightningModule, images: Tensor) -> tuple[Tensor, Tensor]:
+        """The raw batch `images` as the net sees them (in [0, 1], greyscale for a greyscale net), and the net's
+        reconstructions of them, on the CPU."""
         autoencode = self._autoencode(pl_module)
         assert autoencode is not None  # the hooks below return early without one
+        model = detector(pl_module)
+        x = model.preprocess(images)
         _, reconstruction = autoencode(x)
-        return detector(pl_module).unnormalize(x).cpu(), reconstruction.float().cpu()
+        return model.unnormalize(x).cpu(), reconstruction.float().cpu()
 
-    def _grid(self, pl_module: L.LightningModule, stage: str, x: Tensor) -> None:
+    def _grid(self, pl_module: L.LightningModule, stage: str, images: Tensor) -> None:
         """Originals (top row) over their reconstructions (bottom row)."""
-        images, reconstructions = self._pairs(pl_module, x[: self.n_images])
+        images, reconstructions = self._pairs(pl_module, images[: self.n_images])
         grid = make_grid(torch.cat([images, reconstructions]), nrow=len(images), pad_value=1.0)
         log_image(pl_module.loggers, f"{stage}/reconstructions", grid, pl_module.global_step)
 
@@ -112,12 +116,12 @@ class Reconstructions(L.Callback):
         trainer: L.Trainer,
         pl_module: L.LightningModule,
         outputs: StepOutput,
-        batch: Any,
+        batch: Batch,
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
         if batch_idx == 0 and not trainer.sanity_checking and self._autoencode(pl_module) is not None:
-            self._grid(pl_module, "val", batch[0])
+            self._grid(pl_module, "val", batch.images)
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._threshold = detector(pl_module).decision_threshold
@@ -128,21 +132,21 @@ class Reconstructions(L.Callback):
         trainer: L.Trainer,
         pl_module: L.LightningModule,
         outputs: StepOutput,
-        batch: Any,
+        batch: Batch,
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
         if self._autoencode(pl_module) is None:
             return
-        x, labels = batch
+        images, labels = batch.images, batch.labels
         if batch_idx == 0:
-            self._grid(pl_module, "test", x)
+            self._grid(pl_module, "test", images)
         room = self.n_images - sum(len(m[0]) for m in self._mistakes)
         if room > 0:
             probs = probabilities(outputs)
             wrong = (decide(probs, self._threshold) != labels).nonzero().squeeze(1)[:room]
             if len(wrong):
-                self._mistakes.append((*self._pairs(pl_module, x[wrong]), labels[wrong].cpu(), probs[wrong].cpu()))
+                self._mistakes.append((*self._pairs(pl_module, images[wrong]), labels[wrong].cpu(), probs[wrong].cpu()))
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._mistakes:
