@@ -49,7 +49,7 @@ def test_kept_buckets_are_what_pick_examples_needs() -> None:
     """Kept while scoring in batches, the first n of each bucket give the same picks as the whole pool."""
     g = torch.Generator().manual_seed(0)
     labels, probs = torch.randint(0, 2, (200,), generator=g), torch.rand(200, generator=g)
-    kept = FirstOfEachBucket(0.5, 6)
+    kept = FirstOfEachBucket(0.5, 6, pool=200)
     for part in torch.arange(200).split(32):
         kept(torch.zeros(len(part), 3, 2, 2, dtype=torch.uint8), probs[part], labels[part])
     k_labels, k_probs = torch.cat(kept.labels), torch.cat(kept.probs)

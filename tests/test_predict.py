@@ -18,6 +18,7 @@ import torchvision
 from PIL import Image
 
 from fakedetect.data.decode import decode_image
+from fakedetect.modules.checkpoint_format import FORMAT_KEY
 from fakedetect.predict import expand_input, predict, views
 from fakedetect.train import train
 from fakedetect.utils.checkpoint import CONFIG_KEY, load_checkpoint, load_trained
@@ -182,13 +183,13 @@ def test_checkpoint_from_before_val_thresholds(
 ) -> None:
     """A checkpoint written before Detector kept the `val_thresholds` buffer loads with a warning and predicts."""
     old = load_checkpoint(checkpoint)
-    del old["state_dict"]["val_thresholds"]
+    del old["state_dict"]["val_thresholds"], old[FORMAT_KEY]
     path = tmp_path / "old.ckpt"
     torch.save(old, path)
-    with caplog.at_level(logging.WARNING, logger="fakedetect.modules.detector"):
+    with caplog.at_level(logging.WARNING, logger="fakedetect.modules.checkpoint_format"):
         trained = load_trained(path)
     assert all(math.isnan(t) for t in trained.model.val_thresholds.tolist())
-    warnings = [r.getMessage() for r in caplog.records if r.name == "fakedetect.modules.detector"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "fakedetect.modules.checkpoint_format"]
     assert len(warnings) == 1 and "val_thresholds" in warnings[0]
     rows = predict_images(path, photos, tmp_path, "num_workers=0")
     check_rows(rows, 0.5)

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 
 from fakedetect.callbacks.test_scores import TestScores
 from fakedetect.gradcam import gradcam
+from fakedetect.losses.bce import BCEWithLogits
 from fakedetect.metrics.thresholds import decide
 from fakedetect.modules import Detector
 from fakedetect.nets import MLP
@@ -116,7 +117,7 @@ def test_test_scores_are_the_test_step(cifake_path: Path, cache_dir: Path, tmp_p
     image's label and source in split order; `keep` sees every batch, and a test transform (the robustness table's
     degradation) changes what is scored."""
     datamodule = instantiate(subset_train_config(cifake_path, cache_dir, tmp_path).data)
-    model = Detector(MLP(hidden=[8]), torch.nn.BCEWithLogitsLoss(), torch.optim.Adam)
+    model = Detector(MLP(hidden=[8]), BCEWithLogits(), torch.optim.Adam)
     seen: list[int] = []
     tested = TestScores(keep=lambda images, p, y: seen.append(len(images)))
     device_trainer("cpu", callbacks=[tested]).test(model, datamodule=datamodule)
