@@ -15,6 +15,7 @@ from torch import nn
 
 from fakedetect.losses import BCEWithLogits
 from fakedetect.modules.autoencoder import AutoencoderDetector
+from fakedetect.modules.checkpoint_format import FORMAT_KEY
 from fakedetect.nets import ConvAutoencoder, TransferAutoencoder
 from fakedetect.train import train
 from fakedetect.utils.checkpoint import CONFIG_KEY, load_checkpoint, load_trained
@@ -117,16 +118,20 @@ def test_eval_applies_the_checkpoints_threshold(ae_run: tuple[DictConfig, dict],
 
 
 def test_module_brings_its_statistics_and_old_checkpoints_load(ae_run: tuple[DictConfig, dict], tmp_path: Path) -> None:
-    """The trained module carries the data's statistics; a checkpoint written before they were buffers (and
-    with the autoencoder's old `model.n_images`) still loads, its statistics taken from the data module's state."""
+    """The trained module carries the train split's statistics; a checkpoint written before format versions (its
+    statistics only in the data module's state, and the autoencoder's old `model.n_images`) still loads with them."""
     cfg, _ = ae_run
     ckpt_path = metrics_json(Path(cfg.paths.output_dir))["ckpt_path"]
     trained = load_trained(ckpt_path)
-    mean, std = trained.datamodule.mean, trained.datamodule.std
+    datamodule = trained.datamodule
+    datamodule.setup("fit")  # no model attached: it computes the statistics of its train split
+    mean, std = datamodule.mean, datamodule.std
     model = trained.model
     assert model.data_mean.tolist() == pytest.approx(mean) and model.data_std.tolist() == pytest.approx(std)
     old = load_checkpoint(ckpt_path)
-    del old["state_dict"]["data_mean"], old["state_dict"]["data_std"]
+    state = old["state_dict"]
+    old["ImageDataModule"] = {"mean": state.pop("data_mean").tolist(), "std": state.pop("data_std").tolist()}
+    del old[FORMAT_KEY]
     old[CONFIG_KEY]["model"]["n_images"] = 8
     torch.save(old, tmp_path / "old.ckpt")
     loaded = load_trained(tmp_path / "old.ckpt").model

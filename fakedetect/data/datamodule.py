@@ -340,7 +340,8 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         model = self.trainer.lightning_module if self.trainer is not None else None
         needs_statistics = isinstance(model, TakesStatistics) and not model.has_statistics
-        self._plan(statistics=needs_statistics or model is None)
+        # on its own (no trainer), fitting is the stage that takes statistics; evaluating a split needs none
+        self._plan(statistics=needs_statistics or (model is None and stage in (None, "fit")))
         if needs_statistics:  # the detector keeps them as buffers: a checkpoint's module needs no data
             assert isinstance(model, TakesStatistics) and self.mean is not None and self.std is not None
             model.set_statistics(self.mean, self.std)

@@ -180,9 +180,18 @@ class Detector(L.LightningModule):
     def has_statistics(self) -> bool:
         return bool(len(self.data_mean))
 
+    def _statistics(self) -> tuple[Tensor, Tensor]:
+        """(mean, std) shaped for NCHW batches; without them the detector refuses rather than guesses."""
+        if not self.has_statistics:
+            raise RuntimeError(
+                f"{type(self).__name__} has no normalization statistics: fit or test it with "
+                "ImageDataModule, or load it from a checkpoint"
+            )
+        return self.data_mean.view(1, -1, 1, 1), self.data_std.view(1, -1, 1, 1)
+
     def unnormalize(self, x: Tensor) -> Tensor:
         """A preprocessed batch brought back to [0, 1] images (an autoencoder's reconstruction target)."""
-        std, mean = self.data_std.view(1, -1, 1, 1), self.data_mean.view(1, -1, 1, 1)
+        mean, std = self._statistics()
         return (x * std.to(x.dtype) + mean.to(x.dtype)).clamp_(0, 1)
 
     @staticmethod
@@ -194,15 +203,11 @@ class Detector(L.LightningModule):
     def preprocess(self, images: Tensor) -> Tensor:
         """A batch of raw NCHW images (uint8, or floats in [0, 1]) as the net takes it: greyscale when the statistics
         have one channel, normalized, channels-last on a GPU."""
-        if not self.has_statistics:
-            raise RuntimeError(
-                f"{type(self).__name__} has no normalization statistics: fit or test it with "
-                "ImageDataModule, or load it from a checkpoint"
-            )
+        mean, std = self._statistics()
         x = self.unit(images.to(self.device, non_blocking=True))
-        if len(self.data_mean) == 1 and x.shape[1] == 3:
+        if mean.shape[1] == 1 and x.shape[1] == 3:
             x = (x * x.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        x = (x - self.data_mean.view(1, -1, 1, 1)) / self.data_std.view(1, -1, 1, 1)
+        x = (x - mean) / std
         return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
 
     @staticmethod
