@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fakedetect.utils.choices import Choice
 from fakedetect.utils.errors import ConfigError
 
 try:  # a dependency, but a machine whose Pillow it does not fit must still decode every other format
@@ -29,7 +30,16 @@ else:
 # the brand of an ISO-BMFF file (bytes 4-12) that marks HEIC/HEIF, to name the cause when it cannot be opened
 HEIF_BRANDS = (b"ftypheic", b"ftypheix", b"ftyphevc", b"ftypmif1", b"ftypmsf1", b"ftypheif")
 
-FITS = ("squash", "center_crop", "random_crop", "resize_crop")
+
+class Fit(Choice):
+    """How an image of any shape becomes resolution x resolution (the module docstring)."""
+
+    SQUASH = "squash"
+    CENTER_CROP = "center_crop"
+    RANDOM_CROP = "random_crop"
+    RESIZE_CROP = "resize_crop"
+
+
 # images above this many pixels are refused before their pixels are decoded (data.max_pixels; None: no limit)
 DEFAULT_MAX_PIXELS = 8192 * 8192
 # the dtype of an array of file digests (SHA-1 in hex); b"" marks a file that could not be read
@@ -48,10 +58,10 @@ def file_digest(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
-def check_fit(fit: str, key: str = "data.fit") -> str:
-    if fit not in FITS:
-        raise ConfigError(f"{key}={fit} is not a fit; use one of {', '.join(FITS)}")
-    return fit
+def check_fit(fit: str, key: str = "data.fit") -> Fit:
+    if fit not in Fit.values():
+        raise ConfigError(f"{key}={fit} is not a fit; use one of {', '.join(Fit.values())}")
+    return Fit(fit)
 
 
 def open_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: int | None = None) -> Image.Image:
@@ -105,7 +115,7 @@ def decode_image(
     """One image file to (resolution, resolution, 3) RGB uint8, upright, by `fit` (module docstring); at its own
     size when `resolution` is None. `rng` places random_crop's window (None: the centre, as eval and predict
     always want); `draft=False` decodes every JPEG at full size (for the benchmark's comparison)."""
-    scales_down = draft and fit in ("squash", "resize_crop")
+    scales_down = draft and fit in (Fit.SQUASH, Fit.RESIZE_CROP)
     with open_image(data, max_pixels, draft=resolution if scales_down else None) as img:
         rgb = to_rgb(img)
     return np.asarray(fit_image(rgb, resolution, fit, rng) if resolution else rgb, dtype=np.uint8)
@@ -125,11 +135,11 @@ def fit_image(img: Image.Image, resolution: int, fit: str, rng: random.Random | 
     pixels wide at native scale, or the whole short side (resize_crop, and any image whose short side is under
     `resolution`), which is then scaled to `resolution` in the same step (Pillow's resize box)."""
     width, height = img.size
-    if fit == "squash":
+    if fit == Fit.SQUASH:
         return img if img.size == (resolution, resolution) else img.resize((resolution, resolution), RESAMPLE)
     check_fit(fit)
-    side = min(width, height) if fit == "resize_crop" or min(width, height) < resolution else resolution
-    if fit == "random_crop" and rng is not None:
+    side = min(width, height) if fit == Fit.RESIZE_CROP or min(width, height) < resolution else resolution
+    if fit == Fit.RANDOM_CROP and rng is not None:
         left, top = rng.randint(0, width - side), rng.randint(0, height - side)
     else:
         left, top = (width - side) // 2, (height - side) // 2

@@ -20,6 +20,7 @@ from urllib.request import Request, urlopen
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from fakedetect.data.sources import Source
+from fakedetect.data.splits import stratified_sample
 from fakedetect.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -186,8 +187,6 @@ def build_sample(
 ) -> Path:
     """A stratified subset of a full CIFAKE as a zip in its layout, identical for the same source and arguments:
     stored (JPEGs are not re-encoded nor recompressed), sorted, with fixed timestamps."""
-    from fakedetect.data.datamodule import stratified_sample  # torch and Lightning: not for a download
-
     listing = Source.open(source).list(list(classes))
     picked = {}
     for split, per_class in (("train", train_per_class), ("test", test_per_class)):

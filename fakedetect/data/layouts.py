@@ -26,13 +26,13 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from fakedetect.utils.choices import Choice
 from fakedetect.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
 SPLITS = ("train", "val", "test")
-LAYOUTS = ("auto", "folders", "genimage", "forensynths", "manifest")
 DEFAULT_ALIASES: dict[str, tuple[str, ...]] = {"REAL": ("real", "nature", "0_real"), "FAKE": ("fake", "ai", "1_fake")}
 GENIMAGE_CLASS_FOLDERS = {"ai", "nature"}
 FORENSYNTHS_CLASS_FOLDERS = {"0_real", "1_fake"}
@@ -43,6 +43,16 @@ MANIFEST_COLUMNS = {
     "split": ("split",),
     "source": ("source", "generator"),
 }
+
+
+class Layout(Choice):
+    """How member names say split, class and source (the module docstring)."""
+
+    AUTO = "auto"
+    FOLDERS = "folders"
+    GENIMAGE = "genimage"
+    FORENSYNTHS = "forensynths"
+    MANIFEST = "manifest"
 
 
 class DataLayoutError(ConfigError):
@@ -121,33 +131,34 @@ def _forensynths(dirs: tuple[str, ...], lower: tuple[str, ...], fallback: str) -
     return lower[i], (dirs[i + 1] if i + 1 < len(dirs) - 1 else fallback)
 
 
-PLACERS: dict[str, Placer] = {"folders": _folders, "genimage": _genimage, "forensynths": _forensynths}
+PLACERS: dict[Layout, Placer] = {Layout.FOLDERS: _folders, Layout.GENIMAGE: _genimage, Layout.FORENSYNTHS: _forensynths}
 EXPECTED = {
-    "folders": "split/class/image, e.g. train/REAL/x.jpg, or class/image",
-    "genimage": "<generator>/{train,val}/<class>/image, e.g. sdv4/train/ai/x.png",
-    "forensynths": "[split/]<generator>/[<category>/]<class>/image, e.g. test/progan/cat/1_fake/x.png",
+    Layout.FOLDERS: "split/class/image, e.g. train/REAL/x.jpg, or class/image",
+    Layout.GENIMAGE: "<generator>/{train,val}/<class>/image, e.g. sdv4/train/ai/x.png",
+    Layout.FORENSYNTHS: "[split/]<generator>/[<category>/]<class>/image, e.g. test/progan/cat/1_fake/x.png",
 }
 
 
-def detect_layout(class_dirs: list[tuple[str, ...]]) -> str:
+def detect_layout(class_dirs: list[tuple[str, ...]]) -> Layout:
     """The layout that the lower-cased folder paths of the images in class folders point to (see the module doc)."""
     last = {d[-1] for d in class_dirs}
     if last and last <= GENIMAGE_CLASS_FOLDERS and all(len(d) >= 2 and d[-2] in ("train", "val") for d in class_dirs):
-        return "genimage"
+        return Layout.GENIMAGE
     if last and last <= FORENSYNTHS_CLASS_FOLDERS:
-        return "forensynths"
-    return "folders"
+        return Layout.FORENSYNTHS
+    return Layout.FOLDERS
 
 
-def check_layout(layout: str, manifest: object) -> None:
-    if layout not in LAYOUTS:
-        raise ConfigError(f"data.layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    if layout == "manifest" and manifest is None:
+def check_layout(layout: str, manifest: object) -> Layout:
+    if layout not in Layout.values():
+        raise ConfigError(f"data.layout must be one of {', '.join(Layout.values())}, got {layout!r}")
+    if layout == Layout.MANIFEST and manifest is None:
         raise ConfigError("data.layout=manifest needs data.manifest=<a CSV path,label[,split][,source]>")
-    if manifest is not None and layout not in ("auto", "manifest"):
+    if manifest is not None and layout not in (Layout.AUTO, Layout.MANIFEST):
         raise ConfigError(
             f"data.manifest is set but data.layout={layout}: use data.layout=manifest (or auto), or data.manifest=null"
         )
+    return Layout(layout)
 
 
 def _visible(parts: list[str]) -> bool:
@@ -171,7 +182,7 @@ def match(
 ) -> Listing:
     """Place member names by folder layout. `root_name` (the source's own name) stands in for a generator folder
     that lies above the root; `where` names the source in errors."""
-    check_layout(layout, None)
+    placing = check_layout(layout, None)
     index = class_folders(classes, aliases)
     ignored: list[str] = []
     candidates: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
@@ -185,10 +196,9 @@ def match(
             candidates.append((name, dirs, lower))
         else:
             ignored.append(name)
-    asked = layout
-    if layout == "auto":
-        layout = detect_layout([lower for _, _, lower in candidates])
-    place = PLACERS[layout]
+    if placing == Layout.AUTO:
+        placing = detect_layout([lower for _, _, lower in candidates])
+    place = PLACERS[placing]
     entries: list[Entry] = []
     for name, dirs, lower in candidates:
         label = index[lower[-1]]
@@ -199,10 +209,10 @@ def match(
             entries.append(Entry(name, placed[0], label, placed[1] or classes[label]))
     if not entries:
         raise DataLayoutError(
-            f"{where}: no images found in class folders {classes} (data.layout={asked}: expected "
-            f"{EXPECTED[layout]}; other class folder names via data.aliases{_csv_hint(ignored)})"
+            f"{where}: no images found in class folders {classes} (data.layout={layout}: expected "
+            f"{EXPECTED[placing]}; other class folder names via data.aliases{_csv_hint(ignored)})"
         )
-    return _checked(entries, ignored, classes, where, layout)
+    return _checked(entries, ignored, classes, where, placing)
 
 
 def _csv_hint(ignored: list[str]) -> str:
@@ -210,7 +220,7 @@ def _csv_hint(ignored: list[str]) -> str:
     return f"; labels in a CSV: data.manifest={csvs[0]}" if csvs else ""
 
 
-def _checked(entries: list[Entry], ignored: list[str], classes: list[str], where: str, layout: str) -> Listing:
+def _checked(entries: list[Entry], ignored: list[str], classes: list[str], where: str, layout: Layout) -> Listing:
     """Drop images outside split folders when there are split folders, and require every class in every split."""
     if {e.split for e in entries} != {""}:
         ignored = sorted(ignored + [e.name for e in entries if not e.split])
@@ -220,14 +230,14 @@ def _checked(entries: list[Entry], ignored: list[str], classes: list[str], where
         for i, cls in enumerate(classes):
             if (split, i) in present:
                 continue
-            if layout == "manifest":
+            if layout == Layout.MANIFEST:
                 raise DataLayoutError(
                     f"{where}: no row of class {cls}"
                     + (f" in split {split}" if split else "")
                     + " has its image file in the source"
                 )
             folder = f"'{split}/{cls}'" if split else f"'{cls}'"
-            if layout == "genimage" and split == "test":
+            if layout == Layout.GENIMAGE and split == "test":
                 folder = f"'val/{cls}' (GenImage's val is the test split)"
             raise DataLayoutError(f"{where}: split or class folder {folder} is missing or has no images")
     return Listing(entries, ignored)
@@ -338,6 +348,6 @@ def from_manifest(
         )
     listed = {e.name for e in entries}
     ignored = sorted(n for n in present if n not in listed and _visible(n.split("/")))
-    listing = _checked(entries, ignored, classes, where, "manifest")
+    listing = _checked(entries, ignored, classes, where, Layout.MANIFEST)
     listing.missing = missing
     return listing

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fakedetect.data.datamodule import PACK_META, SPLITS, ImageDataModule
+from fakedetect.data.datamodule import ImageDataModule
+from fakedetect.data.layouts import SPLITS
+from fakedetect.data.loaders.litdata import PACK_META
 from fakedetect.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
