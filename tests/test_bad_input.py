@@ -25,11 +25,12 @@ from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.data.decode import decode_image
 from fakedetect.data.inspect import audit
 from fakedetect.data.layouts import DataLayoutError, Entry
-from fakedetect.data.loaders import StreamDataset, StreamLoader, collate_skipping
+from fakedetect.data.loaders.decoding import SkippingLoader, StreamDataset, collate_skipping
 from fakedetect.data.sources import FolderSource, Source
 from fakedetect.losses import BCEWithLogits, FocalLoss, HybridLoss, LossSchedule
 from fakedetect.utils.errors import ConfigError
 from tests.conftest import QUIET, assert_one_line, compose_config, run_command, sideways_jpeg
+from tests.test_data import _folder
 
 CLASSES = ("REAL", "FAKE")
 GARBAGE = b"\x00not an image at all" * 30
@@ -218,7 +219,7 @@ def _die_while_writing(folder: Path, root: Path) -> None:
 def test_killed_or_corrupt_cache_is_never_trusted(tmp_path: Path) -> None:
     root = _tree(tmp_path / "data")
     dm = _module(root, tmp_path)
-    folder = dm._cache_folder(dm._source())
+    folder = _folder(dm)
     good = dm.decoded()
     expected = np.array(good.images)  # a copy: the memory-mapped file is truncated below
     assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
@@ -300,8 +301,8 @@ def test_stream_batch_of_only_unreadable_files_is_skipped_and_counted(tmp_path: 
     root = _tree(tmp_path / "data", per_class=1, bad={"train/REAL/a.png": GARBAGE, "train/REAL/b.png": GARBAGE})
     entries = [Entry(n, "train", 0) for n in ("train/REAL/a.png", "train/REAL/b.png", "train/REAL/0.png")]
     dataset = StreamDataset(Source.open(root), entries, np.zeros(3, dtype=np.int64), 16)
-    batches = list(StreamLoader(dataset, batch_size=2, collate_fn=collate_skipping))
-    assert [tuple(images.shape) for images, _, _ in batches] == [(1, 3, 16, 16)]
+    batches = list(SkippingLoader(dataset, batch_size=2, collate_fn=collate_skipping))
+    assert [tuple(batch.images.shape) for batch in batches] == [(1, 3, 16, 16)]
     assert dataset.skipped == ["train/REAL/a.png", "train/REAL/b.png"]
 
 

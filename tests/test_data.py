@@ -14,19 +14,27 @@ import tarfile
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from fakedetect.data import datamodule as datamodule_mod
 from fakedetect.data.augment import BatchAugment, random_flip, random_translate
-from fakedetect.data.datamodule import ImageDataModule, channel_stats, stratified_split
+from fakedetect.data.batch import Batch
+from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.data.decode import BadImageError, decode_image
 from fakedetect.data.layouts import DataLayoutError
-from fakedetect.data.loaders import DeviceBatches, EpochOrder
+from fakedetect.data.loaders import decoded as decoded_mod
+from fakedetect.data.loaders.decoded import cache_folder
+from fakedetect.data.loaders.memory import DeviceBatches
+from fakedetect.data.loaders.order import EpochOrder
 from fakedetect.data.sources import FolderSource, Source, TarSource, ZipSource
+from fakedetect.data.splits import stratified_split
+from fakedetect.data.statistics import channel_stats
+from fakedetect.modules import Detector
+from fakedetect.nets import MLP
 
 # The subset conftest's training tests use (with the default seed 42 and 32 px): one decode per session.
 SUBSET = {"train_limit": 2000, "test_limit": 1000}
@@ -101,10 +109,21 @@ def _listing_by_name(source: Source, prefix: str = "") -> dict[str, tuple[str, i
     return {e.name[len(prefix) :].lower(): (e.split, e.label) for e in source.list(list(CLASSES)).entries}
 
 
-def _batches(loader: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
-    """All batches of a loader, concatenated."""
-    images, labels, _ = zip(*loader, strict=True)
+def _batches(loader: Iterable[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+    """All batches of a loader, concatenated: images and labels."""
+    images, labels, _, _ = zip(*loader, strict=True)
     return torch.cat(images), torch.cat(labels)
+
+
+def _folder(dm: ImageDataModule) -> Path:
+    return cache_folder(dm.config, Source.open(dm.root))
+
+
+def _detector(dm: ImageDataModule) -> Detector:
+    """A detector holding `dm`'s train statistics, as a fit hands them over."""
+    model = Detector(MLP(hidden=[8]), torch.nn.BCEWithLogitsLoss(), torch.optim.Adam)
+    model.set_statistics(dm.mean, dm.std)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------- fixtures
@@ -204,7 +223,7 @@ def test_cache_reused_with_identical_arrays(cifake_dm: ImageDataModule, cifake_p
     again = ImageDataModule(str(cifake_path), cache_dir=str(cache_dir), **SUBSET)
     again.setup()
     assert "cache_load_s" in again.timings and "decode_s" not in again.timings
-    assert (again._cache_folder(again._source()) / "images.npy").exists()
+    assert (_folder(again) / "images.npy").exists()
     for split in ("train", "val", "test"):
         assert np.array_equal(again.split_images(split), cifake_dm.split_images(split))
         assert np.array_equal(again.splits[split].labels, cifake_dm.splits[split].labels)
@@ -219,7 +238,7 @@ def test_resolution_change_decodes_again(cifake_folder: Path, tmp_path: Path) ->
     assert "decode_s" in first.timings and "decode_s" in other.timings
     assert "cache_load_s" not in other.timings
     assert "cache_load_s" in repeat.timings and "decode_s" not in repeat.timings
-    folders = {dm._cache_folder(dm._source()) for dm in (first, other)}
+    folders = {_folder(dm) for dm in (first, other)}
     assert len(folders) == 2 and all(f.is_dir() for f in folders)
     assert first.split_images("train").shape[1:] == (32, 32, 3)
     assert other.split_images("train").shape[1:] == (24, 24, 3)
@@ -441,12 +460,12 @@ def test_stream_loader_drops_corrupt_files(tmp_path: Path) -> None:
     loader = dm.test_dataloader()
     batches = list(loader)
     assert len(batches) == 1
-    images, labels, _ = batches[0]
+    images, labels, _, _ = batches[0]
     assert images.shape == (8, 3, 32, 32) and images.dtype == torch.uint8
     assert labels.dtype == torch.int64 and labels.tolist().count(1) == 4
     assert loader.dataset.skipped == ["test/FAKE/broken.jpg"]
 
-    train = [dm._entries[i] for i in dm.splits["train"].index]
+    train = [dm.loader.entries[i] for i in dm.splits["train"].index]
     bad_in_train = sum(e.name.endswith(("corrupt.jpg", "truncated.jpg")) for e in train)
     images, _ = _batches(dm.train_dataloader())
     assert len(images) == len(train) - bad_in_train
@@ -459,7 +478,8 @@ def _device_batches(
     images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, **order: object
 ) -> DeviceBatches:
     """DeviceBatches whose sources are the labels, in an EpochOrder."""
-    return DeviceBatches(images, labels, labels.clone(), EpochOrder(len(labels), batch_size, shuffle, **order))
+    split = Batch(images, labels, labels.clone(), torch.zeros(len(labels), dtype=torch.bool))
+    return DeviceBatches(split, EpochOrder(len(labels), batch_size, shuffle, **order))
 
 
 def _indexed(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -472,8 +492,8 @@ def test_device_batches_cover_every_index_once() -> None:
     batches = _device_batches(images, labels, batch_size=10, shuffle=True, seed=3)
     got = list(batches)
     assert len(got) == len(batches) == 11
-    assert all(torch.equal(x.view(-1), y) and torch.equal(s, y) for x, y, s in got)  # stay paired
-    order = torch.cat([y for _, y, _ in got])
+    assert all(torch.equal(x.view(-1), y) and torch.equal(s, y) and not d.any() for x, y, s, d in got)  # paired
+    order = torch.cat([b.labels for b in got])
     assert sorted(order.tolist()) == list(range(103))
     assert not torch.equal(order, torch.arange(103))  # shuffled
 
@@ -483,7 +503,7 @@ def test_device_batches_ranks_are_disjoint_halves() -> None:
     seen = []
     for rank in (0, 1):
         batches = _device_batches(images, labels, batch_size=10, shuffle=True, seed=3, rank=rank, world_size=2)
-        seen.append(torch.cat([y for _, y, _ in batches]).tolist())
+        seen.append(torch.cat([b.labels for b in batches]).tolist())
     assert {len(s) for s in seen} == {51, 52}
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == list(range(103))
@@ -495,13 +515,13 @@ def test_device_batches_ranks_are_disjoint_halves() -> None:
 def test_device_batches_epochs_differ_but_are_reproducible() -> None:
     images, labels = _indexed(64)
     batches = _device_batches(images, labels, batch_size=16, shuffle=True, seed=5)
-    first, second = (torch.cat([y for _, y, _ in batches]) for _ in range(2))
+    first, second = (torch.cat([b.labels for b in batches]) for _ in range(2))
     assert not torch.equal(first, second)
     assert sorted(second.tolist()) == list(range(64))
     fresh = _device_batches(images, labels, batch_size=16, shuffle=True, seed=5)
-    assert torch.equal(torch.cat([y for _, y, _ in fresh]), first)
+    assert torch.equal(torch.cat([b.labels for b in fresh]), first)
     unshuffled = _device_batches(images, labels, batch_size=16, shuffle=False)
-    assert torch.equal(torch.cat([y for _, y, _ in unshuffled]), torch.arange(64))
+    assert torch.equal(torch.cat([b.labels for b in unshuffled]), torch.arange(64))
 
 
 # ---------------------------------------------------------------------------- 8. augment and preprocess
@@ -538,34 +558,38 @@ def test_random_translate_is_a_per_sample_shift() -> None:
     assert len(shifts) > 1
 
 
-def test_preprocess_normalizes_train_batch(cifake_dm: ImageDataModule) -> None:
+def test_train_statistics_normalize_train_batch(cifake_dm: ImageDataModule) -> None:
     images = torch.from_numpy(cifake_dm.split_images("train")).permute(0, 3, 1, 2)
-    x = cifake_dm.preprocess(images, train=False)
+    x = _detector(cifake_dm).preprocess(images)
     assert x.dtype == torch.float32 and x.shape == (1800, 3, 32, 32)
     assert torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=0.05)
     assert torch.allclose(x.std(dim=(0, 2, 3)), torch.ones(3), atol=0.05)
 
 
-def test_preprocess_train_applies_the_augmentation(
+def test_training_batches_are_augmented_on_the_device(
     cifake_dm: ImageDataModule, cifake_path: Path, cache_dir: Path
 ) -> None:
     dm = ImageDataModule(str(cifake_path), cache_dir=str(cache_dir), augment=BatchAugment(flip=True), **SUBSET)
     dm.setup()
     images = torch.from_numpy(dm.split_images("val")[:64]).permute(0, 3, 1, 2)
-    plain = dm.preprocess(images, train=False)
+    batch = Batch(images, *(torch.zeros(64, dtype=t) for t in (torch.int64, torch.int64, torch.bool)))
+    dm.trainer = SimpleNamespace(training=False, testing=True)  # as Lightning's test loop moves a batch
+    assert dm.on_after_batch_transfer(batch, 0).images is images  # raw uint8: the detector preprocesses it
+    dm.trainer = SimpleNamespace(training=True, testing=False)
+    plain = images.float() / 255
     torch.manual_seed(0)
-    augmented = dm.preprocess(images, train=True)
+    augmented = dm.on_after_batch_transfer(batch, 0).images
     mirrored = [torch.equal(a, p.flip(-1)) and not torch.equal(a, p) for a, p in zip(augmented, plain, strict=True)]
     unchanged = [torch.equal(a, p) for a, p in zip(augmented, plain, strict=True)]
     assert all(m or u for m, u in zip(mirrored, unchanged, strict=True)) and any(mirrored) and any(unchanged)
 
 
-def test_preprocess_greyscale(cifake_path: Path, cache_dir: Path) -> None:
+def test_greyscale_statistics_and_preprocess(cifake_path: Path, cache_dir: Path) -> None:
     dm = ImageDataModule(str(cifake_path), cache_dir=str(cache_dir), channels=1, **SUBSET)
     dm.setup()
     assert len(dm.mean) == len(dm.std) == 1
     images = torch.from_numpy(dm.split_images("train")).permute(0, 3, 1, 2)
-    x = dm.preprocess(images)
+    x = _detector(dm).preprocess(images)
     assert x.shape == (1800, 1, 32, 32)
     luma = (images.double() / 255 * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
     assert torch.allclose(x.double(), (luma - dm.mean[0]) / dm.std[0], atol=1e-4)
@@ -591,7 +615,7 @@ def test_stats_from_train_split_only_and_cached(
     def no_recompute(*_: object, **__: object) -> None:
         raise AssertionError("stats recomputed instead of loaded from the cache")
 
-    monkeypatch.setattr(datamodule_mod, "channel_stats", no_recompute)
+    monkeypatch.setattr(decoded_mod, "channel_stats", no_recompute)
     again = ImageDataModule(str(cifake_path), cache_dir=str(cache_dir), **SUBSET)
     again.setup()
     assert again.mean == cifake_dm.mean and again.std == cifake_dm.std

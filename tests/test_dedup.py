@@ -21,7 +21,7 @@ from fakedetect.reporting.results import table
 from fakedetect.train import train
 from fakedetect.utils.checkpoint import load_trained
 from tests.conftest import QUIET, compose_config, event_tags, metrics_json, predicted
-from tests.test_data import CLASSES, _batches, _encode, _module, _random_png, _split_files, _split_folder, _write_tree
+from tests.test_data import CLASSES, _encode, _folder, _module, _random_png, _split_files, _split_folder, _write_tree
 
 # the test files of `_planted` that repeat a train file byte for byte (one of them under the other class)
 COPIES = ["test/FAKE/copy.png", "test/FAKE/cross.png", "test/REAL/copy.png"]
@@ -43,8 +43,12 @@ def _planted(root: Path, per_class: int = 8) -> Path:
     return _write_tree(root, files)
 
 
+def _marks(dm: ImageDataModule) -> np.ndarray:
+    return dm.splits["test"].duplicates
+
+
 def _removed(dm: ImageDataModule) -> list[str]:
-    return sorted(n for n, d in zip(dm.test_names, dm.test_duplicates, strict=True) if d)
+    return sorted(n for n, d in zip(dm.test_names, _marks(dm), strict=True) if d)
 
 
 @pytest.mark.parametrize("loader", ["memory", "stream"])
@@ -52,11 +56,12 @@ def test_planted_copies_are_masked_and_left_out(loader: str, tmp_path: Path) -> 
     root = _planted(tmp_path / "data")
     dm = _module(root, tmp_path / "cache", loader=loader, num_workers=0)
     assert _removed(dm) == COPIES and dm.duplicate_groups == 3
-    images, labels = _batches(dm.dedup_test_dataloader())
+    images, labels, _, duplicates = (torch.cat(parts) for parts in zip(*dm.test_dataloader(), strict=True))
+    images, labels = images[~duplicates], labels[~duplicates]  # what the deduplicated figures score
     assert len(labels) == len(dm.test_names) - 3
-    assert labels.tolist() == dm.splits["test"].labels[~dm.test_duplicates].tolist()  # test order, copies left out
+    assert labels.tolist() == dm.splits["test"].labels[~_marks(dm)].tolist()  # test order, copies left out
     if loader == "memory":
-        assert np.array_equal(images.permute(0, 2, 3, 1).numpy(), dm.split_images("test")[~dm.test_duplicates])
+        assert np.array_equal(images.permute(0, 2, 3, 1).numpy(), dm.split_images("test")[~_marks(dm)])
     # the digests come back from the cache, the mask with them
     again = _module(root, tmp_path / "cache", loader=loader, num_workers=0)
     assert ("cache_load_s" in again.timings) if loader == "memory" else ("digest_s" not in again.timings)
@@ -66,7 +71,7 @@ def test_planted_copies_are_masked_and_left_out(loader: str, tmp_path: Path) -> 
 def test_decode_cache_without_digests_is_decoded_again(tmp_path: Path) -> None:
     root = _planted(tmp_path / "data")
     dm = _module(root, tmp_path / "cache")
-    (dm._cache_folder(dm._source()) / "digests.npy").unlink()  # as a cache of an older version would lack it
+    (_folder(dm) / "digests.npy").unlink()  # as a cache of an older version would lack it
     again = _module(root, tmp_path / "cache")
     assert "decode_s" in again.timings and _removed(again) == COPIES
 
@@ -79,7 +84,7 @@ def test_mask_matches_the_audit_and_its_exclusions_empty_it(tmp_path: Path) -> N
     assert (tmp_path / "audit" / "test_copies_of_train.txt").read_text().splitlines() == COPIES
     # trained without the audit's exclusions, no test image has a train copy left
     dm = _module(root, tmp_path / "cache", exclude=str(tmp_path / "audit" / "exclude_train.txt"))
-    assert not dm.test_duplicates.any() and dm.duplicate_groups == 0
+    assert not _marks(dm).any() and dm.duplicate_groups == 0
 
 
 def test_stream_digests_follow_a_changed_file_and_survive_a_damaged_cache(tmp_path: Path) -> None:
@@ -142,7 +147,7 @@ def test_planted_copies_change_acc_dedup_as_scored_by_hand(tmp_path: Path) -> No
     dm = trained.datamodule
     dm.setup("test")
     probs, labels = predicted(trained.model, dm.test_dataloader())
-    kept = torch.from_numpy(~dm.test_duplicates)
+    kept = torch.from_numpy(~_marks(dm))
     correct = decide(probs, trained.model.decision_threshold) == labels
     assert metrics["test/acc"] == pytest.approx(correct.float().mean().item(), abs=1e-6)
     assert metrics["test/acc_dedup"] == pytest.approx(correct[kept].float().mean().item(), abs=1e-6)
@@ -169,7 +174,7 @@ def test_planted_copies_change_acc_dedup_as_scored_by_hand(tmp_path: Path) -> No
             tmp_path / "short",
         )
     )
-    assert short["test/n_dedup_removed"] == dm.test_duplicates[:8].sum()
+    assert short["test/n_dedup_removed"] == _marks(dm)[:8].sum()
     assert short["test/acc_dedup"] == pytest.approx(correct[:8][kept[:8]].float().mean().item(), abs=1e-6)
     # the report, the per-source table and the robustness rows cover the same 8 images as test/acc
     record = metrics_json(tmp_path / "short")
@@ -196,7 +201,7 @@ def test_cifake_subset_training_logs_dedup_metrics(
     data = dm.decoded()
     pool = {digests[n] for n, s in zip(data.names, data.splits, strict=True) if s == "train"}
     copies = [n for n in dm.test_names if digests[n] in pool]
-    assert metrics["test/n_dedup_removed"] == len(copies) == dm.test_duplicates.sum()
+    assert metrics["test/n_dedup_removed"] == len(copies) == _marks(dm).sum()
     assert (metrics["test/acc_dedup"] == metrics["test/acc"]) == (not copies)
     # the whole archive: CIFAKE's 378 test files with a train copy, counted without fakedetect
     train_files = {d for n, d in digests.items() if n.startswith("train/")}
