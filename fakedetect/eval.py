@@ -10,7 +10,6 @@ table across them.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -24,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from fakedetect.callbacks.test_scores import TestScores
-from fakedetect.data.datamodule import ImageDataModule
+from fakedetect.data.datamodule import DATA_KEYS, ImageDataModule
 from fakedetect.metrics.scores import Scores
 from fakedetect.modules.detector import Detector
 from fakedetect.reporting.callbacks import Reconstructions, TestFigures
@@ -42,7 +41,6 @@ log = logging.getLogger(__name__)
 THRESHOLD_SOURCES = ("checkpoint", "refit")
 SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 EXAMPLE = "test_sets={cifake:{root:PATH},web60:{root:PATH,test_fraction:1.0}}"
-DATA_KEYS = set(inspect.signature(ImageDataModule).parameters)
 
 
 def named_test_sets(cfg: DictConfig) -> dict[str | None, dict[str, Any]]:

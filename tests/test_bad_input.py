@@ -221,6 +221,7 @@ def test_killed_or_corrupt_cache_is_never_trusted(tmp_path: Path) -> None:
     dm = _module(root, tmp_path)
     folder = _folder(dm)
     good = dm.decoded()
+    dm.statistics()  # taken and cached, to be damaged below
     expected = np.array(good.images)  # a copy: the memory-mapped file is truncated below
     assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
 

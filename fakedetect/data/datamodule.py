@@ -29,6 +29,8 @@ from fakedetect.data.statistics import Statistics
 log = logging.getLogger(__name__)
 
 SETTINGS = frozenset(f.name for f in fields(DataConfig))
+# every key of the `data` config group: the settings and the training augmentation
+DATA_KEYS = SETTINGS | {"augment"}
 
 
 @runtime_checkable
