@@ -42,7 +42,7 @@ class Affects(IntEnum):
 Level = Affects | Callable[["DataConfig"], Affects | None] | None
 
 
-def setting(default: Any, ok: Callable[[Any], bool], expected: str, affects: Level = None) -> Any:
+def setting(default: Any, ok: Callable[[Any], bool], expected: str | Callable[[], str], affects: Level = None) -> Any:
     """A field with its check (`data.<name> must be <expected>, got ...` unless `ok`) and its level."""
     metadata = {"ok": ok, "expected": expected, "affects": affects}
     if isinstance(default, list):
@@ -118,7 +118,8 @@ class DataConfig:
     seed: int = setting(42, is_int, "an integer", lambda c: Affects.LISTING if limited(c) else Affects.SPLITS)
     batch_size: int = setting(128, positive, "a positive integer")
     eval_batch_size: int = setting(1024, positive, "a positive integer")
-    loader: str = setting("memory", lambda v: v in LOADERS, " | ".join(LOADERS))
+    # a loader registered later (a plugin's) is a choice too
+    loader: str = setting("memory", lambda v: v in LOADERS, lambda: " | ".join(LOADERS))
     num_workers: int = setting(2, lambda v: is_int(v) and v >= 0, "an integer >= 0")
     train_limit: int | None = setting(None, limit, LIMIT, Affects.LISTING)
     test_limit: int | None = setting(None, limit, LIMIT, Affects.LISTING)
@@ -169,8 +170,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            value = getattr(self, f.name)
-            require(f"data.{f.name}", value, f.metadata["ok"](value), f.metadata["expected"])
+            value, expected = getattr(self, f.name), f.metadata["expected"]
+            require(f"data.{f.name}", value, f.metadata["ok"](value), expected() if callable(expected) else expected)
         require(
             "data.litdata_dir",
             self.litdata_dir,
