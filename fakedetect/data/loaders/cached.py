@@ -50,6 +50,8 @@ class CacheRows(Dataset):
 
 @register("cached")
 class CachedLoader(DecodedLoader):
+    """Each batch's rows read from the memory-mapped cache by workers, in the memory loader's order."""
+
     def batches(self, plan: Plan, split: str, train: bool, where: Where) -> DataLoader:
         part = plan.splits[split]
         workers = self.config.num_workers

@@ -70,6 +70,8 @@ class Marked:
 
 @register("litdata")
 class LitDataLoader(Loader):
+    """The pack's splits and statistics; batches streamed from its chunks."""
+
     def __init__(self, config: DataConfig) -> None:
         super().__init__(config)
         self.meta: dict[str, Any] = {}

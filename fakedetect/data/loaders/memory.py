@@ -42,6 +42,8 @@ class DeviceBatches:
 
 @register("memory")
 class MemoryLoader(DecodedLoader):
+    """Each split copied to the device once (per device), then sliced into batches there."""
+
     def __init__(self, config: DataConfig) -> None:
         super().__init__(config)
         self._on_device: dict[tuple[str, str], Batch] = {}

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 @register("stream")
 class StreamLoader(Loader):
+    """Splits planned over the listing; every batch decoded from the files by workers."""
+
     def __init__(self, config: DataConfig) -> None:
         super().__init__(config)
         self.entries: list[Entry] = []
