@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import lightning as L
 import numpy as np
@@ -155,8 +155,9 @@ class ImageDataModule(L.LightningDataModule):
     def train_dataloader(self) -> Iterable[Batch | None]:
         return self._batches("train", train=True)
 
-    def val_dataloader(self) -> Iterable[Batch | None]:
-        return self._batches("val", train=False)
+    # only a training epoch stands a None in for a batch of unreadable files; evaluation leaves it out
+    def val_dataloader(self) -> Iterable[Batch]:
+        return cast(Iterable[Batch], self._batches("val", train=False))
 
-    def test_dataloader(self) -> Iterable[Batch | None]:
-        return self._batches("test", train=False)
+    def test_dataloader(self) -> Iterable[Batch]:
+        return cast(Iterable[Batch], self._batches("test", train=False))
