@@ -209,9 +209,7 @@ def time_to_accuracy(cfg: DictConfig, data_overrides: list[str]) -> dict:
 def plain_rate(cfg: DictConfig, datamodule: ImageDataModule, device: torch.device, warmup: int, steps: int) -> Span:
     """The lean loop: the same pieces with nothing around them."""
     model = build_model(cfg).to(device)
-    if datamodule.mean is None or datamodule.std is None:
-        raise RuntimeError("plain_rate needs a data module that Lightning has set up (lightning_rate first)")
-    model.set_statistics(datamodule.mean, datamodule.std)  # what Lightning's setup hands the detector
+    model.set_statistics(*datamodule.statistics())  # what Lightning's setup hands the detector
     net, loss_fn = model.net.train(), model.loss
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
