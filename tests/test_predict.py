@@ -18,8 +18,9 @@ import torchvision
 from PIL import Image
 
 from fakedetect.data.decode import decode_image
+from fakedetect.data.loaders.files import expand_input, views
 from fakedetect.modules.checkpoint_format import FORMAT_KEY
-from fakedetect.predict import expand_input, predict, views
+from fakedetect.predict import predict
 from fakedetect.train import train
 from fakedetect.utils.checkpoint import CONFIG_KEY, load_checkpoint, load_trained
 from fakedetect.utils.errors import ConfigError
