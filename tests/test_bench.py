@@ -146,7 +146,7 @@ def test_gpu_suite_search_past_its_deadline_is_reported_as_such(
 ) -> None:
     """Workers still running at the deadline are all killed, and the run says the deadline stopped it (not the
     exit code of a worker that was killed)."""
-    from fakedetect.benchmarks.suite import search
+    from fakedetect.benchmarks.suite_runs import search
 
     slow = tmp_path / "python"
     slow.write_text("#!/bin/sh\nexec sleep 60\n")
