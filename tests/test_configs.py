@@ -163,6 +163,19 @@ def test_machine_paths_come_from_the_environment(monkeypatch: pytest.MonkeyPatch
     assert lpips.weights_path == "/w/alexnet_features_imagenet.pth"
 
 
+def test_cifake_path_has_one_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """paths.cifake (the CIFAKE variable, else data/archive.zip) is where data=cifake reads, `download cifake`
+    writes and `download sample` samples from; data=folder shares the data base, not CIFAKE's root."""
+    monkeypatch.delenv("CIFAKE", raising=False)
+    data = compose_config("train", [], tmp_path).data
+    download = compose_config("download", [], tmp_path)
+    assert data.root == download.dest == download.sample.source == f"{ROOT}/data/archive.zip"
+    monkeypatch.setenv("CIFAKE", "/data/cifake.tar.gz")
+    assert data.root == download.dest == download.sample.source == "/data/cifake.tar.gz"
+    folder = compose_config("train", ["data=folder"], tmp_path).data
+    assert OmegaConf.is_missing(folder, "root") and folder.max_pixels == data.max_pixels
+
+
 def test_local_config_overrides_the_experiment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("FAKEDETECT_WEIGHTS", raising=False)
     cfg = compose_config("train", ["experiment=effnet_lite0_pretrained", "local=example", "data.root=x"], tmp_path)
