@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import sys
@@ -15,7 +16,7 @@ from omegaconf import OmegaConf
 
 from fakedetect.benchmarks.throughput import Span, Utilisation, measure_row, nvidia_smi_reader
 from fakedetect.utils.errors import ConfigError
-from tests.conftest import assert_one_line, run_command
+from tests.conftest import assert_one_line, compose_config, run_command
 
 
 def run_bench(*args: str, cache_dir: Path, timeout: float) -> None:
@@ -146,7 +147,7 @@ def test_gpu_suite_search_past_its_deadline_is_reported_as_such(
 ) -> None:
     """Workers still running at the deadline are all killed, and the run says the deadline stopped it (not the
     exit code of a worker that was killed)."""
-    from fakedetect.benchmarks.suite import search
+    from fakedetect.benchmarks.suite_runs import search
 
     slow = tmp_path / "python"
     slow.write_text("#!/bin/sh\nexec sleep 60\n")
@@ -158,6 +159,16 @@ def test_gpu_suite_search_past_its_deadline_is_reported_as_such(
     result = search(cfg, run, tmp_path / "search", 1.0, {})
     assert time.monotonic() - start < 20
     assert result["error"] == "stopped at the stage's deadline after 1 s" and result["states"] == {}
+
+
+def test_gpu_suite_without_a_deadline_caps_nothing(tmp_path: Path) -> None:
+    """The shipped suite knows no machine's time limit: with none given (null), no training is capped and no
+    process is given a timeout; the caller's deadline (suite.deadline_s=S) caps both."""
+    from fakedetect.benchmarks.suite_runs import max_time, timeout
+
+    assert compose_config("bench", ["suite=gpu"], tmp_path).suite.deadline_s is None
+    assert max_time(math.inf) == [] and timeout(math.inf) is None
+    assert max_time(3725.5) == ["++trainer.max_time=00:01:02:05"] and timeout(0.2) == 1
 
 
 def test_utilisation_averages_the_readings_inside_a_timed_span() -> None:

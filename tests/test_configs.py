@@ -1,5 +1,6 @@
 """Every config group option, experiment, search and command config composes, and the nets and modules they name
-build; the shared groups (optimizer, scheduler, augment, paths) give the keys the recipes always had."""
+build; the shared groups (model/optimizer, model/scheduler, data/augment, paths) give the keys the recipes always
+had."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from fakedetect.utils.builders import build_list, build_model, resolve_precision
 from tests.conftest import CONF, ROOT, WEIGHTS_DIR, compose_config
 
 ONE_CYCLE = {"_target_": "torch.optim.lr_scheduler.OneCycleLR", "_partial_": True, "pct_start": 0.2}
-# groups of other commands' configs: suite (bench's), checkpoint (eval's and gradcam's)
-NOT_TRAIN_GROUPS = {"experiment", "suite", "checkpoint"}
+# groups of other commands' configs: suite (bench's); and bases included by a group's options (model/common, ...)
+NOT_TRAIN_GROUPS = {"experiment", "suite", "common"}
+# eval's and gradcam's data: the checkpoint's, with replacements
+NOT_TRAIN_OPTIONS = {("data", "from_checkpoint")}
 # every command's primary config that knows this machine's paths
 COMMANDS = sorted(p.stem for p in CONF.glob("*.yaml") if "- paths: default" in p.read_text())
 
@@ -28,10 +31,14 @@ def options(group: str) -> list[str]:
 
 
 def train_groups() -> list[str]:
-    return sorted(d.name for d in CONF.iterdir() if d.is_dir() and d.name not in NOT_TRAIN_GROUPS and options(d.name))
+    """Every group, nested ones (model/optimizer) included, by its path under conf/."""
+    groups = (d.relative_to(CONF).as_posix() for d in CONF.rglob("*") if d.is_dir())
+    return sorted(g for g in groups if NOT_TRAIN_GROUPS.isdisjoint(g.split("/")) and options(g))
 
 
-@pytest.mark.parametrize(("group", "option"), [(g, o) for g in train_groups() for o in options(g)])
+@pytest.mark.parametrize(
+    ("group", "option"), [(g, o) for g in train_groups() for o in options(g) if (g, o) not in NOT_TRAIN_OPTIONS]
+)
 def test_group_option_composes(group: str, option: str, tmp_path: Path) -> None:
     cfg = compose_config("train", [f"{group}={option}", "data.root=x"], tmp_path)
     assert cfg.model._target_ and cfg.data._target_ and cfg.trainer._target_
@@ -53,7 +60,7 @@ def test_every_command_with_paths_composes_and_reads_the_local_config(
     [
         ([], {"_target_": "torch.optim.Adam", "lr": 1e-3, "weight_decay": 0.0}, None, "epoch", (True, 2)),
         (
-            ["optimizer=sgd", "scheduler=onecycle", "augment=none"],
+            ["model/optimizer=sgd", "model/scheduler=onecycle", "data/augment=none"],
             {"_target_": "torch.optim.SGD", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
             {**ONE_CYCLE, "max_lr": 0.1},
             "step",
@@ -118,9 +125,9 @@ def test_group_choices_give_the_recipes_keys(
     augment: tuple[bool, int],
     tmp_path: Path,
 ) -> None:
-    """optimizer=, scheduler= and augment= (on the command line or an experiment's `override /...`) land at
-    model.optimizer, model.scheduler, model.scheduler_interval and data.augment with the values the recipes had
-    when each wrote its own block."""
+    """model/optimizer=, model/scheduler= and data/augment= (on the command line or an experiment's
+    `override /...`) land at model.optimizer, model.scheduler, model.scheduler_interval and data.augment with the
+    values the recipes had when each wrote its own block."""
     cfg = compose_config("train", [*overrides, "data.root=x"], tmp_path)
     assert OmegaConf.to_container(cfg.model.optimizer, resolve=True) == {**optimizer, "_partial_": True}
     assert OmegaConf.to_container(cfg.model, resolve=True)["scheduler"] == scheduler
@@ -154,6 +161,19 @@ def test_machine_paths_come_from_the_environment(monkeypatch: pytest.MonkeyPatch
     assert lpips.weights_path == "/mnt/shared/weights/alexnet_features_imagenet.pth"
     monkeypatch.setenv("FAKEDETECT_WEIGHTS", "/w")
     assert lpips.weights_path == "/w/alexnet_features_imagenet.pth"
+
+
+def test_cifake_path_has_one_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """paths.cifake (the CIFAKE variable, else data/archive.zip) is where data=cifake reads, `download cifake`
+    writes and `download sample` samples from; data=folder shares the data base, not CIFAKE's root."""
+    monkeypatch.delenv("CIFAKE", raising=False)
+    data = compose_config("train", [], tmp_path).data
+    download = compose_config("download", [], tmp_path)
+    assert data.root == download.dest == download.sample.source == f"{ROOT}/data/archive.zip"
+    monkeypatch.setenv("CIFAKE", "/data/cifake.tar.gz")
+    assert data.root == download.dest == download.sample.source == "/data/cifake.tar.gz"
+    folder = compose_config("train", ["data=folder"], tmp_path).data
+    assert OmegaConf.is_missing(folder, "root") and folder.max_pixels == data.max_pixels
 
 
 def test_local_config_overrides_the_experiment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
