@@ -69,9 +69,9 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None) -> BaseStorage:
     path = storage_file(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=heartbeat.max_retry) if heartbeat else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are experimental
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=heartbeat.max_retry) if heartbeat else None
         if url.startswith(JOURNAL):
             backend = JournalFileBackend(str(path))
             if heartbeat is None:
