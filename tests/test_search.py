@@ -169,6 +169,21 @@ def test_a_trial_whose_heartbeats_stop_is_failed_and_its_point_queued_once(stora
     assert rows[0]["reason"] and "no heartbeat" in str(rows[0]["reason"]) and rows[2]["retry_of"] == 0
 
 
+def test_a_trial_failed_as_stale_while_it_ran_here_is_left_failed(tmp_path: Path) -> None:
+    """A worker whose heartbeats missed the storage for grace_period finds its trial failed by another worker:
+    its result is dropped (the retry runs the point), and the sweep goes on."""
+    sweeper = sweeper_for(tmp_path, "hparams_search=optuna", f"hydra.sweeper.storage='sqlite:///{tmp_path}/s.db'")
+    study = sweeper._open_study()
+    trial = study.ask()
+    study.tell(trial, state=TrialState.FAIL)  # as the other worker's heartbeat check does
+    job = JobReturn(
+        status=JobStatus.COMPLETED, hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path)}}})
+    )
+    job.return_value = 0.9
+    assert sweeper._tell(study, trial, job) is TrialState.FAIL
+    assert study.trials[0].state is TrialState.FAIL and study.trials[0].values is None
+
+
 def test_trial_callback_reports_prunes_and_stops_on_nan(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/s.db"
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
