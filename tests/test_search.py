@@ -169,6 +169,31 @@ def test_a_trial_whose_heartbeats_stop_is_failed_and_its_point_queued_once(stora
     assert rows[0]["reason"] and "no heartbeat" in str(rows[0]["reason"]) and rows[2]["retry_of"] == 0
 
 
+def test_a_worker_finding_the_study_full_waits_to_rerun_a_dead_workers_trial(tmp_path: Path) -> None:
+    """study_trials=2, one trial done and one RUNNING whose worker died: asking waits out the grace period, then
+    gets the dead trial's retry; after it, the study is full and nothing is running, so asking ends the worker."""
+    sweeper = sweeper_for(
+        tmp_path,
+        "hparams_search=optuna",
+        f"hydra.sweeper.storage='sqlite:///{tmp_path}/s.db'",
+        "hydra.sweeper.study_trials=2",
+        "hydra.sweeper.heartbeat.interval=1",
+        "hydra.sweeper.heartbeat.grace_period=2",
+    )
+    study = sweeper._open_study()
+    with sweeper._asked(study, 2) as (done, dead):
+        pass  # the heartbeats of both stop here; `dead` is never told
+    study.tell(done, 0.5)
+    start = time.monotonic()
+    with sweeper._asked(study, 1) as trials:
+        assert [t.number for t in trials] == [2] and time.monotonic() - start > 2
+    study.tell(trials[0], 0.6)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert retry_history(study.trials[2]) == [dead.number]
+    with sweeper._asked(study, 1) as trials:
+        assert trials == []
+
+
 def test_a_trial_failed_as_stale_while_it_ran_here_is_left_failed(tmp_path: Path) -> None:
     """A worker whose heartbeats missed the storage for grace_period finds its trial failed by another worker:
     its result is dropped (the retry runs the point), and the sweep goes on."""

@@ -174,12 +174,11 @@ class SearchSweeper(StockSweeper):
                 warnings.filterwarnings("ignore", message="Heartbeat of storage")
                 optuna.storages.fail_stale_trials(study)
                 held = study.get_trials(deepcopy=False)
-                if self.study_trials is not None:
-                    n = min(n, room(held, self.study_trials))
+                k = n if self.study_trials is None else min(n, room(held, self.study_trials))
                 running = [t.number for t in held if t.state is TrialState.RUNNING]
-                if n > 0 or not running:
+                if k > 0 or not running:
                     study.sampler = self._sampler(len(held))
-                    trials = [study.ask() for _ in range(max(n, 0))]
+                    trials = [study.ask() for _ in range(k)]
                     for trial in trials:
                         beats.enter_context(heartbeat_thread(self.store, trial))
                         trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
