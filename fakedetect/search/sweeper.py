@@ -8,7 +8,8 @@ and trial configuration, and owns the ask / launch / tell loop to:
 - tell a job that raised `optuna.TrialPruned` PRUNED, any other error FAIL, and record why (`prune_reason`,
   `fail_reason`) with the run's folder, parameter count and training time as trial user attributes;
 - seed the sampler past the trials already in the study, so a resumed study or a parallel worker draws new points;
-- let several workers share one study (`study_trials`): each asks for trials until the study holds that many;
+- let several workers share one study (`study_trials`): each asks for trials until the study holds that many, none
+  of them running;
 - search `conditional_params` only in the trials whose condition holds (e.g. a model's own parameters);
 - keep each trial's Optuna heartbeat while it runs, and fail (then run again) the trials of any killed worker,
   on any host: Optuna does both in `optimize()` only, which this loop does not use;
@@ -60,6 +61,9 @@ log = logging.getLogger(__name__)
 OPTUNA_TARGETS = ("optuna.samplers.*", "optuna.pruners.*", "hydra_plugins.hydra_optuna_sweeper.*")
 # a trial's user attribute naming the sweep process that runs it, as host:pid (for the report, not for recovery)
 WORKER = "worker"
+# at most this many seconds between two looks at a full study whose other trials still run (the heartbeat
+# interval, if shorter): the last worker ends this soon after the last trial
+WAIT_S = 5
 # what a job's metrics.json contributes to its trial's user attributes (trial attr: record key)
 RECORD_ATTRS = {"n_params": "params", "train_time_s": "train_time_s", "epochs": "epochs", "ckpt_path": "ckpt_path"}
 
@@ -163,8 +167,8 @@ class SearchSweeper(StockSweeper):
         """Up to n trials, none past `study_trials`: first the queued ones, retries of trials whose worker died
         included, then new ones. Failing stale trials, counting and asking is atomic across workers.
 
-        When the study is full but other workers' trials still run, wait: if one of those workers dies, its trial
-        is failed once its heartbeat is `grace_period` old and queued again, and this worker runs it.
+        When the study is full but other workers' trials still run, wait for them: if one of those workers dies, its
+        trial is failed once its heartbeat is `grace_period` old and queued again, and this worker runs it.
         """
         waiting_for: list[int] = []
         while True:
@@ -186,7 +190,7 @@ class SearchSweeper(StockSweeper):
             if running != waiting_for:
                 log.info("study '%s' is full; waiting for trials %s of other workers", study.study_name, running)
                 waiting_for = running
-            time.sleep(self.heartbeat.interval)
+            time.sleep(min(self.heartbeat.interval, WAIT_S))
 
     def _sampler(self, held: int) -> optuna.samplers.BaseSampler:
         """The configured sampler; a fixed seed is offset by the `held` trials of the study, so a resumed study
