@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,11 +21,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from fakedetect.search.adapter import parse_overrides, trial_id
+from fakedetect.search.adapter import heartbeat_thread, parse_overrides, trial_id
 from fakedetect.search.pruning import OptunaTrialCallback
-from fakedetect.search.report import write_report
-from fakedetect.search.storage import load_study
-from fakedetect.search.sweeper import OWNER, SearchSweeper, fail_orphans, outcome, this_process
+from fakedetect.search.report import trial_row, write_report
+from fakedetect.search.storage import Heartbeat, load_study, open_storage, retry_history
+from fakedetect.search.sweeper import SearchSweeper, outcome, room
 from fakedetect.train import metric_value
 from fakedetect.utils.builders import build_model
 from tests.conftest import CONF, QUIET, ROOT, SUBSET, compose_config, event_tags
@@ -143,35 +144,69 @@ def fake_trainer(**metrics: float) -> SimpleNamespace:
     )
 
 
-def test_only_trials_of_an_ended_process_on_this_host_are_orphans() -> None:
-    """A RUNNING trial is failed and requeued only if its owner ended here: not one of a live process (this one),
-    not one whose pid now belongs to another process (another start time), not one of another host."""
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    me = this_process()
-    owners = [
-        me,
-        {**me, "pid": int(ended.stdout)},
-        {**me, "started": me["started"] - 1},
-        {**me, "host": "elsewhere", "pid": int(ended.stdout)},
-    ]
-    study = optuna.create_study()
-    for i, owner in enumerate(owners):
-        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-        trial.set_user_attr(OWNER, owner)
-        assert trial.number == i
-    assert fail_orphans(study) == [1, 2]
-    trials = study.get_trials(deepcopy=False)
-    assert [t.state for t in trials] == [
-        TrialState.RUNNING,
-        TrialState.FAIL,
-        TrialState.FAIL,
-        TrialState.RUNNING,
-        TrialState.WAITING,
-        TrialState.WAITING,
-    ]
-    assert [t.user_attrs.get("retry_of") for t in trials[4:]] == [1, 2]
-    rerun = [study.ask().suggest_float("x", 0, 1) for _ in range(2)]  # the queued trials, asked as a sweep does
-    assert rerun == [trials[1].params["x"], trials[2].params["x"]]
+@pytest.mark.parametrize("storage", ["sqlite:///{tmp}/s.db", "journal:{tmp}/s.log"])
+def test_a_trial_whose_heartbeats_stop_is_failed_and_its_point_queued_once(storage: str, tmp_path: Path) -> None:
+    """Optuna's heartbeat check, on both file storages (the journal's heartbeats are fakedetect's): a trial whose
+    heartbeats go on is left RUNNING; one whose heartbeats stopped is FAIL after grace_period, its parameters queued
+    again once (max_retry=1); the study counts the two as one trial, and the retry is asked first."""
+    store = open_storage(storage.format(tmp=tmp_path), Heartbeat(interval=1, grace_period=1, max_retry=1))
+    study = optuna.create_study(storage=store)
+    space = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    dead, alive = study.ask(space), study.ask(space)
+    with heartbeat_thread(store, dead):
+        pass  # one heartbeat, then its worker is gone
+    with heartbeat_thread(store, alive), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        time.sleep(2.5)
+        optuna.storages.fail_stale_trials(study)
+        assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING]
+        assert room(study.trials, 3) == 2, "the failed trial and its retry are one: 2 held, the retry queued"
+        retry = study.ask()
+    assert retry.number == 2 and retry.params == dead.params and retry_history(study.trials[2]) == [0]
+    study.tell(retry, state=TrialState.FAIL)
+    study.tell(alive, 0.5)
+    rows = {r["number"]: r for r in (trial_row(t, ["value"]) for t in study.trials)}
+    assert rows[0]["reason"] and "no heartbeat" in str(rows[0]["reason"]) and rows[2]["retry_of"] == 0
+
+
+def test_a_worker_finding_the_study_full_waits_to_rerun_a_dead_workers_trial(tmp_path: Path) -> None:
+    """study_trials=2, one trial done and one RUNNING whose worker died: asking waits out the grace period, then
+    gets the dead trial's retry; after it, the study is full and nothing is running, so asking ends the worker."""
+    sweeper = sweeper_for(
+        tmp_path,
+        "hparams_search=optuna",
+        f"hydra.sweeper.storage='sqlite:///{tmp_path}/s.db'",
+        "hydra.sweeper.study_trials=2",
+        "hydra.sweeper.heartbeat.interval=1",
+        "hydra.sweeper.heartbeat.grace_period=2",
+    )
+    study = sweeper._open_study()
+    with sweeper._asked(study, 2) as (done, dead):
+        pass  # the heartbeats of both stop here; `dead` is never told
+    study.tell(done, 0.5)
+    start = time.monotonic()
+    with sweeper._asked(study, 1) as trials:
+        assert [t.number for t in trials] == [2] and time.monotonic() - start > 2
+    study.tell(trials[0], 0.6)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert retry_history(study.trials[2]) == [dead.number]
+    with sweeper._asked(study, 1) as trials:
+        assert trials == []
+
+
+def test_a_trial_failed_as_stale_while_it_ran_here_is_left_failed(tmp_path: Path) -> None:
+    """A worker whose heartbeats missed the storage for grace_period finds its trial failed by another worker:
+    its result is dropped (the retry runs the point), and the sweep goes on."""
+    sweeper = sweeper_for(tmp_path, "hparams_search=optuna", f"hydra.sweeper.storage='sqlite:///{tmp_path}/s.db'")
+    study = sweeper._open_study()
+    trial = study.ask()
+    study.tell(trial, state=TrialState.FAIL)  # as the other worker's heartbeat check does
+    job = JobReturn(
+        status=JobStatus.COMPLETED, hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path)}}})
+    )
+    job.return_value = 0.9
+    assert sweeper._tell(study, trial, job) is TrialState.FAIL
+    assert study.trials[0].state is TrialState.FAIL and study.trials[0].values is None
 
 
 def test_trial_callback_reports_prunes_and_stops_on_nan(tmp_path: Path) -> None:
@@ -340,8 +375,9 @@ def test_parallel_workers_share_one_study(storage: str, cifake_path: Path, cache
 def test_a_killed_sweep_leaves_a_report_and_its_running_trial_is_failed_and_rerun(
     cifake_path: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
-    """Kill a sweep while its second trial runs: the report of the first is there; reopening the study marks the
-    orphan FAIL with the reason and runs its parameters again."""
+    """Kill a sweep while its second trial runs: the report of the first is there; once the killed trial's heartbeat
+    is grace_period old, the next sweep on the study marks it FAIL and runs its parameters again."""
+    beats = ("hydra.sweeper.heartbeat.interval=1", "hydra.sweeper.heartbeat.grace_period=2")
     command, env = sweep_command(
         tmp_path,
         cifake_path,
@@ -350,6 +386,7 @@ def test_a_killed_sweep_leaves_a_report_and_its_running_trial_is_failed_and_reru
         "hydra.sweeper.n_trials=3",
         "hydra.sweeper.report.test_best=false",
         "trainer.max_epochs=2",
+        *beats,
     )
     sweep = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     db = tmp_path / "optuna" / "fakefinder.db"
@@ -368,10 +405,18 @@ def test_a_killed_sweep_leaves_a_report_and_its_running_trial_is_failed_and_reru
     rows = list(csv.DictReader((tmp_path / "killed" / "report" / "trials.csv").open()))
     assert [(r["number"], r["state"]) for r in rows] == [("0", "COMPLETE")], "the report is rewritten per trial"
 
+    time.sleep(3)  # past the grace period
     run_sweep(
-        tmp_path, cifake_path, cache_dir, "resumed", "hydra.sweeper.n_trials=1", "hydra.sweeper.report.test_best=false"
+        tmp_path,
+        cifake_path,
+        cache_dir,
+        "resumed",
+        "hydra.sweeper.n_trials=1",
+        "hydra.sweeper.report.test_best=false",
+        *beats,
     )
     trials = load(tmp_path, "fakefinder").trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
-    assert "ended before the trial did" in trials[1].user_attrs["fail_reason"]
-    assert trials[2].params == trials[1].params and trials[2].user_attrs["retry_of"] == 1
+    assert trials[2].params == trials[1].params and retry_history(trials[2]) == [1]
+    rows = list(csv.DictReader((tmp_path / "resumed" / "report" / "trials.csv").open()))
+    assert "no heartbeat" in rows[1]["reason"] and rows[2]["retry_of"] == "1"

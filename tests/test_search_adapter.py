@@ -20,6 +20,8 @@ from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, IntDistribution
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from fakedetect.search import adapter
@@ -36,11 +38,10 @@ CHECKED = {
     "_configure_trials",
     "_trial_id",
     "_suggest",
-    "_storage",
     "_return_value",
 }
 # the fakedetect_optuna config's own keys, which SearchSweeper takes before passing the rest to the stock sweeper
-OURS = {"_target_", "defaults", "pruner", "study_trials", "conditional_params", "report"}
+OURS = {"_target_", "defaults", "pruner", "study_trials", "conditional_params", "report", "heartbeat"}
 
 
 def require(owner: object, name: str, params: list[str] | None = None) -> None:
@@ -117,8 +118,6 @@ def test_optuna_internals() -> None:
     require(Trial, "__init__", ["self", "study", "trial_id"])
     require(Trial, "_suggest", ["self", "name", "distribution"])
     study = optuna.create_study()
-    require(study, "_storage")
-    require(study._storage, "set_trial_user_attr", ["trial_id", "key", "value"])
     trial = study.ask()
     require(trial, "_trial_id")
     assert adapter.suggest(trial, "c", CategoricalDistribution(["a", "b"])) in ("a", "b") and "c" in trial.params
@@ -126,8 +125,20 @@ def test_optuna_internals() -> None:
     assert reopened.number == trial.number and reopened.params == trial.params, VERSIONS
     frozen = study.get_trials(deepcopy=False)[0]
     assert isinstance(frozen, FrozenTrial) and adapter.trial_id(frozen) == adapter.trial_id(trial), VERSIONS
-    adapter.set_trial_user_attr(study, frozen, "k", 1)
-    assert study.trials[0].user_attrs == {"k": 1}, VERSIONS
+
+
+def test_optuna_heartbeat_internals(tmp_path: Path) -> None:
+    """The heartbeat thread records a trial's heartbeat through the storage's interface, and the journal storage
+    implements every abstract method of that interface (one Optuna adds would make it abstract)."""
+    require(BaseHeartbeat, "_get_stale_trial_ids", ["self", "study_id"])
+    require(BaseHeartbeat, "record_heartbeat", ["self", "trial_id"])
+    storage = adapter.HeartbeatJournalStorage(JournalFileBackend(str(tmp_path / "j.log")), 60, 120, None)
+    assert not inspect.isabstract(adapter.HeartbeatJournalStorage), f"{VERSIONS}: BaseHeartbeat grew a method"
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    with mock.patch.object(storage, "record_heartbeat") as record, adapter.heartbeat_thread(storage, trial):
+        pass
+    record.assert_called_once_with(adapter.trial_id(trial))
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

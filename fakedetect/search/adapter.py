@@ -1,14 +1,17 @@
 """Every Optuna and Hydra internal the search relies on, under public names, in one module.
 
 Hydra's Optuna sweeper keeps its search-space parsing and trial configuration in a private module, Optuna keeps a
-trial's storage id and suggest-from-a-distribution private, and Hydra keeps a failed job's exception behind a
-property that re-raises it. The rest of `fakedetect.search` reaches them only through here, and
-tests/test_search_adapter.py checks each one on the installed versions, so an upgrade that moves one fails there,
-by name, instead of in the middle of a sweep.
+trial's storage id, suggest-from-a-distribution and its heartbeats (the thread, and the interface a storage
+implements to have them) private, and Hydra keeps a failed job's exception behind a property that re-raises it.
+The rest of `fakedetect.search` reaches them only through here, and tests/test_search_adapter.py checks each one on
+the installed versions, so an upgrade that moves one fails there, by name, instead of in the middle of a sweep.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Literal, cast
 
 import optuna
@@ -17,6 +20,9 @@ from hydra.plugins.launcher import Launcher
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution
+from optuna.storages import BaseStorage, JournalStorage
+from optuna.storages._heartbeat import BaseHeartbeat, get_heartbeat_thread
+from optuna.storages.journal import BaseJournalBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 SearchSpace = tuple[dict[str, BaseDistribution], dict[str, Any], list[str]]
@@ -68,11 +74,6 @@ def suggest(trial: Trial, name: str, distribution: BaseDistribution) -> Any:
     return trial._suggest(name, distribution)
 
 
-def set_trial_user_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: Any) -> None:
-    """A user attribute on a trial this process holds only frozen (e.g. another process's RUNNING trial)."""
-    study._storage.set_trial_user_attr(trial_id(trial), key, value)
-
-
 def tell(study: optuna.Study, trial: Trial, state: TrialState, values: list[float] | None) -> bool:
     """Tell the study a trial's outcome; True when the sampler has run out of points.
 
@@ -90,3 +91,48 @@ def tell(study: optuna.Study, trial: Trial, state: TrialState, values: list[floa
 def job_error(ret: JobReturn) -> Any:
     """What a failed job raised; `JobReturn.return_value` would re-raise (and print) it."""
     return ret._return_value
+
+
+def heartbeat_thread(storage: BaseStorage, trial: Trial) -> AbstractContextManager[None]:
+    """A context that records the trial's heartbeat every interval while it is open, as `Study.optimize` does; a
+    no-op for a storage without heartbeats."""
+    return cast(AbstractContextManager[None], get_heartbeat_thread(trial_id(trial), storage))
+
+
+StaleTrialCallback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """Optuna's journal storage with the heartbeats Optuna implements for RDB storages only.
+
+    A heartbeat is a trial system attribute (one journal line) holding the writer's clock; a RUNNING trial is stale
+    once its last one, or its start if later (a retried trial inherits its original's), is `grace_period` old.
+    """
+
+    BEAT = "heartbeat"
+
+    def __init__(
+        self, backend: BaseJournalBackend, interval: int, grace_period: int, on_stale: StaleTrialCallback | None
+    ) -> None:
+        super().__init__(backend)
+        self.interval, self.grace_period, self.on_stale = interval, grace_period, on_stale
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, self.BEAT, time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        stale = []
+        for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            if self.BEAT not in trial.system_attrs:  # asked by a process without heartbeats: never judged
+                continue
+            started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+            if now - max(trial.system_attrs[self.BEAT], started) > self.grace_period:
+                stale.append(trial_id(trial))
+        return stale
+
+    def get_heartbeat_interval(self) -> int:
+        return self.interval
+
+    def get_heartbeat_stale_trial_callback(self) -> StaleTrialCallback | None:
+        return self.on_stale

@@ -24,6 +24,8 @@ from optuna.visualization import matplotlib as plots
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from fakedetect.search.storage import retry_history
+
 log = logging.getLogger(__name__)
 
 TEST_COLUMNS = ("test/acc", "test/auroc", "test/f1")
@@ -83,9 +85,18 @@ def trial_row(trial: FrozenTrial, names: Sequence[str], test: dict[str, float] |
         }
     )
     row.update(trial.params)
-    row["reason"] = attrs.get("fail_reason") or attrs.get("prune_reason")
+    row["reason"] = attrs.get("fail_reason") or attrs.get("prune_reason") or stale_reason(trial)
+    history = retry_history(trial)
+    row["retry_of"] = history[-1] if history else None
+    row["worker"] = attrs.get("worker")
     row["output_dir"] = attrs.get("output_dir")
     return row
+
+
+def stale_reason(trial: FrozenTrial) -> str | None:
+    """Why a trial is FAIL with no `fail_reason`: the sweep records one for every job it tells, so a heartbeat check
+    failed it."""
+    return "its worker stopped (no heartbeat for grace_period s)" if trial.state is TrialState.FAIL else None
 
 
 def summary(study: optuna.Study) -> str:

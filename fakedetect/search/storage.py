@@ -1,33 +1,56 @@
-"""Where a study lives, so that several workers (processes, or machines sharing a disk) can run one search.
+"""Where a study lives, so that several workers (processes, or machines) can run one search.
 
 - `sqlite:///path/study.db`: one file, switched to SQLite's write-ahead journal (WAL) so readers never block the
   writer, opened with a long busy timeout so that concurrent writers wait instead of failing "database is locked".
 - `journal:path/study.log`: Optuna's append-only journal file, the storage Optuna recommends for many processes
   on one machine or on NFS.
-- any other SQLAlchemy URL (`postgresql://...`, `mysql://...`): a database server, for workers on many machines.
+- any other SQLAlchemy URL (`postgresql+psycopg://...`): a database server, for workers on many machines.
 
-Workers on a file storage ask for trials under a file lock beside it, so counting the study's trials and adding
-one is atomic: together they stop at exactly `study_trials`. A server URL has no such lock; two workers asking in
-the same instant near the end may add one trial more.
+A sweep's trials send Optuna heartbeats while they run; the next worker to ask for a trial fails one whose
+heartbeats stopped more than `grace_period` seconds ago (its worker was killed, or its machine is gone) and queues
+its parameters again (Optuna's RetryHeartbeatStaleTrialCallback). That needs no shared host or clock: RDB storages
+time heartbeats by the database server's clock, the journal by the clock of the machine that reads it.
+
+Workers ask for trials under a lock, so counting the study's trials and adding one is atomic: together they stop at
+exactly `study_trials`. The lock is a file beside a SQLite or journal file, and a transaction-level advisory lock
+on a PostgreSQL server (released by the server if its worker dies). Other servers (MySQL) get no lock: two workers
+asking in the same instant near the end may add one trial more.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+import warnings
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import optuna
+import sqlalchemy
 from filelock import FileLock
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial
 from sqlalchemy.engine import make_url
+
+from fakedetect.search.adapter import HeartbeatJournalStorage
 
 JOURNAL = "journal:"
 # seconds a SQLite writer waits for another worker's transaction before giving up
 SQLITE_TIMEOUT_S = 120
+# the PostgreSQL advisory lock key (any 64-bit number, the same in every worker) of fakedetect's ask lock
+ASK_LOCK_KEY = int.from_bytes(b"fdetask!", "big", signed=True)
+
+
+class Heartbeat(NamedTuple):
+    """Optuna's heartbeat settings (`hydra.sweeper.heartbeat`): seconds between heartbeats, seconds of silence
+    after which a RUNNING trial is failed, and how often one trial's parameters are queued again."""
+
+    interval: int
+    grace_period: int
+    max_retry: int | None
 
 
 def storage_file(url: str) -> Path | None:
@@ -40,28 +63,66 @@ def storage_file(url: str) -> Path | None:
     return None
 
 
-def open_storage(url: str) -> BaseStorage:
-    """The storage behind `url`, its folder made, ready for concurrent workers."""
+def open_storage(url: str, heartbeat: Heartbeat | None = None) -> BaseStorage:
+    """The storage behind `url`, its folder made, ready for concurrent workers; with `heartbeat`, the storage a
+    sweep asks trials of (a job only reports to its trial, and needs none)."""
     path = storage_file(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-    if url.startswith(JOURNAL):
-        return JournalStorage(JournalFileBackend(str(path)))
-    if path is not None:
-        # one worker at a time: WAL (a property of the file, kept by every later connection) needs the file to
-        # itself, and two workers creating Optuna's tables at once collide on their schema version
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are experimental
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=heartbeat.max_retry) if heartbeat else None
+        if url.startswith(JOURNAL):
+            backend = JournalFileBackend(str(path))
+            if heartbeat is None:
+                return JournalStorage(backend)
+            return HeartbeatJournalStorage(backend, heartbeat.interval, heartbeat.grace_period, retry)
+        beats: dict[str, Any] = {
+            "heartbeat_interval": heartbeat.interval if heartbeat else None,
+            "grace_period": heartbeat.grace_period if heartbeat else None,
+            "heartbeat_stale_trial_callback": retry,
+        }
+        # one worker at a time: two workers creating Optuna's tables at once collide on them (SQLite's schema
+        # version, PostgreSQL's types), and WAL (a property of the file, kept by every later connection) needs the
+        # file to itself
         with ask_lock(url):
+            if path is None:
+                return RDBStorage(url, **beats)
             with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S)) as db:
                 db.execute("PRAGMA journal_mode=WAL")
-            return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
-    return RDBStorage(url)
+            return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}}, **beats)
 
 
 def ask_lock(url: str | None) -> AbstractContextManager:
-    """A lock that every worker of a file storage shares; a no-op for a server or an in-memory study."""
+    """A lock that every worker of a storage shares; a no-op for an in-memory study or a server other than
+    PostgreSQL."""
     path = storage_file(url) if url else None
-    # not `<file>.lock`: Optuna's journal takes that name for its own lock
-    return FileLock(f"{path}.ask.lock") if path is not None else contextlib.nullcontext()
+    if path is not None:
+        # not `<file>.lock`: Optuna's journal takes that name for its own lock
+        return FileLock(f"{path}.ask.lock")
+    if url and make_url(url).get_backend_name() == "postgresql":
+        return advisory_lock(url)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def advisory_lock(url: str) -> Iterator[None]:
+    """PostgreSQL's advisory lock, held by a transaction on a connection of its own until the block ends, or until
+    the server sees the connection drop (its worker killed)."""
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.NullPool)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": ASK_LOCK_KEY})
+            yield
+    finally:
+        engine.dispose()
+
+
+def retry_history(trial: FrozenTrial) -> list[int]:
+    """The trials that `trial` runs again, the first one first; empty unless a heartbeat check queued it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retry_history(trial)
 
 
 def describe(url: str | None) -> str:

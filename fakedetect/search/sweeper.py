@@ -8,54 +8,62 @@ and trial configuration, and owns the ask / launch / tell loop to:
 - tell a job that raised `optuna.TrialPruned` PRUNED, any other error FAIL, and record why (`prune_reason`,
   `fail_reason`) with the run's folder, parameter count and training time as trial user attributes;
 - seed the sampler past the trials already in the study, so a resumed study or a parallel worker draws new points;
-- let several workers share one study (`study_trials`): each asks for trials until the study holds that many;
+- let several workers share one study (`study_trials`): each asks for trials until the study holds that many, none
+  of them running;
 - search `conditional_params` only in the trials whose condition holds (e.g. a model's own parameters);
-- mark the RUNNING trials of a killed sweep FAIL when a study is reopened, and run their points again;
+- keep each trial's Optuna heartbeat while it runs, and fail (then run again) the trials of any killed worker,
+  on any host: Optuna does both in `optimize()` only, which this loop does not use;
 - rewrite the report after every trial, so a killed sweep still leaves one; test the best trial (or the Pareto
   front) once, after the search.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
 import math
+import os
 import socket
 import subprocess
 import sys
+import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
-import psutil
 import torch
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
-from optuna.trial import Trial, TrialState
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, Trial, TrialState
 
 from fakedetect.search.adapter import (
     SearchSpace,
     StockSweeper,
+    heartbeat_thread,
     job_error,
     parse_overrides,
-    set_trial_user_attr,
     suggest,
     tell,
     trial_id,
 )
 from fakedetect.search.report import write_report
-from fakedetect.search.storage import ask_lock, describe, open_storage
+from fakedetect.search.storage import Heartbeat, ask_lock, describe, open_storage, retry_history
 
 log = logging.getLogger(__name__)
 
 OPTUNA_TARGETS = ("optuna.samplers.*", "optuna.pruners.*", "hydra_plugins.hydra_optuna_sweeper.*")
-# trial user attributes: the process that asked for the trial, and a trial failed because that process died
-OWNER, ORPHAN = "sweep_process", "orphaned"
+# a trial's user attribute naming the sweep process that runs it, as host:pid (for the report, not for recovery)
+WORKER = "worker"
+# at most this many seconds between two looks at a full study whose other trials still run (the heartbeat
+# interval, if shorter): the last worker ends this soon after the last trial
+WAIT_S = 5
 # what a job's metrics.json contributes to its trial's user attributes (trial attr: record key)
 RECORD_ATTRS = {"n_params": "params", "train_time_s": "train_time_s", "epochs": "epochs", "ckpt_path": "ckpt_path"}
 
@@ -67,6 +75,7 @@ class SearchSweeper(StockSweeper):
         pruner: DictConfig,
         conditional_params: Mapping[str, Mapping[str, str]],
         report: DictConfig,
+        heartbeat: DictConfig,
         study_trials: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -74,7 +83,9 @@ class SearchSweeper(StockSweeper):
             raise ValueError("fakedetect_optuna does not run grids; use Hydra's basic sweeper (hydra/sweeper=basic)")
         super().__init__(sampler=None, **kwargs)
         self.sampler_cfg, self.pruner_cfg, self.report_cfg = sampler, pruner, report
+        self.heartbeat = Heartbeat(heartbeat.interval, heartbeat.grace_period, heartbeat.max_retry)
         self.study_trials = study_trials
+        self.store: BaseStorage = optuna.storages.InMemoryStorage()
         self.exhausted = False
         self.conditional = parse_conditional(conditional_params)
         user_extender = self.custom_search_space_extender
@@ -91,14 +102,14 @@ class SearchSweeper(StockSweeper):
         study = self._open_study()
         failed = added = 0
         while added < self.n_trials:
-            trials = self._ask(study, min(self.n_jobs, self.n_trials - added))
-            if not trials:
-                log.info("study '%s' holds its study_trials=%d trials", study.study_name, self.study_trials)
-                break
-            added += len(trials)
-            overrides = self.configure_trials(trials, space)
-            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-            self.job_idx += len(returns)
+            with self._asked(study, min(self.n_jobs, self.n_trials - added)) as trials:
+                if not trials:
+                    log.info("study '%s' holds its study_trials=%d trials", study.study_name, self.study_trials)
+                    break
+                added += len(trials)
+                overrides = self.configure_trials(trials, space)
+                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+                self.job_idx += len(returns)
             states = [self._tell(study, trial, ret) for trial, ret in zip(trials, returns, strict=True)]
             self._write_report(study)
             del returns  # a failed job's traceback holds its model: let it go before the next one
@@ -117,10 +128,11 @@ class SearchSweeper(StockSweeper):
 
     def _open_study(self) -> optuna.Study:
         pruner = instantiate(self.pruner_cfg, _execution_whitelist_=OPTUNA_TARGETS)
-        storage = open_storage(self.storage) if self.storage else None
+        if self.storage:
+            self.store = open_storage(self.storage, self.heartbeat)
         study = optuna.create_study(
             study_name=self.study_name,
-            storage=storage,
+            storage=self.store,
             pruner=pruner,
             directions=self.directions(),
             load_if_exists=True,
@@ -144,21 +156,44 @@ class SearchSweeper(StockSweeper):
         )
         return study
 
-    def _ask(self, study: optuna.Study, n: int) -> list[Trial]:
-        """Up to n new trials, none past `study_trials`; counting and adding is atomic across workers."""
-        with ask_lock(self.storage):
-            fail_orphans(study)
-            held = sum(not t.user_attrs.get(ORPHAN) for t in study.get_trials(deepcopy=False))
-            if self.study_trials is not None:
-                n = min(n, self.study_trials - held)
-            study.sampler = self._sampler(held)
-            trials = [study.ask() for _ in range(max(n, 0))]
-            for trial in trials:
-                trial.set_user_attr(OWNER, this_process())
-            return trials
+    @contextlib.contextmanager
+    def _asked(self, study: optuna.Study, n: int) -> Iterator[list[Trial]]:
+        """Up to n trials (see `_ask`), their heartbeats recorded from the moment they are asked until the block
+        ends; the trials are told after it, as `Study.optimize` tells them after its heartbeat thread stops."""
+        with contextlib.ExitStack() as beats:
+            yield self._ask(study, n, beats)
+
+    def _ask(self, study: optuna.Study, n: int, beats: contextlib.ExitStack) -> list[Trial]:
+        """Up to n trials, none past `study_trials`: first the queued ones, retries of trials whose worker died
+        included, then new ones. Failing stale trials, counting and asking is atomic across workers.
+
+        When the study is full but other workers' trials still run, wait for them: if one of those workers dies, its
+        trial is failed once its heartbeat is `grace_period` old and queued again, and this worker runs it.
+        """
+        waiting_for: list[int] = []
+        while True:
+            with ask_lock(self.storage), warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # Optuna warns that heartbeats are meant for optimize(); this loop records them itself
+                warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                optuna.storages.fail_stale_trials(study)
+                held = study.get_trials(deepcopy=False)
+                k = n if self.study_trials is None else min(n, room(held, self.study_trials))
+                running = [t.number for t in held if t.state is TrialState.RUNNING]
+                if k > 0 or not running:
+                    study.sampler = self._sampler(len(held))
+                    trials = [study.ask() for _ in range(k)]
+                    for trial in trials:
+                        beats.enter_context(heartbeat_thread(self.store, trial))
+                        trial.set_user_attr(WORKER, f"{socket.gethostname()}:{os.getpid()}")
+                    return trials
+            if running != waiting_for:
+                log.info("study '%s' is full; waiting for trials %s of other workers", study.study_name, running)
+                waiting_for = running
+            time.sleep(min(self.heartbeat.interval, WAIT_S))
 
     def _sampler(self, held: int) -> optuna.samplers.BaseSampler:
-        """The configured sampler; a fixed seed is offset by the trials the study holds, so a resumed study
+        """The configured sampler; a fixed seed is offset by the `held` trials of the study, so a resumed study
         goes on and parallel workers draw different points."""
         seed = self.sampler_cfg.get("seed")
         kwargs = {} if seed is None else {"seed": seed + held}
@@ -179,6 +214,16 @@ class SearchSweeper(StockSweeper):
         ]
 
     def _tell(self, study: optuna.Study, trial: Trial, ret: JobReturn) -> TrialState:
+        try:
+            return self._record(study, trial, ret)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # this worker's heartbeats missed the storage for grace_period s (a network outage): another worker
+            # failed the trial and queued it again
+            log.warning("trial %d was failed as stale while it ran here; its retry runs it again", trial.number)
+            return TrialState.FAIL
+
+    def _record(self, study: optuna.Study, trial: Trial, ret: JobReturn) -> TrialState:
+        """Store the job's run folder, record and outcome on its trial, and tell the study."""
         assert ret.hydra_cfg is not None, "a launched job carries its Hydra config"
         output_dir = Path(ret.hydra_cfg.hydra.runtime.output_dir)
         trial.set_user_attr("output_dir", str(output_dir))
@@ -219,41 +264,13 @@ class SearchSweeper(StockSweeper):
         write_report(study, Path(self.config.hydra.sweep.dir) / "report", top_k=self.report_cfg.top_k, tests=tests)
 
 
-def this_process() -> dict[str, Any]:
-    """Who runs a trial: host, pid and start time (a pid alone may be reused after the process died)."""
-    me = psutil.Process()
-    return {"host": socket.gethostname(), "pid": me.pid, "started": me.create_time()}
-
-
-def process_gone(owner: dict[str, Any]) -> bool:
-    """Whether the sweep process that asked for a trial has ended; only knowable on the same host."""
-    if owner.get("host") != socket.gethostname():
-        return False
-    try:
-        return psutil.Process(int(owner["pid"])).create_time() != owner["started"]
-    except psutil.NoSuchProcess:
-        return True
-
-
-def fail_orphans(study: optuna.Study) -> list[int]:
-    """Mark FAIL the RUNNING trials whose sweep process is gone (killed), and enqueue their points again.
-
-    A killed sweep cannot tell its trial anything, so without this the trial stays RUNNING for ever. Only
-    trials asked on this host are judged: another host's process cannot be looked up from here.
-    """
-    failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = trial.user_attrs.get(OWNER)
-        if not owner or not process_gone(owner):
-            continue
-        reason = f"its sweep process (pid {owner['pid']} on {owner['host']}) ended before the trial did"
-        set_trial_user_attr(study, trial, "fail_reason", reason)
-        set_trial_user_attr(study, trial, ORPHAN, True)
-        study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-        log.warning("trial %d: %s; marked FAIL, its parameters are queued to run again", trial.number, reason)
-        failed.append(trial.number)
-    return failed
+def room(trials: Sequence[FrozenTrial], study_trials: int) -> int:
+    """How many trials a worker may ask of a study holding `trials`: every queued (WAITING) one, and new ones until
+    it holds `study_trials`, counting a trial that a heartbeat check failed and queued again once, as its retry."""
+    retried = {number for t in trials for number in retry_history(t)}
+    held = sum(t.number not in retried for t in trials)
+    queued = sum(t.state is TrialState.WAITING for t in trials)
+    return max(study_trials - held, 0) + queued
 
 
 def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

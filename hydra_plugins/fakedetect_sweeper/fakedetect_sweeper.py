@@ -27,6 +27,19 @@ class ReportConf:
 
 
 @dataclass
+class HeartbeatConf:
+    """Optuna's heartbeats, which recover the trial of a worker killed on any host; the defaults suit trials of a
+    few minutes (a shorter grace_period fails a trial whose worker merely lost the database for that long)."""
+
+    # seconds between two heartbeats of a running trial
+    interval: int = 30
+    # a RUNNING trial whose last heartbeat is this many seconds old is failed by the next worker asking for a trial
+    grace_period: int = 120
+    # how many times one trial's parameters are queued again after such a failure (null: no limit)
+    max_retry: int | None = 1
+
+
+@dataclass
 class BruteForceSamplerConfig(SamplerConfig):
     """Every combination of a discrete space once, in seeded random order (hydra/sweeper/sampler=brute_force)."""
 
@@ -42,11 +55,12 @@ class FakedetectOptunaSweeperConf(OptunaSweeperConf):
     # an optuna.pruners config (hydra/sweeper/pruner=median|hyperband|threshold|nop); trials are pruned epoch by
     # epoch inside the Lightning run, which reaches the trial through the study's storage
     pruner: Any = MISSING
-    # one SQLite file per study under outputs/ by default; `journal:<path>` for Optuna's journal file; any
-    # SQLAlchemy URL (PostgreSQL, MySQL) for workers on many machines
+    # one SQLite file per study under outputs/ by default; `journal:<path>` for Optuna's journal file; a
+    # PostgreSQL URL (`postgresql+psycopg://user:pw@host/db`) for workers on many machines
     storage: Any = "sqlite:///${paths.log_dir}/optuna/${.study_name}.db"
     # parallel workers: start the same sweep in several processes on one storage, each with this set; a worker
-    # stops once the study holds this many trials (all workers' and earlier sweeps' together)
+    # stops once the study holds this many trials (all workers' and earlier sweeps' together) and none of them
+    # still runs
     study_trials: int | None = None
     study_name: str | None = "fakedetect"
     # jobs launched (and asked of the sampler) at once; 1 lets TPE learn from every finished trial
@@ -57,6 +71,7 @@ class FakedetectOptunaSweeperConf(OptunaSweeperConf):
     # `model`) took <value>; conditions are checked in order, so a later one may test an earlier one's param
     conditional_params: dict[str, dict[str, str]] = field(default_factory=dict)
     report: ReportConf = field(default_factory=ReportConf)
+    heartbeat: HeartbeatConf = field(default_factory=HeartbeatConf)
 
 
 class FakedetectOptunaSweeper(Sweeper):
