@@ -1,4 +1,7 @@
-"""`python -m fakedetect.audit root=...`: audit a dataset before training on it (fakedetect/data/inspect.py)."""
+"""`python -m fakedetect.audit data.root=...`: audit a dataset before training on it (fakedetect/tools/audit/).
+
+The dataset is named as training names it, by the `data` group (`data=folder data.root=PATH`, `data.layout`,
+`data.manifest`, `data.aliases`, `data.classes`, `data.max_pixels`)."""
 
 from __future__ import annotations
 
@@ -7,29 +10,27 @@ from typing import cast
 
 from omegaconf import DictConfig, OmegaConf
 
-from fakedetect.data.decode import DEFAULT_MAX_PIXELS
-from fakedetect.data.inspect import audit
-from fakedetect.reporting.audit import draw_sizes
+from fakedetect.tools.audit.dataset import audit
 from fakedetect.utils.app import command
 
 
 @command("audit")
 def main(cfg: DictConfig) -> None:
-    aliases = cfg.get("aliases")
-    names = None if aliases is None else cast("dict[str, list[str]]", OmegaConf.to_container(aliases))
+    data = cfg.data
+    aliases = None if data.aliases is None else cast("dict[str, list[str]]", OmegaConf.to_container(data.aliases))
     audit(
-        cfg.root,
-        list(cfg.classes),
+        data.root,
+        list(data.classes),
         Path(cfg.output_dir),
         cfg.near_distance,
-        cfg.get("workers"),
-        cfg.get("max_pixels", DEFAULT_MAX_PIXELS),
-        aliases=names,
-        layout=cfg.get("layout", "auto"),
-        manifest=cfg.get("manifest"),
-        decode=cfg.get("decode", True),
-        shortcut_threshold=cfg.get("shortcut_threshold", 0.9),
-        draw_sizes=draw_sizes,
+        cfg.workers,
+        data.max_pixels,
+        aliases=aliases,
+        layout=data.layout,
+        manifest=data.manifest,
+        decode=cfg.decode,
+        shortcut_threshold=cfg.shortcut_threshold,
+        figure=True,
     )
 
 

@@ -1,5 +1,5 @@
 """`python -m fakedetect.decode_bench root=FOLDER [mode=speed|cache|generate]`: how fast images decode, and how
-much memory caching a folder takes (fakedetect/data/decode_bench.py). Results go to
+much memory caching a folder takes (fakedetect/benchmarks/decode.py). Results go to
 `<output_dir>/decode_bench.json` and the log.
 """
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from fakedetect.benchmarks.decode import cache_memory, decode_speed, generate
 from fakedetect.data.decode import check_fit
-from fakedetect.data.decode_bench import cache_memory, decode_speed, generate
 from fakedetect.utils.app import command
 from fakedetect.utils.errors import ConfigError
 

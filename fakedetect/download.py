@@ -1,4 +1,4 @@
-"""`python -m fakedetect.download cifake [dest=PATH]`: fetch CIFAKE (fakedetect/data/download.py);
+"""`python -m fakedetect.download cifake [dest=PATH]`: fetch CIFAKE (fakedetect/tools/download.py);
 `python -m fakedetect.download sample sample.source=FULL_CIFAKE` rebuilds the sample shipped in the package."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from fakedetect.data.download import build_sample, fetch_cifake
+from fakedetect.tools.download import build_sample, fetch_cifake
 from fakedetect.utils.app import command
 from fakedetect.utils.errors import ConfigError
 

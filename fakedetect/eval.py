@@ -22,11 +22,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from fakedetect.callbacks.figures import Reconstructions, TestFigures
 from fakedetect.callbacks.test_scores import TestScores
 from fakedetect.data.datamodule import DATA_KEYS, ImageDataModule
 from fakedetect.metrics.scores import Scores
 from fakedetect.modules.detector import Detector
-from fakedetect.reporting.callbacks import Reconstructions, TestFigures
 from fakedetect.reporting.per_source import write_per_source
 from fakedetect.reporting.report import ConfidentMistakes, write_report
 from fakedetect.reporting.robustness import parse_condition, robustness_table, write_robustness

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from fakedetect.data.pack import pack
+from fakedetect.tools.pack import pack
 from fakedetect.utils.app import command
 from fakedetect.utils.builders import instantiate
 

@@ -12,12 +12,13 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
+from fakedetect.callbacks.log_interval import LogInterval
+from fakedetect.callbacks.store_config import StoreConfig
 from fakedetect.callbacks.test_scores import TestScores
 from fakedetect.search.pruning import OptunaTrialCallback
 from fakedetect.utils.app import command
 from fakedetect.utils.builders import build_list, build_model, build_trainer, count_parameters, instantiate
-from fakedetect.utils.callbacks import LogInterval
-from fakedetect.utils.checkpoint import StoreConfig, resume_path
+from fakedetect.utils.checkpoint import resume_path
 from fakedetect.utils.records import log_hparams, machine, plain, print_config, scalars, write_metrics
 
 log = logging.getLogger(__name__)

@@ -93,7 +93,7 @@ def ae_run(tmp_path_factory: pytest.TempPathFactory, cifake_path: Path, cache_di
     return cfg, train(cfg)
 
 
-# what fakedetect.reporting.callbacks draws for an autoencoder's test
+# what fakedetect.callbacks.figures draws for an autoencoder's test
 FIGURES = {"test/reconstructions", "test/misclassified", "test/confusion_matrix", "test/roc"}
 
 

@@ -23,11 +23,11 @@ from fakedetect.data.augment import BatchAugment
 from fakedetect.data.cache import Decoded, decode_entries, load_cache
 from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.data.decode import decode_image
-from fakedetect.data.inspect import audit
 from fakedetect.data.layouts import DataLayoutError, Entry
 from fakedetect.data.loaders.decoding import SkippingLoader, StreamDataset, collate_skipping
 from fakedetect.data.sources import FolderSource, Source
 from fakedetect.losses import BCEWithLogits, FocalLoss, HybridLoss, LossSchedule
+from fakedetect.tools.audit.dataset import audit
 from fakedetect.utils.errors import ConfigError
 from tests.conftest import QUIET, assert_one_line, compose_config, run_command, sideways_jpeg
 from tests.test_data import _folder
@@ -436,7 +436,7 @@ def test_missing_exclude_file_names_the_key(tmp_path: Path) -> None:
         ("train", lambda tmp: [], "`python -m fakedetect.download cifake`"),  # a new user's very first command
         ("train", lambda tmp: [f"data.root={_garbage_zip(tmp)}"], "is not a readable .zip archive"),
         ("train", lambda tmp: ["loss=focal", "loss.gamma=abc"], "loss.gamma must be a number >= 0, got 'abc'"),
-        ("audit", lambda tmp: [f"root={_truncated_tar(tmp)}"], "is not a readable .tar/.tar.gz archive"),
+        ("audit", lambda tmp: [f"data.root={_truncated_tar(tmp)}"], "is not a readable .tar/.tar.gz archive"),
     ],
     ids=["train-no-data", "train-not-a-zip", "train-loss-type", "audit-truncated-tar"],
 )

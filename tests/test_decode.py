@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fakedetect.benchmarks.decode import cache_memory, decode_speed, generate
 from fakedetect.data import cache as cache_mod
 from fakedetect.data.cache import decode_entries, decoded_stream, load_cache, read_batches
 from fakedetect.data.decode import BadImageError, decode_image, open_image
-from fakedetect.data.decode_bench import cache_memory, decode_speed, generate
 from fakedetect.data.layouts import IMAGE_SUFFIXES, Entry
 from fakedetect.data.sources import FolderSource
 from fakedetect.utils.errors import ConfigError

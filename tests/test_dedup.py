@@ -14,10 +14,10 @@ import torch
 from omegaconf import DictConfig
 
 from fakedetect.data.datamodule import ImageDataModule
-from fakedetect.data.inspect import audit
 from fakedetect.eval import evaluate
 from fakedetect.metrics.thresholds import decide
 from fakedetect.reporting.results import table
+from fakedetect.tools.audit.dataset import audit
 from fakedetect.train import train
 from fakedetect.utils.checkpoint import load_trained
 from tests.conftest import QUIET, compose_config, event_tags, metrics_json, predicted

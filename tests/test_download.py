@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fakedetect.data.download import SAMPLE, DownloadError, download, fetch_cifake
+from fakedetect.tools.download import SAMPLE, DownloadError, download, fetch_cifake
 from tests.conftest import assert_one_line, run_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +133,7 @@ def test_kaggle_credentials_without_the_package_fall_back_to_url(
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", "not-a-key")
     monkeypatch.setitem(sys.modules, "kaggle", None)  # `import kaggle...` raises ImportError
-    with caplog.at_level(logging.INFO, logger="fakedetect.data.download"):
+    with caplog.at_level(logging.INFO, logger="fakedetect.tools.download"):
         fetch_cifake(tmp_path / "archive.zip", server.url, DIGEST, "owner/dataset", 5)
     assert "kaggle package is not installed" in caplog.text
     assert (tmp_path / "archive.zip").read_bytes() == BLOB

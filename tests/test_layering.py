@@ -196,8 +196,8 @@ def test_figures_need_no_pyplot_backend(tmp_path: Path) -> None:
     them, so no backend is chosen, switched or opened (a window, on a desktop)."""
     import matplotlib.pyplot as plt
     import torch
-
     from fakedetect.reporting.callbacks import reconstruction_mistakes_figure
+
     from fakedetect.reporting.report import ConfidentMistakes, write_report
     from fakedetect.reporting.robustness import write_robustness
 

@@ -14,8 +14,8 @@ from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.data.layouts import Entry
 from fakedetect.data.loaders import LOADERS
 from fakedetect.data.loaders.decoding import StreamDataset
-from fakedetect.data.pack import pack
 from fakedetect.data.sources import Source
+from fakedetect.tools.pack import pack
 from fakedetect.train import train
 from fakedetect.utils.errors import ConfigError
 from tests.conftest import QUIET, assert_one_line, compose_config, metrics_json, run_command

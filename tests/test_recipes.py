@@ -10,9 +10,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from fakedetect.callbacks.ema import EMA, warmup_ema
 from fakedetect.eval import evaluate
 from fakedetect.modules import Detector
-from fakedetect.modules.ema import EMA, warmup_ema
 from fakedetect.nets.base import DetectorNet
 from fakedetect.train import train
 from fakedetect.utils.checkpoint import Trained, load_checkpoint, load_trained

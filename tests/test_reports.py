@@ -19,11 +19,10 @@ from PIL import Image
 from fakedetect.data.augment import BatchAugment
 from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.data.degrade import blur, degrade, jpeg, noise, resize
-from fakedetect.data.inspect import audit, hamming_groups
 from fakedetect.metrics.thresholds import f1_threshold, youden_threshold
-from fakedetect.reporting.audit import draw_sizes
 from fakedetect.reporting.results import collect, table, update_readme
 from fakedetect.reporting.robustness import parse_condition, robustness_table
+from fakedetect.tools.audit.dataset import audit, hamming_groups
 from fakedetect.train import train
 from fakedetect.utils.errors import ConfigError
 from tests.conftest import ROOT, evaluate_run, metrics_json, subset_train_config
@@ -212,7 +211,7 @@ def test_audit_counts_planted_duplicates_and_excludes_them(tmp_path: Path) -> No
     shutil.copy(root / "test" / "FAKE" / "0.jpg", root / "train" / "FAKE" / "copy_of_test.jpg")
     (root / "train" / "REAL" / "requality.jpg").write_bytes(_jpeg_bytes(colors[1], quality=80))
     (root / "train" / "REAL" / "bigger.png").write_bytes(_png(64, 48))
-    result = audit(str(root), ["REAL", "FAKE"], tmp_path / "audit", near_distance=0, workers=1, draw_sizes=draw_sizes)
+    result = audit(str(root), ["REAL", "FAKE"], tmp_path / "audit", near_distance=0, workers=1, figure=True)
     assert result["images"] == 15
     assert result["byte_identical"]["groups"] == 1 and result["byte_identical"]["train_test_groups"] == 1
     assert result["near_identical"]["groups"] >= 2 and result["near_identical"]["within"].get("train", 0) >= 1

@@ -6,9 +6,9 @@ import os
 import re
 from pathlib import Path
 
-from fakedetect.data.download import SAMPLE, build_sample, sha256_of
 from fakedetect.data.sources import Source
 from fakedetect.reporting.results import collect, table
+from fakedetect.tools.download import SAMPLE, build_sample, sha256_of
 from tests.conftest import metrics_json, run_command
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fakedetect.data.inspect import audit
-from fakedetect.data.shortcuts import header_facts, jpeg_quality, lookup_accuracy, threshold_accuracy
+from fakedetect.tools.audit.dataset import audit
+from fakedetect.tools.audit.shortcuts import header_facts, jpeg_quality, lookup_accuracy, threshold_accuracy
 from tests.conftest import assert_one_line, run_command
 from tests.test_data import _write_tree
 
@@ -158,15 +158,21 @@ def test_per_source_shortcut_of_one_generator(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["manifest=labels.csv"], "labels.csv row 3: label 'dog' is not a class of ['REAL', 'FAKE']"),
+        (["data.manifest=labels.csv"], "labels.csv row 3: label 'dog' is not a class of ['REAL', 'FAKE']"),
         (["shortcut_threshold=2"], "shortcut_threshold must be a balanced accuracy in [0.5, 1], got 2"),
     ],
     ids=["bad-manifest-row", "bad-threshold"],
 )
-def test_inspect_command_bad_input_is_one_line(args: list[str], expected: str, tmp_path: Path) -> None:
+def test_audit_command_bad_input_is_one_line(args: list[str], expected: str, tmp_path: Path) -> None:
     root = _write_tree(tmp_path / "data", {"a.png": _image((8, 8), "PNG", 0), "b.png": _image((8, 8), "PNG", 1)})
     (root / "labels.csv").write_text("path,label\na.png,REAL\nb.png,dog\n")
     done = run_command(
-        "audit", f"root={root}", *args, "decode=false", "workers=1", f"hydra.run.dir={tmp_path / 'run'}", timeout=120
+        "audit",
+        f"data.root={root}",
+        *args,
+        "decode=false",
+        "workers=1",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        timeout=120,
     )
     assert_one_line(done, expected)

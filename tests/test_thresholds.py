@@ -11,11 +11,11 @@ import pytest
 import torch
 from torchmetrics.classification import BinaryAccuracy, BinaryConfusionMatrix
 
+from fakedetect.callbacks.figures import TestFigures
 from fakedetect.losses import BCEWithLogits
 from fakedetect.metrics.thresholds import SelectedThresholds, decide, f1_threshold, youden_threshold
 from fakedetect.modules import Detector
 from fakedetect.nets import MLP
-from fakedetect.reporting.callbacks import TestFigures
 from fakedetect.utils.errors import ConfigError
 
 # 2 FAKE among 8 REAL. Calling the top k scores FAKE (prob > the (k+1)-th score):

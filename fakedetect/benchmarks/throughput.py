@@ -19,18 +19,15 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 
 import lightning as L
 import torch
 from hydra import compose
 from omegaconf import DictConfig
-from torchmetrics.functional.classification import binary_accuracy
 
+from fakedetect.callbacks.throughput import EpochTester, StepTimer, sync
 from fakedetect.data.datamodule import ImageDataModule
-from fakedetect.metrics.thresholds import decide
-from fakedetect.modules.detector import Detector
 from fakedetect.utils.builders import build_model, instantiate, resolve_precision
 from fakedetect.utils.errors import ConfigError
 from fakedetect.utils.records import machine
@@ -40,11 +37,6 @@ log = logging.getLogger(__name__)
 # what a `per_model` row may set: its steps and batch; `model` (a model config, default the row's name), and
 # `data_config` (a data config such as folder, instead of the bench's data) with `data` (data.* values)
 ROW_KEYS = {"warmup_steps", "timed_steps", "batch_size", "model", "data_config", "data"}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class Span(NamedTuple):
@@ -107,63 +99,6 @@ def nvidia_smi_reader(gpu: str) -> Callable[[], float]:
     return read
 
 
-class StepTimer(L.Callback):
-    """Wall time from the start of step `warmup` to the end of the last step."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.end = warmup, 0.0, 0.0
-
-    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
-        if trainer.global_step == self.warmup:
-            _sync(trainer.strategy.root_device)
-            self.start = time.perf_counter()
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _sync(trainer.strategy.root_device)
-        self.end = time.perf_counter()
-
-
-class EpochTester(L.Callback):
-    """Test accuracy after every training epoch, against the training time so far (testing is not timed)."""
-
-    def __init__(self, targets: list[float]) -> None:
-        self.targets, self.train_s, self.start = sorted(targets), 0.0, 0.0
-        self.curve: list[dict[str, float]] = []
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _sync(trainer.strategy.root_device)
-        self.start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        _sync(trainer.strategy.root_device)
-        self.train_s += time.perf_counter() - self.start
-        datamodule = getattr(trainer, "datamodule", None)  # Lightning sets it when fit is given one
-        if not isinstance(datamodule, ImageDataModule) or not isinstance(pl_module, Detector):
-            raise TypeError("EpochTester tests a Detector fitted on an ImageDataModule")
-        acc = test_accuracy(pl_module, datamodule, trainer.precision_plugin.forward_context)
-        self.curve.append({"epoch": trainer.current_epoch + 1, "train_s": self.train_s, "test_acc": acc})
-        log.info("epoch %d: %.1f s of training, test acc %.4f", trainer.current_epoch + 1, self.train_s, acc)
-        trainer.should_stop = acc >= self.targets[-1]
-
-    def reached(self) -> dict[str, float | None]:
-        """Training seconds to the first epoch at or above each target; None if never reached."""
-        return {f"{t:.3f}": next((p["train_s"] for p in self.curve if p["test_acc"] >= t), None) for t in self.targets}
-
-
-@torch.no_grad()
-def test_accuracy(model: Detector, datamodule: ImageDataModule, context: Callable[[], AbstractContextManager]) -> float:
-    """Test accuracy in the middle of `fit`, where Lightning's test loop cannot run: the detector's own predict step
-    over the test batches (the memory loader keeps them on the device after the first epoch), in eval mode."""
-    model.eval()
-    probs, labels = [], []
-    with context():
-        for batch in datamodule.test_dataloader():
-            probs.append(model.predict_step(batch).cpu())
-            labels.append(batch[1].cpu())
-    model.train()
-    return float(binary_accuracy(decide(torch.cat(probs), model.decision_threshold), torch.cat(labels)))
-
-
 def bench_trainer(cfg: DictConfig, callbacks: list[L.Callback], **kwargs: Any) -> L.Trainer:
     """The configured trainer with nothing but the measurement around it: no validation, logging or checkpoints."""
     return instantiate(
@@ -220,7 +155,7 @@ def plain_rate(cfg: DictConfig, datamodule: ImageDataModule, device: torch.devic
     start = 0.0
     for step in range(warmup + steps):
         if step == warmup:
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
         images, labels = (t.to(device, non_blocking=True) for t in next(batches)[:2])
         x = model.preprocess(datamodule.augment(images.float().div_(255)))
@@ -229,7 +164,7 @@ def plain_rate(cfg: DictConfig, datamodule: ImageDataModule, device: torch.devic
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    _sync(device)
+    sync(device)
     end = time.perf_counter()
     return Span(steps * datamodule.batch_size / (end - start), start, end)
 

@@ -26,7 +26,7 @@ class AutoencoderDetector(Detector):
     - The target is the preprocessed batch brought back to [0, 1] with the module's own normalization statistics
       (Detector's buffers): greyscale for a greyscale detector.
     - `detector_args` are Detector's (scheduler, threshold, tta, ...). The reconstruction grids and misclassified
-      images in TensorBoard are `fakedetect.reporting.callbacks.Reconstructions`'.
+      images in TensorBoard are `fakedetect.callbacks.figures.Reconstructions`'.
     """
 
     not_hparams = (*Detector.not_hparams, "reconstruction")

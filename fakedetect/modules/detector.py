@@ -79,7 +79,7 @@ class Detector(L.LightningModule):
     the bench all turn images into P(FAKE) through it or the same `preprocess` and `probabilities`.
     `tta` (test-time augmentation) applies there and to validation and test steps alike, so thresholds are
     fitted on the scores they decide; eval and predict may set another `tta` on a trained detector. Validation
-    and test steps return those P(FAKE), for callbacks (`fakedetect.reporting.callbacks` draws the figures).
+    and test steps return those P(FAKE), for callbacks (`fakedetect.callbacks.figures` draws the figures).
     """
 
     # constructor arguments that are modules or factories, kept out of the saved hyperparameters

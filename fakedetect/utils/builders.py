@@ -48,10 +48,10 @@ MODEL_TARGETS = (
     "pytorch_msssim.*",
 )
 # What a run's own config (conf/ and the command line) may build besides: Lightning's trainer and its parts, and
-# the figure callbacks.
+# fakedetect's callbacks (the figures, EMA).
 RUN_TARGETS = (
     *MODEL_TARGETS,
-    "fakedetect.reporting.callbacks.*",
+    "fakedetect.callbacks.*",
     "lightning.pytorch.trainer.*",
     "lightning.pytorch.callbacks.*",
     "lightning.pytorch.loggers.*",

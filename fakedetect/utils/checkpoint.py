@@ -44,14 +44,6 @@ WHERE = (
 )
 
 
-class StoreConfig(L.Callback):
-    def __init__(self, config: dict) -> None:
-        self.config = config
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint[CONFIG_KEY] = self.config
-
-
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint's contents, unpickled with `weights_only=True`; any other file is a one-line ConfigError."""
     path = Path(path)

@@ -2,7 +2,7 @@
 
 Image sizes, aspect ratios and area outliers (IQR), per-channel statistics, and duplicates: byte-identical
 files and near-identical images (equal perceptual hashes, or within a Hamming distance) inside a split
-and across train and test. The shortcut audit (data/shortcuts.py) reports sizes, formats and JPEG quality per
+and across train and test. The shortcut audit (shortcuts.py) reports sizes, formats and JPEG quality per
 class and per source, and warns when one of them alone separates the classes. `decode=false` keeps to image
 headers (shortcut audit and sizes only: fast on tens of GB). Writes audit.json, audit.md, histograms and an
 exclusion list for training. Lists the images as training does (data.aliases, data.layout, data.manifest).
@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
@@ -25,8 +25,9 @@ import numpy as np
 from fakedetect.data.cache import read_batches
 from fakedetect.data.decode import DEFAULT_MAX_PIXELS, file_digest, open_image, to_rgb
 from fakedetect.data.layouts import DataLayoutError, Entry
-from fakedetect.data.shortcuts import audit_shortcuts, header_facts
 from fakedetect.data.sources import Source
+from fakedetect.tools.audit.figures import draw_sizes
+from fakedetect.tools.audit.shortcuts import audit_shortcuts, header_facts
 from fakedetect.utils.errors import is_number, require
 
 log = logging.getLogger(__name__)
@@ -182,10 +183,10 @@ def audit(
     manifest: str | None = None,
     decode: bool = True,
     shortcut_threshold: float = 0.9,
-    draw_sizes: Callable[[Path, np.ndarray, np.ndarray], Path] | None = None,
+    figure: bool = False,
 ) -> dict:
-    """The audit written into `out` (audit.json, audit.md, the exclusion lists) and returned; `draw_sizes(out,
-    widths, heights)` adds a figure of the image sizes (the command passes reporting's: data/ draws nothing)."""
+    """The audit written into `out` (audit.json, audit.md, the exclusion lists) and returned; `figure` adds
+    sizes.png, a figure of the image sizes (the command draws it)."""
     require(
         "shortcut_threshold",
         shortcut_threshold,
@@ -236,8 +237,7 @@ def audit(
     if decode:
         result.update(_pixel_audit(info, entries, splits, near_distance, out))
     (out / "audit.json").write_text(json.dumps(result, indent=2))
-    figure = draw_sizes(out, w, h) if draw_sizes else None
-    (out / "audit.md").write_text(_markdown(result, figure))
+    (out / "audit.md").write_text(_markdown(result, draw_sizes(out, w, h) if figure else None))
     for line in shortcuts["warnings"]:
         log.warning("shortcut: %s", line)
     log.info("audit of %s written to %s", root, out)

@@ -19,13 +19,14 @@ from urllib.request import Request, urlopen
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
+from fakedetect import package_file
 from fakedetect.data.sources import Source
 from fakedetect.data.splits import stratified_sample
 from fakedetect.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SAMPLE = Path(__file__).parent / "sample" / "cifake_sample.zip"
+SAMPLE = Path(package_file("data/sample/cifake_sample.zip"))
 CHUNK = 1 << 16
 OFFLINE_HINT = "without internet, train on the packaged sample: python -m fakedetect.train data=cifake_sample"
 

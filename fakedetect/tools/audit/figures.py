@@ -1,4 +1,4 @@
-"""The figure of a data audit (fakedetect/data/inspect.py hands its sizes here: data/ draws nothing)."""
+"""The figure of a data audit: sizes.png, the image sizes (dataset.py draws it when the command asks)."""
 
 from __future__ import annotations
 
