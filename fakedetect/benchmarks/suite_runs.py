@@ -22,8 +22,8 @@ import optuna
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fakedetect.benchmarks import decode
 from fakedetect.benchmarks import throughput as bench
-from fakedetect.data import decode_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 EVAL_S = 90  # seconds kept for a robustness evaluation after a training (ten conditions of the test split)
@@ -50,7 +50,7 @@ def generate(cfg: DictConfig, run: DictConfig, folder: Path, share: float, earli
     root = Path(run.root)
     for old in (p for c in cfg.data.classes for p in (root / c).glob("*.jpg")):
         old.unlink()
-    made = decode_bench.generate(str(root), run.count, run.size, run.workers or os.cpu_count() or 1)
+    made = decode.generate(str(root), run.count, run.size, run.workers or os.cpu_count() or 1)
     for i, path in enumerate(sorted(root.glob("*.jpg"))):
         (root / cfg.data.classes[i % 2]).mkdir(exist_ok=True)
         path.rename(root / cfg.data.classes[i % 2] / path.name)
