@@ -263,6 +263,30 @@ def sweep_command(
     return command, {**os.environ, "FAKEDETECT_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
 
 
+def start_workers(
+    tmp: Path, cifake: Path, cache: Path, storage: str, trials: int, *overrides: str, n: int = 2
+) -> list[subprocess.Popen[str]]:
+    """`n` sweep workers (worker0, worker1, ...) started at once on one study of `trials` trials at `storage`."""
+    commands = [
+        sweep_command(
+            tmp,
+            cifake,
+            cache,
+            f"worker{i}",
+            f"hydra.sweeper.storage={storage}",
+            f"hydra.sweeper.n_trials={trials}",
+            f"hydra.sweeper.study_trials={trials}",
+            "hydra.sweeper.report.test_best=false",
+            *overrides,
+        )
+        for i in range(n)
+    ]
+    return [
+        subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for c, env in commands
+    ]
+
+
 def run_sweep(
     tmp: Path, cifake: Path, cache: Path, name: str, *overrides: str, search: str = "optuna"
 ) -> subprocess.CompletedProcess:
@@ -343,23 +367,7 @@ def test_multi_objective_sweep_ends_with_the_pareto_front(cifake_path: Path, cac
 def test_parallel_workers_share_one_study(storage: str, cifake_path: Path, cache_dir: Path, tmp_path: Path) -> None:
     """Two processes on one storage, same seed, together finish the study's 6 trials: none twice, none extra."""
     url = storage.format(tmp=tmp_path)
-    commands = [
-        sweep_command(
-            tmp_path,
-            cifake_path,
-            cache_dir,
-            f"worker{i}",
-            "hydra.sweeper.n_trials=6",
-            "hydra.sweeper.study_trials=6",
-            f"hydra.sweeper.storage='{url}'",
-            "hydra.sweeper.report.test_best=false",
-        )
-        for i in range(2)
-    ]
-    workers = [
-        subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        for c, env in commands
-    ]
+    workers = start_workers(tmp_path, cifake_path, cache_dir, f"'{url}'", 6)
     for worker in workers:
         _, err = worker.communicate(timeout=600)
         assert worker.returncode == 0, err[-3000:]

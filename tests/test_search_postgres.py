@@ -9,7 +9,6 @@ import csv
 import multiprocessing
 import re
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fakedetect.search.storage import load_study, retry_history
 from fakedetect.search.sweeper import SearchSweeper, quote
-from tests.conftest import ROOT, run_command
-from tests.test_search import sweep_command, sweeper_for
+from tests.conftest import run_command
+from tests.test_search import start_workers, sweeper_for
 
 
 @pytest.fixture(scope="session")
@@ -97,24 +96,14 @@ def test_a_killed_workers_trial_is_failed_and_rerun_by_the_other(
     """Two sweep workers on one PostgreSQL study; one is SIGKILLed while its trial runs. The other fails that trial
     once its heartbeat is grace_period old, runs its parameters again, and the study ends with exactly study_trials
     complete trials, which search_report reads back."""
-    commands = [
-        sweep_command(
-            tmp_path,
-            cifake_path,
-            cache_dir,
-            f"worker{i}",
-            f"hydra.sweeper.storage={quote(postgres_url)}",
-            "hydra.sweeper.n_trials=4",
-            "hydra.sweeper.study_trials=4",
-            "hydra.sweeper.report.test_best=false",
-            "hydra.sweeper.heartbeat.interval=1",
-            "hydra.sweeper.heartbeat.grace_period=3",
-        )
-        for i in range(2)
-    ]
-    victim, survivor = (
-        subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        for c, env in commands
+    victim, survivor = start_workers(
+        tmp_path,
+        cifake_path,
+        cache_dir,
+        quote(postgres_url),
+        4,
+        "hydra.sweeper.heartbeat.interval=1",
+        "hydra.sweeper.heartbeat.grace_period=3",
     )
     victim_id, survivor_id = (f"{socket.gethostname()}:{p.pid}" for p in (victim, survivor))
     deadline = time.monotonic() + 300

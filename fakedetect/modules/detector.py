@@ -75,8 +75,9 @@ class Detector(L.LightningModule):
     detector that has none; their length, 1 or 3, is the net's channel count). A checkpoint's module thus scores
     raw images by itself: eval, predict and Grad-CAM need no data module to normalize.
 
-    `predict_step` is the one scorer of a raw batch: test metrics, eval's report, robustness, Grad-CAM, predict and
-    the bench all turn images into P(FAKE) through it or the same `preprocess` and `probabilities`.
+    The test step scores the test split once, in Lightning's test loop (eval's report, robustness and Grad-CAM
+    examples included, through `callbacks.test_scores.TestScores`); `predict_step` scores predict's raw batches
+    through the same `preprocess` and `probabilities`.
     `tta` (test-time augmentation) applies there and to validation and test steps alike, so thresholds are
     fitted on the scores they decide; eval and predict may set another `tta` on a trained detector. Validation
     and test steps return those P(FAKE), for callbacks (`fakedetect.callbacks.figures` draws the figures).
