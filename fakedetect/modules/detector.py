@@ -27,12 +27,16 @@ from fakedetect.data.pixels import LUMA
 from fakedetect.metrics.thresholds import NAMED_THRESHOLDS, SelectedThresholds
 from fakedetect.modules.checkpoint_format import FORMAT, FORMAT_KEY, STATISTICS, upgrade
 from fakedetect.nets.base import DetectorNet
+from fakedetect.utils.choices import Choice
 from fakedetect.utils.errors import ConfigError, is_number, require
 
 log = logging.getLogger(__name__)
 
-# test-time augmentations: None (off), or flip (P(FAKE) averaged over the image and its horizontal mirror)
-TTA = (None, "flip")
+
+class TTA(Choice):
+    """Test-time augmentations (`model.tta`; null is none)."""
+
+    FLIP = "flip"  # P(FAKE) averaged over each image and its horizontal mirror
 
 
 # Inputs are sigmoid probabilities and 0/1 labels by construction; torchmetrics' checks of them would read the
@@ -133,7 +137,7 @@ class Detector(L.LightningModule):
 
     @tta.setter
     def tta(self, value: str | None) -> None:
-        if value not in TTA:
+        if value is not None and value not in TTA.values():
             raise ConfigError(
                 f"tta={value!r} (model.tta, or tta= of eval and predict): use flip (P(FAKE) averaged "
                 "over each image and its horizontal mirror) or null (off)"
@@ -223,7 +227,7 @@ class Detector(L.LightningModule):
     def augmented(self, x: Tensor, probs: Tensor) -> Tensor:
         """`probs` (of `x` as it is) merged with the test-time augmentation's: with flip, the mean of P(FAKE) of
         the image and of its mirror, which a detector of generated images should score alike."""
-        if self.tta == "flip":
+        if self.tta == TTA.FLIP:
             return (probs + self.probabilities(self(horizontal_flip(x)))) / 2
         return probs
 
