@@ -15,8 +15,8 @@ runs=(
     "experiment=ae_youden $small"
     "experiment=cnnv3 data.train_limit=20000 data.test_limit=2000 trainer.max_epochs=4"
     "experiment=cnnv3_blurjpeg data.train_limit=20000 data.test_limit=2000 trainer.max_epochs=4"
-    "experiment=effnet_lite0_pretrained model.net.input_size=64 $small"
-    "experiment=effnet_lite0_scratch model.net.input_size=64 $small"
+    "experiment=effnet_lite0_pretrained model.input_size=64 $small"
+    "experiment=effnet_lite0_scratch model.input_size=64 $small"
     "experiment=resnet18_scratch $small"
 )
 only="^experiment=($(IFS="|"; echo "${*:-[a-z0-9_]+}")) "

@@ -18,8 +18,11 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from fakedetect.losses import BCEWithLogits
 from fakedetect.modules import Detector
+from fakedetect.modules.checkpoint_format import FORMAT, FORMAT_KEY, upgrade
 from fakedetect.nets import MLP, Backbone, PretrainedWeightsError
 from fakedetect.train import train
+from fakedetect.utils.checkpoint import CONFIG_KEY
+from fakedetect.utils.errors import ConfigError
 from tests.conftest import SUBSET, WEIGHTS_DIR, needs, run_command
 
 EFFNET = WEIGHTS_DIR / "tf_efficientnet_lite0_in1k.pth"
@@ -30,15 +33,34 @@ def trainable(net: torch.nn.Module) -> int:
 
 
 @pytest.mark.parametrize("name", ["resnet18.tv_in1k", "tf_efficientnet_lite0"])
+def test_backbone_gives_one_logit_per_image(name: str) -> None:
+    with torch.no_grad():
+        assert Backbone(name).eval()(torch.randn(3, 3, 32, 32)).shape == (3,)
+
+
 @pytest.mark.parametrize("input_size", [None, 64])
-def test_backbone_gives_one_logit_per_image(name: str, input_size: int | None) -> None:
-    net = Backbone(name, input_size=input_size).eval()
+def test_the_detector_resizes_to_input_size_before_the_net(input_size: int | None) -> None:
+    """The device resize is the detector's preprocessing (`model.input_size`), for every net alike."""
+    net = Backbone("resnet18.tv_in1k").eval()
     seen: list[tuple[int, ...]] = []
     net.model.register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].shape)))
+    detector = Detector(net, BCEWithLogits(), torch.optim.Adam, input_size=input_size)
+    detector.set_statistics([0.5] * 3, [0.25] * 3)
     with torch.no_grad():
-        logits = net(torch.randn(3, 3, 32, 32))
-    assert logits.shape == (3,)
-    assert seen == [(3, 3, input_size or 32, input_size or 32)]
+        probs = detector.eval().predict_step((torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8),))
+    assert probs.shape == (3,) and seen == [(3, 3, input_size or 32, input_size or 32)]
+    for bad in (0, -3, 2.5, "224"):
+        with pytest.raises(ConfigError, match=r"^model.input_size"):
+            Detector(net, BCEWithLogits(), torch.optim.Adam, input_size=bad)  # type: ignore[arg-type]
+
+
+def test_a_format1_device_resize_moves_to_the_detector() -> None:
+    old = {
+        "state_dict": {},
+        CONFIG_KEY: {"model": {"net": {"_target_": "fakedetect.nets.Backbone", "input_size": 224}}},
+    }
+    model = upgrade(old)[CONFIG_KEY]["model"]
+    assert model["input_size"] == 224 and "input_size" not in model["net"] and old[FORMAT_KEY] == FORMAT
 
 
 def test_greyscale_input() -> None:

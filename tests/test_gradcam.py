@@ -65,11 +65,12 @@ def test_bad_n_or_pool_stops_before_the_checkpoint_is_read(bad: str, tmp_path: P
         gradcam(compose_config("gradcam", ["ckpt_path=missing.ckpt", bad], tmp_path))
 
 
-@pytest.mark.parametrize("model", ["cnn", "resnet18"])
+@pytest.mark.parametrize("model", [["model=cnn"], ["model=resnet18", "model.input_size=48"]], ids=["cnn", "resnet18"])
 def test_gradcam_writes_png_and_tensorboard_image(
-    model: str, tmp_path_factory: pytest.TempPathFactory, cifake_path: Path, cache_dir: Path
+    model: list[str], tmp_path_factory: pytest.TempPathFactory, cifake_path: Path, cache_dir: Path
 ) -> None:
-    ckpt = train_tiny(tmp_path_factory.mktemp("run"), cifake_path, cache_dir, f"model={model}")
+    """The maps of a detector that resizes its input (model.input_size) are drawn over the images as decoded."""
+    ckpt = train_tiny(tmp_path_factory.mktemp("run"), cifake_path, cache_dir, *model)
     out = tmp_path_factory.mktemp("gradcam")
     png = gradcam(compose_config("gradcam", [f"ckpt_path={ckpt}", "n=8", "pool=300", "device=cpu"], out))
     with Image.open(png) as image:

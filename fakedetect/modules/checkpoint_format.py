@@ -1,10 +1,11 @@
 """The checkpoint format: its version, and the one place where an older checkpoint is brought up to date.
 
 Format 2 keeps each value once: the normalization statistics as the detector's buffers, the data settings
-(classes, resolution, fit, channels) in the stored run config. Format 1 (checkpoints without a version, from
-before the data path was redesigned) also kept a copy of the statistics and settings as the data module's state,
-and older ones of those may lack the statistics buffers, the validation thresholds, or carry the `_orig_mod.` keys
-of a compiled net. Exported detectors (`detector.json`) are checkpoint-like dicts and take the same path.
+(classes, resolution, fit, channels) in the stored run config, the device resize as `model.input_size`. Format 1
+(checkpoints without a version, from before the data path was redesigned) also kept a copy of the statistics and
+settings as the data module's state and the device resize as the backbone's `model.net.input_size`; older ones
+of those may lack the statistics buffers or the validation thresholds, or carry the `_orig_mod.` keys of a
+compiled net. Exported detectors (`detector.json`) are checkpoint-like dicts and take the same path.
 """
 
 from __future__ import annotations
@@ -59,4 +60,8 @@ def _from_format1(checkpoint: dict[str, Any]) -> None:
             state[name] = torch.tensor(data[key], dtype=torch.float32)
     config = checkpoint.get("fakedetect_config")
     if isinstance(config, dict) and isinstance(config.get("model"), dict):
-        config["model"].pop("n_images", None)  # autoencoders' before their figures moved to a callback
+        model = config["model"]
+        model.pop("n_images", None)  # autoencoders' before their figures moved to a callback
+        net = model.get("net")
+        if isinstance(net, dict) and "input_size" in net:  # the device resize moved from the backbone to the detector
+            model["input_size"] = net.pop("input_size")

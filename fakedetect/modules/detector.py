@@ -10,6 +10,7 @@ from typing import TypedDict
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MetricCollection
@@ -28,7 +29,7 @@ from fakedetect.metrics.thresholds import NAMED_THRESHOLDS, SelectedThresholds
 from fakedetect.modules.checkpoint_format import FORMAT, FORMAT_KEY, STATISTICS, upgrade
 from fakedetect.nets.base import DetectorNet
 from fakedetect.utils.choices import Choice
-from fakedetect.utils.errors import ConfigError, is_number, require
+from fakedetect.utils.errors import ConfigError, is_int, is_number, require
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,9 @@ class Detector(L.LightningModule):
     The detector owns its preprocessing: batches arrive as uint8 images (or, from training's augmentation, floats
     in [0, 1]), and `preprocess` turns them into what the net takes with the training data's per-channel statistics
     (buffers `data_mean`, `data_std`, empty until `set_statistics`, which the data module calls when it fits a
-    detector that has none; their length, 1 or 3, is the net's channel count). A checkpoint's module thus scores
-    raw images by itself: eval, predict and Grad-CAM need no data module to normalize.
+    detector that has none; their length, 1 or 3, is the net's channel count), then resizes them on the device
+    to `input_size` if given (32 px CIFAKE to an ImageNet net's 224, say: the decoded data and its cache stay
+    small). A checkpoint's module thus scores raw images by itself: eval, predict and Grad-CAM need no data module.
 
     The test step scores the test split once, in Lightning's test loop (eval's report, robustness and Grad-CAM
     examples included, through `callbacks.test_scores.TestScores`); `predict_step` scores predict's raw batches
@@ -104,6 +106,7 @@ class Detector(L.LightningModule):
         threshold: float | str = 0.5,
         compile: bool = False,
         tta: str | None = None,
+        input_size: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(net, DetectorNet):
@@ -117,7 +120,14 @@ class Detector(L.LightningModule):
             threshold in NAMED_THRESHOLDS if isinstance(threshold, str) else is_number(threshold),
             "a number, or 'youden' or 'f1' (chosen on the validation split)",
         )
+        require(
+            "model.input_size",
+            input_size,
+            input_size is None or (is_int(input_size) and input_size > 0),
+            "a positive number of pixels, or null (as decoded)",
+        )
         self.save_hyperparameters(logger=False, ignore=list(self.not_hparams))
+        self.input_size = input_size
         self.net, self.loss = net, loss
         self.tta = tta
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -207,12 +217,14 @@ class Detector(L.LightningModule):
     @torch.no_grad()
     def preprocess(self, images: Tensor) -> Tensor:
         """A batch of raw NCHW images (uint8, or floats in [0, 1]) as the net takes it: greyscale when the statistics
-        have one channel, normalized, channels-last on a GPU."""
+        have one channel, normalized, resized to `input_size`, channels-last on a GPU."""
         mean, std = self._statistics()
         x = self.unit(images.to(self.device, non_blocking=True))
         if mean.shape[1] == 1 and x.shape[1] == 3:
             x = (x * x.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
         x = (x - mean) / std
+        if self.input_size and x.shape[-2:] != (self.input_size, self.input_size):
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True)
         return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
 
     @staticmethod

@@ -12,7 +12,6 @@ from typing import Any
 import huggingface_hub.constants
 import timm
 import torch
-import torch.nn.functional as F
 from timm.models import adapt_input_conv, group_modules, group_parameters, load_state_dict
 from timm.utils import freeze as freeze_modules
 from torch import nn
@@ -49,8 +48,6 @@ class Backbone(DetectorNet):
       `HF_HUB_OFFLINE=0` is set (off by default: with no network the hub retries for ~50 s). They are
       fetched by `load_pretrained()`, which Detector calls when fitting starts, not by the constructor: a net
       rebuilt from a trained checkpoint (eval, predict, Grad-CAM) must not need the ImageNet file.
-    - `input_size` resizes incoming batches on the device (32 px CIFAKE to 224, say), so the decoded data
-      and its cache stay small.
     - `cifar_stem` gives the first conv stride 1 and drops a stem max-pool, so 32 px images are not
       shrunk 4x before the first stage; the kernel is kept, so pretrained stem weights still fit.
     - Stages are timm's own parameter groups (`group_matcher(coarse=True)`: stem, then blocks); its last
@@ -69,7 +66,6 @@ class Backbone(DetectorNet):
         name: str,
         pretrained: bool = False,
         weights_path: str | None = None,
-        input_size: int | None = None,
         cifar_stem: bool = False,
         freeze: bool = False,
         trainable_stages: int | None = None,
@@ -81,7 +77,7 @@ class Backbone(DetectorNet):
         if freeze and trainable_stages:
             raise ValueError(f"freeze=true leaves no stage trainable; got trainable_stages={trainable_stages}")
         self.name, self.pretrained, self.weights_path = name, pretrained, weights_path
-        self.input_size, self.in_channels, self.backbone_lr_scale = input_size, in_channels, backbone_lr_scale
+        self.in_channels, self.backbone_lr_scale = in_channels, backbone_lr_scale
         self.model = timm.create_model(name, pretrained=False, num_classes=1, in_chans=in_channels, drop_rate=drop_rate)
         # A fresh head with PyTorch's default init: timm's EfficientNet init sizes it for 1000 classes, which
         # for one output means weights up to +-1 and initial logits in the tens.
@@ -100,8 +96,6 @@ class Backbone(DetectorNet):
                 freeze_modules(self.model, frozen)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_size and x.shape[-2:] != (self.input_size, self.input_size):
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True)
         return self.model(x).squeeze(1)
 
     def param_groups(self) -> list[dict]:

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
@@ -166,5 +167,7 @@ def explain_test_images(
     inputs = model.preprocess(images[picked])
     layer = cam_layer(net, inputs)
     maps = gradcam_maps(net, layer, inputs, decide(probs[picked], threshold).tolist())
+    if maps.shape[-2:] != images.shape[-2:]:  # the detector resized its input (model.input_size): back to the image
+        maps = F.interpolate(torch.from_numpy(maps)[:, None], size=images.shape[-2:], mode="bilinear")[:, 0].numpy()
     name = next(n for n, m in net.named_modules() if m is layer)
     return gradcam_figure(images[picked], maps, labels[picked], probs[picked], threshold, datamodule.classes, name)
