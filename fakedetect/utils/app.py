@@ -18,6 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fakedetect.utils.console import quiet_console
+from fakedetect.utils.device import check_trainer_devices
 from fakedetect.utils.errors import one_line_errors
 
 T = TypeVar("T")
@@ -42,7 +43,14 @@ def command(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[
     """Make `task(cfg)` a command composing conf/<config_name>.yaml with the command line."""
 
     def decorate(task: Callable[[DictConfig], T]) -> Callable[[], None]:
-        guarded = one_line_errors(task)
+        @functools.wraps(task)
+        def checked(cfg: DictConfig) -> T:
+            trainer = cfg.get("trainer")  # the GPUs it asks for exist, before the task prints or reads anything
+            if trainer is not None:
+                check_trainer_devices(trainer.get("accelerator"), trainer.get("devices"))
+            return task(cfg)
+
+        guarded = one_line_errors(checked)
 
         @functools.wraps(task)
         def job(cfg: DictConfig) -> T:

@@ -1,0 +1,44 @@
+"""A machine without the GPUs a command asks for: one line naming what was asked, what was found and the fix,
+before any data is read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fakedetect.utils.device import check_trainer_devices, device_trainer, gpus_wanted
+from fakedetect.utils.errors import ConfigError
+from tests.conftest import assert_one_line, run_command
+
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+
+
+@pytest.mark.parametrize(
+    ("devices", "wanted"), [(1, 1), (3, 3), ("2", 2), ([1], 2), ("0,3", 4), ("auto", 1), (-1, 1), (None, 1)]
+)
+def test_gpus_wanted_reads_every_devices_spelling(devices: object, wanted: int) -> None:
+    assert gpus_wanted(devices) == wanted
+
+
+def test_fewer_gpus_than_asked_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_trainer_devices("gpu", 1)
+    check_trainer_devices("cpu", 8)  # CPU processes are not GPUs
+    with pytest.raises(ConfigError, match=r"^trainer.accelerator=gpu trainer.devices=2: asks for 2 GPUs and this"):
+        check_trainer_devices("gpu", 2)
+
+
+@no_gpu
+def test_the_missions_gpu_command_on_a_cpu_machine_is_one_line(tmp_path: Path) -> None:
+    """`python -m fakedetect.train model=resnet18 trainer.accelerator=gpu`, and predict's and Grad-CAM's
+    device=cuda."""
+    done = run_command(
+        "train", "model=resnet18", "trainer.accelerator=gpu", "data=cifake_sample", f"hydra.run.dir={tmp_path / 'run'}"
+    )
+    assert_one_line(done, "trainer.accelerator=gpu", "no CUDA GPU found on this machine", "trainer=cpu")
+    assert len((done.stdout + done.stderr).strip().splitlines()) == 1, "printed more than the one line"
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    with pytest.raises(ConfigError, match=r"^device=cuda:1: no CUDA GPU found on this machine .*; run on the CPU with"):
+        device_trainer("cuda:1")
