@@ -158,7 +158,7 @@ def plain_rate(cfg: DictConfig, datamodule: ImageDataModule, device: torch.devic
             sync(device)
             start = time.perf_counter()
         images, labels = (t.to(device, non_blocking=True) for t in next(batches)[:2])
-        x = model.preprocess(datamodule.augment(images.float().div_(255)))
+        x = model.preprocess(datamodule.augmented(images))
         with torch.autocast(device.type, dtype=dtype, enabled=precision.endswith("mixed")):
             loss = loss_fn(net(x), labels)
         optimizer.zero_grad(set_to_none=True)

@@ -139,10 +139,14 @@ class ImageDataModule(L.LightningDataModule):
         if batch is None:  # a streamed training batch of only unreadable files, which Lightning skips
             return None
         if self.trainer is not None and self.trainer.training:
-            return batch._replace(images=self.augment(batch.images.float().div_(255)))
+            return batch._replace(images=self.augmented(batch.images))
         if self.test_transform is not None and self.trainer is not None and self.trainer.testing:
             return batch._replace(images=self.test_transform(batch.images))
         return batch
+
+    def augmented(self, images: Tensor) -> Tensor:
+        """Training's view of a uint8 batch: floats in [0, 1], augmented where the batch is (on the device)."""
+        return self.augment(images.float().div_(255))
 
     def _where(self) -> Where:
         if self.trainer is None:

@@ -95,6 +95,7 @@ class Detector(L.LightningModule):
     val_thresholds: Tensor
     data_mean: Tensor
     data_std: Tensor
+    luma: Tensor
 
     def __init__(
         self,
@@ -140,6 +141,8 @@ class Detector(L.LightningModule):
         self.register_buffer("val_thresholds", torch.full((len(NAMED_THRESHOLDS),), math.nan))
         for name in STATISTICS:
             self.register_buffer(name, torch.empty(0))
+        # on the module's device with it, so greyscale costs no host-to-device copy per batch; not in checkpoints
+        self.register_buffer("luma", torch.tensor(LUMA).view(1, 3, 1, 1), persistent=False)
 
     @property
     def tta(self) -> str | None:
@@ -221,7 +224,7 @@ class Detector(L.LightningModule):
         mean, std = self._statistics()
         x = self.unit(images.to(self.device, non_blocking=True))
         if mean.shape[1] == 1 and x.shape[1] == 3:
-            x = (x * x.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+            x = (x * self.luma).sum(1, keepdim=True)
         x = (x - mean) / std
         if self.input_size and x.shape[-2:] != (self.input_size, self.input_size):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True)
