@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from omegaconf import DictConfig
 
 from fakedetect.callbacks.log_interval import LogInterval
@@ -17,7 +16,14 @@ from fakedetect.callbacks.store_config import StoreConfig
 from fakedetect.callbacks.test_scores import TestScores
 from fakedetect.search.pruning import OptunaTrialCallback
 from fakedetect.utils.app import command
-from fakedetect.utils.builders import build_list, build_model, build_trainer, count_parameters, instantiate
+from fakedetect.utils.builders import (
+    build_list,
+    build_model,
+    build_trainer,
+    check_optimizer,
+    count_parameters,
+    instantiate,
+)
 from fakedetect.utils.checkpoint import resume_path
 from fakedetect.utils.records import log_hparams, machine, plain, print_config, scalars, write_metrics
 
@@ -32,6 +38,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     model = build_model(cfg)
+    if cfg.get("train"):
+        check_optimizer(model)
     tested = TestScores()
     callbacks = [
         *build_list(cfg.get("callbacks")),
@@ -39,10 +47,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         LogInterval(),
         tested,
     ]
+    if not cfg.trainer.get("max_time") and not any(isinstance(c, Timer) for c in callbacks):
+        # the training loop's time, kept in checkpoints so that a resumed run counts every segment (with
+        # trainer.max_time, Lightning's own Timer does the same)
+        callbacks.append(Timer(verbose=False))
     if cfg.get("optuna_trial"):  # set by the fakedetect_optuna sweeper: report to, and be pruned by, this trial
         callbacks.append(OptunaTrialCallback(**cfg.optuna_trial, monitor=cfg.optimized_metric))
     loggers = build_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks, loggers)
+    timer = next(c for c in trainer.callbacks if isinstance(c, Timer))
     record: dict = {
         "task": cfg.task_name,
         "machine": machine(),
@@ -53,9 +66,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # the trainable parameter count is a metric too, for a search that trades accuracy against size
     metrics: dict[str, float] = {"params": float(record["params"])}
     if cfg.get("train"):
-        start = time.perf_counter()
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_path(cfg.get("ckpt_path"), model), weights_only=True)
-        record["train_time_s"] = time.perf_counter() - start
+        record["train_time_s"] = timer.time_elapsed("train")  # every segment of a resumed run
         record["epochs"] = trainer.current_epoch
         checkpoints = trainer.checkpoint_callback
         record["ckpt_path"] = checkpoints.best_model_path if isinstance(checkpoints, ModelCheckpoint) else ""

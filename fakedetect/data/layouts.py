@@ -3,7 +3,8 @@
 Pure functions over lists of member names (POSIX-style, relative to the source root), plus the CSV manifest
 reader, so that every layout is testable without files. Layouts (`data.layout`):
 
-- `folders`: `[prefix/][split/]class/image`; split folders train, val and test; source = the class name.
+- `folders`: `[prefix/][split/]class/image`; split folders train, val and test (any case; also named training,
+  valid, validation or testing, as Kaggle's sets often do); source = the class name.
 - `genimage`: GenImage's `<generator>/{train,val}/{ai,nature}/image` (its real tree nests one more level,
   e.g. `stable_diffusion_v_1_4/imagenet_ai_0419_sdv4/train/ai`: the generator is the folder right above the
   split). GenImage's `val` is the split its paper tests on, so it maps to split "test" here, and train's
@@ -33,6 +34,17 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif"}
 SPLITS = ("train", "val", "test")
+# split folder names (lower-cased) and the split each one is: Kaggle's sets often name their validation split
+# `valid` or `validation`
+SPLIT_FOLDERS = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 DEFAULT_ALIASES: dict[str, tuple[str, ...]] = {"REAL": ("real", "nature", "0_real"), "FAKE": ("fake", "ai", "1_fake")}
 GENIMAGE_CLASS_FOLDERS = {"ai", "nature"}
 FORENSYNTHS_CLASS_FOLDERS = {"0_real", "1_fake"}
@@ -114,7 +126,7 @@ Placer = Callable[[tuple[str, ...], tuple[str, ...], str], "tuple[str, str] | No
 
 
 def _folders(dirs: tuple[str, ...], lower: tuple[str, ...], fallback: str) -> tuple[str, str]:
-    return (lower[-2] if len(lower) >= 2 and lower[-2] in SPLITS else ""), ""  # source: the class name
+    return (SPLIT_FOLDERS.get(lower[-2], "") if len(lower) >= 2 else ""), ""  # source: the class name
 
 
 def _genimage(dirs: tuple[str, ...], lower: tuple[str, ...], fallback: str) -> tuple[str, str] | None:
@@ -124,11 +136,11 @@ def _genimage(dirs: tuple[str, ...], lower: tuple[str, ...], fallback: str) -> t
 
 
 def _forensynths(dirs: tuple[str, ...], lower: tuple[str, ...], fallback: str) -> tuple[str, str]:
-    marks = [i for i, d in enumerate(lower[:-1]) if d in SPLITS]
+    marks = [i for i, d in enumerate(lower[:-1]) if d in SPLIT_FOLDERS]
     if not marks:
         return "", (dirs[0] if len(dirs) >= 2 else fallback)
     i = marks[-1]
-    return lower[i], (dirs[i + 1] if i + 1 < len(dirs) - 1 else fallback)
+    return SPLIT_FOLDERS[lower[i]], (dirs[i + 1] if i + 1 < len(dirs) - 1 else fallback)
 
 
 PLACERS: dict[Layout, Placer] = {Layout.FOLDERS: _folders, Layout.GENIMAGE: _genimage, Layout.FORENSYNTHS: _forensynths}
@@ -284,10 +296,12 @@ def read_manifest(
                 raise DataLayoutError(f"{where} row {number}: {len(row)} fields, the header has {len(header)}")
             name = _member(cells["path"], where, number)
             label = _label(cells["label"], index, classes, where, number)
-            split = (cells.get("split") or "").lower()
-            if split not in (*SPLITS, ""):
+            named = (cells.get("split") or "").lower()
+            split = SPLIT_FOLDERS.get(named, "")
+            if named and not split:
                 raise DataLayoutError(
-                    f"{where} row {number}: split {cells['split']!r} is not one of train, val, test (or empty)"
+                    f"{where} row {number}: split {cells['split']!r} is not one of {', '.join(SPLIT_FOLDERS)} "
+                    "(or empty)"
                 )
             if name in seen:
                 raise DataLayoutError(f"{where} row {number}: {name} is already listed on row {seen[name]}")

@@ -331,20 +331,33 @@ class Detector(L.LightningModule):
             if isinstance(state.get(name), Tensor):
                 setattr(self, name, torch.empty_like(state[name], device=self.device))
 
-    def configure_optimizers(self) -> OptimizerConfig | OptimizerLRSchedulerConfig:
+    def build_optimizer(self) -> tuple[torch.optim.Optimizer, list[float]]:
+        """The optimizer over the net's parameter groups, each group's lr scaled by its `lr_scale`; and the scales."""
         optimizer = self.optimizer_factory(params=self.net.param_groups())
         scales = [group.pop("lr_scale", 1.0) for group in optimizer.param_groups]
         for group, scale in zip(optimizer.param_groups, scales, strict=True):
             group["lr"] *= scale
+        return optimizer, scales
+
+    def build_scheduler(
+        self, optimizer: torch.optim.Optimizer, scales: list[float], total_steps: Callable[[], int]
+    ) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """The scheduler of `optimizer` (groups scaled by `scales`); one taking `total_steps` gets `total_steps()`."""
         if self.scheduler_factory is None:
-            return {"optimizer": optimizer}
+            return None
         kwargs: dict[str, object] = {}
         if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
-            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+            kwargs["total_steps"] = total_steps()
         max_lr = getattr(self.scheduler_factory, "keywords", {}).get("max_lr")
         if isinstance(max_lr, (int, float)) and any(scale != 1.0 for scale in scales):
             kwargs["max_lr"] = [max_lr * scale for scale in scales]  # OneCycleLR would reset every group to one
-        scheduler = self.scheduler_factory(optimizer, **kwargs)
+        return self.scheduler_factory(optimizer, **kwargs)
+
+    def configure_optimizers(self) -> OptimizerConfig | OptimizerLRSchedulerConfig:
+        optimizer, scales = self.build_optimizer()
+        scheduler = self.build_scheduler(optimizer, scales, lambda: int(self.trainer.estimated_stepping_batches))
+        if scheduler is None:
+            return {"optimizer": optimizer}
         return {
             "optimizer": optimizer,
             "lr_scheduler": {

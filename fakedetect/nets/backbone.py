@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 import logging
 import os
 from collections.abc import Iterator
@@ -76,6 +78,10 @@ class Backbone(DetectorNet):
         super().__init__()
         if freeze and trainable_stages:
             raise ValueError(f"freeze=true leaves no stage trainable; got trainable_stages={trainable_stages}")
+        if ":" not in name and not timm.is_model(name):  # "hf-hub:..." names a hub model, which timm fetches
+            close = difflib.get_close_matches(name, timm.list_models(), n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else "timm.list_models() lists them"
+            raise ValueError(f"name={name!r} is not a timm architecture; {hint}")
         self.name, self.pretrained, self.weights_path = name, pretrained, weights_path
         self.in_channels, self.backbone_lr_scale = in_channels, backbone_lr_scale
         self.model = timm.create_model(name, pretrained=False, num_classes=1, in_chans=in_channels, drop_rate=drop_rate)

@@ -34,14 +34,17 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartb
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from fakedetect.search.adapter import HeartbeatJournalStorage
+from fakedetect.utils.errors import ConfigError
 
 JOURNAL = "journal:"
 # seconds a SQLite writer waits for another worker's transaction before giving up
 SQLITE_TIMEOUT_S = 120
 # the PostgreSQL advisory lock key (any 64-bit number, the same in every worker) of fakedetect's ask lock
 ASK_LOCK_KEY = int.from_bytes(b"fdetask!", "big", signed=True)
+STORAGE_FORMS = "sqlite:///path/study.db, journal:path/study.log or a server's URL (postgresql+psycopg://user@host/db)"
 
 
 class Heartbeat(NamedTuple):
@@ -61,6 +64,29 @@ def storage_file(url: str) -> Path | None:
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
         return Path(parsed.database)
     return None
+
+
+def check_storage(url: str, key: str) -> None:
+    """A storage URL whose form, database and driver are known, before any trial runs: one ConfigError naming
+    `key` (SQLAlchemy parses the URL, loads its dialect and imports the dialect's driver)."""
+    if url.startswith(JOURNAL):
+        if not url.removeprefix(JOURNAL).strip():
+            raise ConfigError(f"{key}={url}: a journal storage names its file, e.g. journal:outputs/optuna/study.log")
+        return
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+    except ArgumentError:
+        raise ConfigError(f"{key}={url!r} is not a storage URL; use {STORAGE_FORMS}") from None
+    except NoSuchModuleError:
+        raise ConfigError(f"{key}={url!r}: no database '{url.split(':')[0]}' is known; use {STORAGE_FORMS}") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        raise ConfigError(
+            f"{key}={describe(url)}: the driver of {parsed.drivername} is not installed ({err}); install it, or "
+            f"name an installed one (e.g. postgresql+psycopg://)"
+        ) from None
 
 
 def open_storage(url: str, heartbeat: Heartbeat | None = None) -> BaseStorage:

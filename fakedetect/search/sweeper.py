@@ -54,7 +54,8 @@ from fakedetect.search.adapter import (
     trial_id,
 )
 from fakedetect.search.report import write_report
-from fakedetect.search.storage import Heartbeat, ask_lock, describe, open_storage, retry_history
+from fakedetect.search.storage import Heartbeat, ask_lock, check_storage, describe, open_storage, retry_history
+from fakedetect.utils.errors import exit_one_line
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,16 @@ class SearchSweeper(StockSweeper):
         self.custom_search_space_extender = extend
 
     def sweep(self, arguments: list[str]) -> None:
+        """The search; its own config errors (not a trial's, which fail that trial) end it in one line."""
+        try:
+            self._sweep(arguments)
+        except Exception as err:
+            exit_one_line(err)
+            raise
+
+    def _sweep(self, arguments: list[str]) -> None:
+        if self.storage:
+            check_storage(self.storage, "hydra.sweeper.storage")
         space = self.search_space(arguments)
         study = self._open_study()
         failed = added = 0

@@ -7,16 +7,25 @@ fakedetect builds, never an arbitrary callable such as `shutil.copyfile` or `os.
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
+import inspect
 import logging
 import re
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import hydra.utils
 import lightning as L
 import torch
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from fakedetect.modules.detector import Detector
 from fakedetect.utils.errors import ConfigError, user_error
@@ -62,16 +71,36 @@ RUN_TARGETS = (
 )
 
 
+# What a library's constructor raises for arguments it refuses: one line naming the key, not a traceback
+REFUSED_ARGUMENTS = (ValueError, TypeError, MisconfigurationException)
+
+
 def instantiate(
     config: Any, *args: Any, allow: Sequence[str] = RUN_TARGETS, source: str = "config", **kwargs: Any
 ) -> Any:
-    """Hydra's instantiate under the `allow` list; a refused or unknown target is one ConfigError naming `source`."""
+    """Hydra's instantiate under the `allow` list, its arguments checked first (`check_arguments`); a refused or
+    unknown target, or arguments its constructor refuses, are one ConfigError naming `source` and the key."""
+    check_arguments(config, allow, given=frozenset(kwargs))
     try:
-        return hydra.utils.instantiate(config, *args, _execution_whitelist_=list(allow), **kwargs)
+        with refused_arguments(source):
+            return hydra.utils.instantiate(config, *args, _execution_whitelist_=list(allow), **kwargs)
     except InstantiationException as err:
         if user_error(err) is not None:
             raise
         raise ConfigError(f"{source}: {refusal(err, allow)}") from err
+
+
+@contextlib.contextmanager
+def refused_arguments(source: str = "config") -> Iterator[None]:
+    """A library's error about its arguments, raised while Hydra builds a config node or calls a `_partial_` one
+    (Hydra lets it through with a note naming the node's key), as one ConfigError naming `source` and the key."""
+    try:
+        yield
+    except REFUSED_ARGUMENTS as err:
+        notes = [n.removeprefix("full_key: ") for n in getattr(err, "__notes__", []) if n.startswith("full_key: ")]
+        if isinstance(err, ConfigError) or not notes:
+            raise
+        raise ConfigError(f"{source}: {notes[0]}: {' '.join(str(err).split())}") from err
 
 
 def refusal(err: InstantiationException, allow: Sequence[str]) -> str:
@@ -87,6 +116,94 @@ def refusal(err: InstantiationException, allow: Sequence[str]) -> str:
     if isinstance(err.__cause__, ImportError):
         return f"_target_ '{target.group(1)}'{where} cannot be imported: no such class or function"
     return f"_target_ '{target.group(1)}'{where} is refused: fakedetect builds only targets on its allow-list: {listed}"
+
+
+def check_arguments(config: Any, allow: Sequence[str] = RUN_TARGETS, given: frozenset[str] = frozenset()) -> None:
+    """Every `_target_` under `config` (on the allow list) takes the keys given, and a library's of the types its
+    signature annotates: one ConfigError naming the key, before anything is built or read. `given`: the keys of
+    `config` itself that the caller passes (and so replaces) when it builds it.
+
+    Libraries accept many wrong values at construction and fail at use: Lightning's Trainer takes
+    `max_epochs='abc'` and fails after the data is decoded; an optimizer or scheduler (`_partial_`) is only called
+    when training starts. fakedetect's own classes check their values in their constructors (with messages of their
+    own), so only their keys are checked here. Types are checked by pydantic against the annotations, in its lax
+    mode (a list for a tuple, 1 for 1.0).
+    """
+    if isinstance(config, ListConfig):
+        for item in config:
+            check_arguments(item, allow)
+        return
+    if not isinstance(config, DictConfig):
+        return
+    for value in config.values():
+        check_arguments(value, allow)
+    target = config.get("_target_")
+    if not isinstance(target, str) or not any(fnmatch.fnmatchcase(target, p) for p in allow):
+        return  # Hydra refuses it, in one line (`refusal`)
+    try:
+        built = hydra.utils.get_object(target)
+        signature = inspect.signature(built)
+    except Exception:  # noqa: BLE001 - not importable, or no signature: Hydra names the target when it builds
+        return
+    keys = [str(k) for k in config if not str(k).startswith("_") and str(k) not in given]
+    parameters = signature.parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        for key in keys:
+            if key not in parameters:
+                takes = ", ".join(n for n, p in parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+                raise ConfigError(f"{_full_key(config, key)}: not an argument of {target}; it takes {takes}")
+    if target.startswith("fakedetect."):
+        return
+    hints = _type_hints(built)
+    for key in keys:
+        hint = hints.get(key)
+        try:
+            value = config[key]
+        except OmegaConfBaseException:
+            continue  # an interpolation that cannot resolve here: Hydra resolves (or names) it when it builds
+        if hint is None or (isinstance(value, DictConfig) and "_target_" in value):
+            continue
+        plain = OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+        try:
+            adapter: TypeAdapter = TypeAdapter(hint, config=ConfigDict(arbitrary_types_allowed=True))
+        except Exception:  # noqa: BLE001 - an annotation pydantic cannot check: the library checks it
+            continue
+        try:
+            adapter.validate_python(plain)
+        except ValidationError:
+            raise ConfigError(
+                f"{_full_key(config, key)} must be {_type_name(hint)} ({target}), got {plain!r}"
+            ) from None
+
+
+def _full_key(config: DictConfig, key: str) -> str:
+    prefix = config._get_full_key(None)
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _type_hints(built: Any) -> dict[str, Any]:
+    """The annotations of a class's constructor or of a function; none where they cannot be resolved."""
+    try:
+        return typing.get_type_hints(built.__init__ if inspect.isclass(built) else built)
+    except Exception:  # noqa: BLE001 - names only imported for type checkers, and the like
+        return {}
+
+
+def _type_name(hint: Any) -> str:
+    """An annotation as a reader would say it: `an int or null`, `one of '16-mixed', 'bf16-mixed'`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is type(None):
+        return "null"
+    if origin in (typing.Union, types.UnionType):
+        literals = [v for a in args if typing.get_origin(a) is typing.Literal for v in typing.get_args(a)]
+        others = [_type_name(a) for a in args if typing.get_origin(a) is not typing.Literal]
+        named = [_type_name(typing.Literal[tuple(literals)])] if literals else []
+        return " or ".join(dict.fromkeys(named + others))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is not None:
+        return re.sub(r"\b[\w.]+\.(\w+)", r"\1", str(hint)).replace("typing.", "")
+    return getattr(hint, "__name__", str(hint))
 
 
 def resolve_precision(trainer_cfg: DictConfig) -> str:
@@ -119,10 +236,38 @@ def build_model(cfg: DictConfig, allow: Sequence[str] = RUN_TARGETS, source: str
     return model
 
 
+def check_optimizer(model: Detector) -> None:
+    """The optimizer and LR scheduler built once on the model's parameters and dropped, so that a value they refuse
+    (`model.optimizer.lr=-1`) is one line before any data is read, not when training starts."""
+    with refused_arguments():
+        optimizer, scales = model.build_optimizer()
+        model.build_scheduler(optimizer, scales, lambda: 1000)
+
+
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
-    return instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=resolve_precision(cfg.trainer)
+    """The run's Trainer. Its processes each draw their own share of every split from the loaders (each image
+    once: Lightning's DistributedSampler would pad the last shares with repeats, scored twice); strategies that
+    spawn their processes are refused, since only the logged metrics come back from them."""
+    if cfg.trainer.get("use_distributed_sampler"):
+        raise ConfigError(
+            "trainer.use_distributed_sampler=true: fakedetect's loaders give each process its own share of every "
+            "split; leave it out"
+        )
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        precision=resolve_precision(cfg.trainer),
+        use_distributed_sampler=False,
     )
+    if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+        raise ConfigError(
+            f"trainer.strategy={cfg.trainer.get('strategy')}: processes it starts by "
+            f"{trainer.strategy.launcher._start_method} hand back only the logged metrics, not the per-source "
+            "rows, epochs and splits a run records; use trainer.strategy=ddp (every process runs the command; on "
+            "CPU: trainer=ddp_sim)"
+        )
+    return trainer
 
 
 def count_parameters(model: torch.nn.Module, trainable: bool = True) -> int:

@@ -70,10 +70,16 @@ def one_line_errors(task: Callable[..., T]) -> Callable[..., T]:
         try:
             return task(*args, **kwargs)
         except Exception as err:
-            found = user_error(err)
-            multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-            if found is None or full_traceback() or multirun:
-                raise
-            raise SystemExit(f"error: {found}") from None
+            if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+                exit_one_line(err)
+            raise
 
     return wrapper
+
+
+def exit_one_line(err: BaseException) -> None:
+    """Exit 1 printing `error: <message>` where `err` is (or wraps) a ConfigError, unless HYDRA_FULL_ERROR=1; return
+    otherwise. For entry points, and a sweeper's own errors (which Hydra would print as a traceback)."""
+    found = user_error(err)
+    if found is not None and not full_traceback():
+        raise SystemExit(f"error: {found}") from None

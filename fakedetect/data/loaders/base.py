@@ -18,6 +18,7 @@ import torch
 
 from fakedetect.data.batch import Batch
 from fakedetect.data.layouts import Entry
+from fakedetect.data.loaders.order import EpochOrder
 from fakedetect.data.sources import Source
 from fakedetect.data.splits import Plan, Split, stratified_sample
 from fakedetect.data.statistics import Statistics
@@ -90,6 +91,20 @@ class Loader(ABC):
     def drop_last(self, n: int, train: bool, where: Where) -> bool:
         """Training drops a last partial batch (every rank runs the same steps) unless the split is that small."""
         return train and n >= self.config.batch_size * where.world_size
+
+    def order(self, part: Split, train: bool, where: Where) -> EpochOrder:
+        """The batches of positions in `part` this process draws: its own share of the split, no position twice
+        across processes (Lightning's DistributedSampler would pad the last shares with repeats, counted twice in
+        the test figures; the trainer is built with `use_distributed_sampler=False`)."""
+        return EpochOrder(
+            len(part),
+            self.batch_size(train),
+            shuffle=train,
+            seed=self.config.seed,
+            rank=where.rank,
+            world_size=where.world_size,
+            drop_last=self.drop_last(len(part), train, where),
+        )
 
 
 def listing(config: DataConfig, source: Source) -> list[Entry]:

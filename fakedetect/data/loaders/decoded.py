@@ -13,7 +13,6 @@ import numpy as np
 from fakedetect.data.cache import Decoded, decode_entries, load_cache
 from fakedetect.data.decode import BadImageError
 from fakedetect.data.loaders.base import Loader, Where, listing
-from fakedetect.data.loaders.order import EpochOrder
 from fakedetect.data.sources import Source
 from fakedetect.data.splits import Plan, Split, plan
 from fakedetect.data.statistics import Statistics, channel_stats, train_statistics
@@ -97,14 +96,3 @@ class DecodedLoader(Loader):
 
     def images(self, part: Split) -> np.ndarray:
         return np.asarray(self.decoded_images[part.index])
-
-    def order(self, part: Split, train: bool, where: Where) -> EpochOrder:
-        return EpochOrder(
-            len(part),
-            self.batch_size(train),
-            shuffle=train,
-            seed=self.config.seed,
-            rank=where.rank,
-            world_size=where.world_size,
-            drop_last=self.drop_last(len(part), train, where),
-        )

@@ -60,7 +60,8 @@ class StreamDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __getitem__(self, i: int) -> Item | Unreadable:
+    def __getitem__(self, i: int | Tensor) -> Item | Unreadable:
+        i = int(i)  # a position from EpochOrder's batch, a 0-d tensor
         entry = self.entries[i]
         rng = random.Random(int(torch.randint(2**62, (1,)))) if self.random_fit else None
         try:

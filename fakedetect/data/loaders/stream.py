@@ -124,11 +124,9 @@ class StreamLoader(Loader):
         )
         return (SkippingTrainLoader if train else SkippingLoader)(
             dataset,
-            batch_size=self.batch_size(train),
-            shuffle=train,
+            batch_sampler=self.order(part, train, where),
             num_workers=config.num_workers,
             collate_fn=collate_skipping,
             pin_memory=where.pin,
             persistent_workers=config.num_workers > 0,
-            drop_last=self.drop_last(len(part), train, where),
         )
