@@ -110,7 +110,7 @@ def evaluate_set(cfg: DictConfig, data: dict[str, Any], name: str | None, robust
         "thresholds": {**known, "selected": model.threshold_name, "value": threshold, "source": cfg.thresholds},
         "per_source": tested.rows,
     }
-    if cfg.get("report"):
+    if cfg.get("report") and trainer.is_global_zero:  # every process holds every score; one writes the files
         record["report"] = write_report(
             folder, clean.probs, clean.labels, mistakes, known, datamodule.classes, trainer.loggers
         )
@@ -120,7 +120,8 @@ def evaluate_set(cfg: DictConfig, data: dict[str, Any], name: str | None, robust
             return clean if transform is None else degraded_scores(cfg, model, datamodule, transform)
 
         record["robustness"] = robustness_table(degraded, threshold, robustness)
-        write_robustness(folder, record["robustness"], trainer.loggers)
+        if trainer.is_global_zero:
+            write_robustness(folder, record["robustness"], trainer.loggers)
     for logger in trainer.loggers:
         logger.finalize("success")
     record["metrics"] = metrics
@@ -176,7 +177,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         name: evaluate_set(cfg, data, name, robustness, out / "report" / (name or "")) for name, data in sets.items()
     }
     rows = [row for result in results.values() for row in result["per_source"]]
-    write_per_source(out / "report", rows)
+    rank_zero_only(write_per_source)(out / "report", rows)
     if None in results:
         record.update(results[None])
         metrics = results[None]["metrics"]

@@ -57,6 +57,19 @@ def test_train_val_test_split_folders_any_case_under_a_prefix() -> None:
     assert listing.ignored == ["kaggle/REAL/x.jpg"]  # outside the split folders, while there are split folders
 
 
+@pytest.mark.parametrize("val", ["valid", "Validation", "val"])
+def test_kaggle_valid_or_validation_folder_is_the_val_split(val: str) -> None:
+    """Kaggle's sets (e.g. "140k Real and Fake Faces": real_vs_fake/real-vs-fake/{train,valid,test}/{real,fake})
+    name their validation split `valid` or `validation`: it is the val split, not ignored."""
+    names = [f"real-vs-fake/{s}/{c}/{i}.jpg" for s in ("train", val, "test") for c in ("real", "fake") for i in range(2)]
+    listing = match(names, CLASSES)
+    assert listing.ignored == []
+    assert sorted({e.split for e in listing.entries}) == ["test", "train", "val"]
+    assert [e.name for e in listing.split("val")] == sorted(n for n in names if f"/{val}/" in n)
+    manifest = _manifest("path,label,split\na.jpg,REAL,valid\nb.jpg,FAKE,Validation\n", ["a.jpg", "b.jpg"])
+    assert [e.split for e in manifest.entries] == ["val", "val"]
+
+
 def test_a_split_without_one_class_is_one_line_naming_it() -> None:
     names = ["train/REAL/a.jpg", "train/FAKE/b.jpg", "val/REAL/c.jpg"]
     with pytest.raises(DataLayoutError, match=r"^root: split or class folder 'val/FAKE' is missing or has no images$"):

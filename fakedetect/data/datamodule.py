@@ -25,6 +25,7 @@ from fakedetect.data.loaders import LOADERS, Where
 from fakedetect.data.loaders.decoded import decoded
 from fakedetect.data.splits import Plan, Split
 from fakedetect.data.statistics import Statistics
+from fakedetect.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,14 @@ class ImageDataModule(L.LightningDataModule):
         return Where(self.trainer.strategy.root_device, self.trainer.global_rank, self.trainer.world_size)
 
     def _batches(self, split: str, train: bool) -> Iterable[Batch | None]:
-        return self.loader.batches(self.plan, split, train, self._where())
+        where = self._where()
+        n = len(self.plan.splits[split])
+        if 0 < n < where.world_size:  # a process without a batch would wait for the others for ever
+            raise ConfigError(
+                f"{self.config.root}: the {split} split holds {n} images, fewer than the run's {where.world_size} "
+                "processes, each of which needs one; use fewer trainer.devices"
+            )
+        return self.loader.batches(self.plan, split, train, where)
 
     def train_dataloader(self) -> Iterable[Batch | None]:
         return self._batches("train", train=True)

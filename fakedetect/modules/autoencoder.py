@@ -72,12 +72,8 @@ class AutoencoderDetector(Detector):
         logits, reconstruction = self.net.autoencode(x)
         recon_loss, class_loss = self.reconstruction(reconstruction, self.unnormalize(x)), self.loss(logits, y)
         r_weight, c_weight = self.loss_weights(stage)
-        self.log_dict(
-            {f"{stage}/recon_loss": recon_loss, f"{stage}/class_loss": class_loss},
-            on_epoch=True,
-            on_step=False,
-            sync_dist=True,
-        )
+        self.log_mean(f"{stage}/recon_loss", recon_loss, len(y))
+        self.log_mean(f"{stage}/class_loss", class_loss, len(y))
         if stage == "train":
-            self.log("train/c_weight", c_weight, on_epoch=True, on_step=False, sync_dist=True)
+            self.log_mean("train/c_weight", torch.as_tensor(c_weight, device=self.device), len(y))
         return r_weight * recon_loss + c_weight * class_loss, self.probabilities(logits)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedulerConfig
 from torch import Tensor, nn
-from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
@@ -122,6 +122,12 @@ class Detector(L.LightningModule):
             "a number, or 'youden' or 'f1' (chosen on the validation split)",
         )
         require(
+            "model.scheduler_interval",
+            scheduler_interval,
+            scheduler_interval in ("epoch", "step"),
+            "epoch or step (when the LR scheduler steps)",
+        )
+        require(
             "model.input_size",
             input_size,
             input_size is None or (is_int(input_size) and input_size > 0),
@@ -137,6 +143,7 @@ class Detector(L.LightningModule):
         self.val_metrics = detection_metrics(fixed, "val/")
         self.test_metrics = detection_metrics(fixed, "test/")
         self.val_acc_best = MaxMetric()
+        self.means = nn.ModuleDict()  # log_mean's, by name
         self.val_scores = SelectedThresholds()
         self.register_buffer("val_thresholds", torch.full((len(NAMED_THRESHOLDS),), math.nan))
         for name in STATISTICS:
@@ -259,11 +266,24 @@ class Detector(L.LightningModule):
         logits = self(x)
         return self.loss(logits, y), self.probabilities(logits)
 
+    def log_mean(self, name: str, value: Tensor, n: int, prog_bar: bool = False) -> None:
+        """Log the epoch's mean of a batch mean `value` (over `n` images) per image, over every process.
+
+        A torchmetrics MeanMetric (float sums, added up across processes), not `self.log(sync_dist=True)`: that
+        averages each process's image count as an integer tensor, which gloo truncates (101 images on 2
+        processes count as 100)."""
+        key = name.replace("/", "__")  # a module name holds no '/' or '.'
+        if key not in self.means:
+            self.means[key] = MeanMetric().to(self.device)
+        mean = self.means[key]
+        mean.update(value.detach(), weight=n)
+        self.log(name, mean, on_step=False, on_epoch=True, prog_bar=prog_bar, metric_attribute=f"means.{key}")
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         y = batch.labels
         loss, probs = self._step(self.preprocess(batch.images), y)
         self.train_acc.update(probs, y)  # not a call: that also computes a per-batch value nobody reads
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log_mean("train/loss", loss, len(y), prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
@@ -276,7 +296,7 @@ class Detector(L.LightningModule):
         probs = self.augmented(x, probs)
         self.val_metrics.update(probs, y)
         self.val_scores.update(probs, y)
-        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log_mean("val/loss", loss, len(y), prog_bar=True)
         return probs
 
     def on_validation_epoch_end(self) -> None:
@@ -304,7 +324,7 @@ class Detector(L.LightningModule):
         loss, probs = self._step(x, y)
         probs = self.augmented(x, probs)
         self.test_metrics.update(probs, y)
-        self.log("test/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log_mean("test/loss", loss, len(y))
         return probs
 
     def on_test_epoch_end(self) -> None:

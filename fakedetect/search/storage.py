@@ -76,10 +76,10 @@ def check_storage(url: str, key: str) -> None:
     try:
         parsed = make_url(url)
         dialect = parsed.get_dialect()
+    except NoSuchModuleError:  # a subclass of ArgumentError
+        raise ConfigError(f"{key}={url!r}: no database '{url.split(':')[0]}' is known; use {STORAGE_FORMS}") from None
     except ArgumentError:
         raise ConfigError(f"{key}={url!r} is not a storage URL; use {STORAGE_FORMS}") from None
-    except NoSuchModuleError:
-        raise ConfigError(f"{key}={url!r}: no database '{url.split(':')[0]}' is known; use {STORAGE_FORMS}") from None
     try:
         dialect.import_dbapi()
     except ImportError as err:

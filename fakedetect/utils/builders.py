@@ -71,8 +71,9 @@ RUN_TARGETS = (
 )
 
 
-# What a library's constructor raises for arguments it refuses: one line naming the key, not a traceback
-REFUSED_ARGUMENTS = (ValueError, TypeError, MisconfigurationException)
+# What a library's constructor raises for arguments it refuses (or for a package a value needs and that is not
+# installed, e.g. trainer.accelerator=tpu): one line naming the key, not a traceback
+REFUSED_ARGUMENTS = (ValueError, TypeError, ImportError, MisconfigurationException)
 
 
 def instantiate(
@@ -125,9 +126,9 @@ def check_arguments(config: Any, allow: Sequence[str] = RUN_TARGETS, given: froz
 
     Libraries accept many wrong values at construction and fail at use: Lightning's Trainer takes
     `max_epochs='abc'` and fails after the data is decoded; an optimizer or scheduler (`_partial_`) is only called
-    when training starts. fakedetect's own classes check their values in their constructors (with messages of their
-    own), so only their keys are checked here. Types are checked by pydantic against the annotations, in its lax
-    mode (a list for a tuple, 1 for 1.0).
+    when training starts; a wrong type that a constructor does trip on says so in the library's words, without the
+    key. Types are checked by pydantic against the annotations, in its lax mode (a list for a tuple, 1 for 1.0);
+    ranges and choices are the constructors' to check.
     """
     if isinstance(config, ListConfig):
         for item in config:
@@ -152,8 +153,6 @@ def check_arguments(config: Any, allow: Sequence[str] = RUN_TARGETS, given: froz
             if key not in parameters:
                 takes = ", ".join(n for n, p in parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
                 raise ConfigError(f"{_full_key(config, key)}: not an argument of {target}; it takes {takes}")
-    if target.startswith("fakedetect."):
-        return
     hints = _type_hints(built)
     for key in keys:
         hint = hints.get(key)
@@ -248,6 +247,9 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
     """The run's Trainer. Its processes each draw their own share of every split from the loaders (each image
     once: Lightning's DistributedSampler would pad the last shares with repeats, scored twice); strategies that
     spawn their processes are refused, since only the logged metrics come back from them."""
+    every = cfg.trainer.get("check_val_every_n_epoch")
+    if every is not None and (not isinstance(every, int) or every < 1):  # Lightning divides by it after decoding
+        raise ConfigError(f"trainer.check_val_every_n_epoch must be a whole number >= 1 or null, got {every!r}")
     if cfg.trainer.get("use_distributed_sampler"):
         raise ConfigError(
             "trainer.use_distributed_sampler=true: fakedetect's loaders give each process its own share of every "
