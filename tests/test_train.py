@@ -159,7 +159,13 @@ def test_last_checkpoint_follows_the_latest_epoch_and_a_killed_run_resumes_from_
     resumed = compose_config(
         "train", [*overrides, f"trainer.max_epochs={epoch + 2}", f"ckpt_path={last}"], tmp_path / "resumed"
     )
+    started = time.monotonic()
     train(resumed)
+    second_segment_s = time.monotonic() - started
     after = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
     steps_per_epoch = step // (epoch + 1)
     assert (after["epoch"], after["global_step"]) == (epoch + 1, step + steps_per_epoch), "one more epoch, resumed"
+    # the training time counts the killed segment (kept in the checkpoint by Lightning's Timer) and the resumed one
+    first_segment_s = killed_at["callbacks"]["Timer"]["time_elapsed"]["train"]
+    train_time_s = metrics_json(tmp_path / "resumed")["train_time_s"]
+    assert first_segment_s < train_time_s < first_segment_s + second_segment_s
