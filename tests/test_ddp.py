@@ -73,6 +73,7 @@ def test_a_split_smaller_than_the_processes_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"the test split holds 2 images, fewer than the run's 3 processes"):
         module.test_dataloader()
 
+
 # Same global batch (2 x 64 against 1 x 128) and epochs; different sample order, so not bit-identical:
 # on this 2-epoch, 1,800-image run the two test accuracies must agree within 8 points.
 TOLERANCE = 0.08

@@ -61,7 +61,9 @@ def test_train_val_test_split_folders_any_case_under_a_prefix() -> None:
 def test_kaggle_valid_or_validation_folder_is_the_val_split(val: str) -> None:
     """Kaggle's sets (e.g. "140k Real and Fake Faces": real_vs_fake/real-vs-fake/{train,valid,test}/{real,fake})
     name their validation split `valid` or `validation`: it is the val split, not ignored."""
-    names = [f"real-vs-fake/{s}/{c}/{i}.jpg" for s in ("train", val, "test") for c in ("real", "fake") for i in range(2)]
+    names = [
+        f"real-vs-fake/{s}/{c}/{i}.jpg" for s in ("train", val, "test") for c in ("real", "fake") for i in range(2)
+    ]
     listing = match(names, CLASSES)
     assert listing.ignored == []
     assert sorted({e.split for e in listing.entries}) == ["test", "train", "val"]

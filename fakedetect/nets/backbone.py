@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-
 import logging
 import os
 from collections.abc import Iterator

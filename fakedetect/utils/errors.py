@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeGuard, TypeVar
 
@@ -49,6 +50,11 @@ def user_error(err: BaseException | None) -> ConfigError | None:
             return err
         if isinstance(err, MissingMandatoryValue):  # a `???` key of the command's config left out
             return ConfigError(f"{err.full_key} is required: add {err.full_key}=... to the command")
+        # Lightning's word for a setting it refuses, raised where it finds it (a callback's monitor that is never
+        # logged: at the end of the first epoch); Lightning is loaded wherever it can be raised
+        lightning = sys.modules.get("lightning.fabric.utilities.exceptions")
+        if lightning is not None and isinstance(err, lightning.MisconfigurationException):
+            return ConfigError(" ".join(str(err).split()))
         if not isinstance(err, InstantiationException):
             return None
         err = err.__cause__

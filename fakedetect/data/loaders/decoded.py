@@ -12,7 +12,7 @@ import numpy as np
 
 from fakedetect.data.cache import Decoded, decode_entries, load_cache
 from fakedetect.data.decode import BadImageError
-from fakedetect.data.loaders.base import Loader, Where, listing
+from fakedetect.data.loaders.base import Loader, listing
 from fakedetect.data.sources import Source
 from fakedetect.data.splits import Plan, Split, plan
 from fakedetect.data.statistics import Statistics, channel_stats, train_statistics
