@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from omegaconf import DictConfig
 
@@ -25,6 +26,7 @@ from fakedetect.utils.builders import (
     instantiate,
 )
 from fakedetect.utils.checkpoint import resume_path
+from fakedetect.utils.errors import ConfigError
 from fakedetect.utils.records import log_hparams, machine, plain, print_config, scalars, write_metrics
 
 log = logging.getLogger(__name__)
@@ -47,15 +49,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         LogInterval(),
         tested,
     ]
-    if not cfg.trainer.get("max_time") and not any(isinstance(c, Timer) for c in callbacks):
-        # the training loop's time, kept in checkpoints so that a resumed run counts every segment (with
-        # trainer.max_time, Lightning's own Timer does the same)
-        callbacks.append(Timer(verbose=False))
+    timers = [c for c in callbacks if isinstance(c, Timer)]
+    if not timers:
+        # Lightning's timer of the training loop, kept in checkpoints so that a resumed run counts every segment;
+        # it also keeps trainer.max_time (Lightning then leaves it to this one)
+        try:
+            timers.append(Timer(duration=cfg.trainer.get("max_time")))
+        except MisconfigurationException as err:
+            raise ConfigError(f"trainer.max_time: {err}") from None
+        callbacks.append(timers[0])
     if cfg.get("optuna_trial"):  # set by the fakedetect_optuna sweeper: report to, and be pruned by, this trial
         callbacks.append(OptunaTrialCallback(**cfg.optuna_trial, monitor=cfg.optimized_metric))
     loggers = build_list(cfg.get("logger"))
     trainer = build_trainer(cfg, callbacks, loggers)
-    timer = next(c for c in trainer.callbacks if isinstance(c, Timer))
     record: dict = {
         "task": cfg.task_name,
         "machine": machine(),
@@ -67,7 +73,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics: dict[str, float] = {"params": float(record["params"])}
     if cfg.get("train"):
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_path(cfg.get("ckpt_path"), model), weights_only=True)
-        record["train_time_s"] = timer.time_elapsed("train")  # every segment of a resumed run
+        record["train_time_s"] = timers[0].time_elapsed("train")  # every segment of a resumed run
         record["epochs"] = trainer.current_epoch
         checkpoints = trainer.checkpoint_callback
         record["ckpt_path"] = checkpoints.best_model_path if isinstance(checkpoints, ModelCheckpoint) else ""

@@ -435,7 +435,11 @@ def test_missing_exclude_file_names_the_key(tmp_path: Path) -> None:
     [
         ("train", lambda tmp: [], "`python -m fakedetect.download cifake`"),  # a new user's very first command
         ("train", lambda tmp: [f"data.root={_garbage_zip(tmp)}"], "is not a readable .zip archive"),
-        ("train", lambda tmp: ["loss=focal", "loss.gamma=abc"], "loss.gamma must be a number >= 0, got 'abc'"),
+        (
+            "train",
+            lambda tmp: ["loss=focal", "loss.gamma=abc"],
+            "loss.gamma must be float (fakedetect.losses.FocalLoss), got 'abc'",
+        ),
         ("audit", lambda tmp: [f"data.root={_truncated_tar(tmp)}"], "is not a readable .tar/.tar.gz archive"),
     ],
     ids=["train-no-data", "train-not-a-zip", "train-loss-type", "audit-truncated-tar"],

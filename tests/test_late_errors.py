@@ -28,7 +28,7 @@ LATE = [
     (["trainer.devices=2", "trainer.strategy=ddp_spawn"], r"trainer\.strategy=ddp_spawn: .*use trainer\.strategy=ddp"),
     (["trainer.check_val_every_n_epoch=0"], r"trainer\.check_val_every_n_epoch must be"),
     (["+trainer.gradient_clip_val=abc"], r"trainer\.gradient_clip_val must be int or float or null"),
-    (["+trainer.max_time=abc"], r"^config: trainer: .*max_time|Timer\(duration='abc'\)"),
+    (["+trainer.max_time=abc"], r"^trainer\.max_time: `Timer\(duration='abc'\)` is not a valid duration"),
     (["+trainer.nosuchkey=1"], r"trainer\.nosuchkey: not an argument of lightning\.pytorch\.trainer\.Trainer"),
     (["+trainer.use_distributed_sampler=true"], r"trainer\.use_distributed_sampler=true"),
     (["model=timm", "model.net.name=resnet_18"], r"model\.net: name='resnet_18' is not a timm architecture; did"),

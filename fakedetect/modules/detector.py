@@ -6,7 +6,7 @@ import inspect
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import TypedDict
+from typing import TypedDict, cast
 
 import lightning as L
 import torch
@@ -275,7 +275,7 @@ class Detector(L.LightningModule):
         key = name.replace("/", "__")  # a module name holds no '/' or '.'
         if key not in self.means:
             self.means[key] = MeanMetric().to(self.device)
-        mean = self.means[key]
+        mean = cast(MeanMetric, self.means[key])
         mean.update(value.detach(), weight=n)
         self.log(name, mean, on_step=False, on_epoch=True, prog_bar=prog_bar, metric_attribute=f"means.{key}")
 

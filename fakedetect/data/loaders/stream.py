@@ -124,7 +124,8 @@ class StreamLoader(Loader):
         )
         return (SkippingTrainLoader if train else SkippingLoader)(
             dataset,
-            batch_sampler=self.order(part, train, where),
+            # batches of positions as tensors (DataLoader only iterates them), where its stub says lists
+            batch_sampler=self.order(part, train, where),  # type: ignore[arg-type]
             num_workers=config.num_workers,
             collate_fn=collate_skipping,
             pin_memory=where.pin,
