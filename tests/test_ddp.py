@@ -11,8 +11,9 @@ import lightning as L
 import pytest
 
 from fakedetect.data.datamodule import ImageDataModule
+from fakedetect.train import train
 from fakedetect.utils.errors import ConfigError
-from tests.conftest import QUIET, ROOT, SUBSET, evaluate_run, metrics_json, run_command
+from tests.conftest import QUIET, ROOT, SUBSET, compose_config, evaluate_run, metrics_json, run_command
 
 SAMPLE_ZIP = ROOT / "fakedetect" / "data" / "sample" / "cifake_sample.zip"
 # per split and class folder, how many of the packaged sample's CIFAKE images the odd subset takes: a test split of
@@ -62,6 +63,42 @@ def test_two_processes_score_every_test_image_once(tmp_path: Path) -> None:
     assert ddp["per_source"] == metrics_json(one)["per_source"]
     for key in (*SAME, *(k for k in single if k.startswith("test/source/"))):
         assert ddp["metrics"][key] == pytest.approx(single[key], abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_two_process_eval_of_every_loader_equals_one_process(tmp_path: Path) -> None:
+    """eval on 2 processes of one checkpoint, on the odd split read by the memory, cached and stream loaders (three
+    test sets): every set's figures and per-source rows equal a one-process eval's."""
+    data, cache = odd_subset(tmp_path / "odd"), tmp_path / "cache"
+    run = tmp_path / "run"
+    train(compose_config("train", [f"data.root={data}", f"data.cache_dir={cache}", "trainer=cpu", *QUIET], run))
+    sets = (
+        "test_sets={memory:{loader:memory},cached:{loader:cached,num_workers:0},stream:{loader:stream,num_workers:0}}"
+    )
+    env = {**os.environ, "FAKEDETECT_CACHE": str(cache)}
+    two = tmp_path / "two"
+    ckpt = metrics_json(run)["ckpt_path"]
+    common = [sets, "data.eval_batch_size=50"]
+    run_command(
+        "eval",
+        f"ckpt_path={ckpt}",
+        "trainer=ddp_sim",
+        *common,
+        f"hydra.run.dir={two}",
+        env=env,
+        check=True,
+        timeout=600,
+    )
+    single = evaluate_run(run, tmp_path / "one", *common)
+    ddp = metrics_json(two)
+    assert {r["test_set"] for r in ddp["per_source"] if r["source"] == "all" and r["n"] == 101} == {
+        "memory",
+        "cached",
+        "stream",
+    }
+    assert ddp["per_source"] == metrics_json(tmp_path / "one")["per_source"]
+    for key, value in single.items():
+        assert ddp["metrics"][key] == pytest.approx(value, abs=1e-6), key
 
 
 def test_a_split_smaller_than_the_processes_is_one_line(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from fakedetect.modules.detector import Detector
-from fakedetect.utils.errors import ConfigError, user_error
+from fakedetect.utils.errors import ConfigError, is_int, require, user_error
 
 log = logging.getLogger(__name__)
 
@@ -243,13 +243,18 @@ def check_optimizer(model: Detector) -> None:
         model.build_scheduler(optimizer, scales, lambda: 1000)
 
 
+# Trainer counts that Lightning divides by in the loop, after the data is decoded, without checking them first
+DIVISORS = ("check_val_every_n_epoch", "accumulate_grad_batches")
+
+
 def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
     """The run's Trainer. Its processes each draw their own share of every split from the loaders (each image
     once: Lightning's DistributedSampler would pad the last shares with repeats, scored twice); strategies that
     spawn their processes are refused, since only the logged metrics come back from them."""
-    every = cfg.trainer.get("check_val_every_n_epoch")
-    if every is not None and (not isinstance(every, int) or every < 1):  # Lightning divides by it after decoding
-        raise ConfigError(f"trainer.check_val_every_n_epoch must be a whole number >= 1 or null, got {every!r}")
+    for key in DIVISORS:
+        value = cfg.trainer.get(key)
+        if value is not None:
+            require(f"trainer.{key}", value, is_int(value) and value >= 1, "a whole number >= 1")
     if cfg.trainer.get("use_distributed_sampler"):
         raise ConfigError(
             "trainer.use_distributed_sampler=true: fakedetect's loaders give each process its own share of every "
