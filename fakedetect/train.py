@@ -110,7 +110,7 @@ def metric_value(metrics: dict[str, float], name: str | Sequence[str] | None) ->
 
 def _logged(metrics: dict[str, float], name: str) -> float:
     if name not in metrics:
-        raise KeyError(f"optimized_metric '{name}' was not logged; logged: {sorted(metrics)}")
+        raise ConfigError(f"optimized_metric '{name}' was not logged; logged: {sorted(metrics)}")
     return metrics[name]
 
 

@@ -63,11 +63,24 @@ def test_late_config_errors_are_one_line_before_any_data_is_read(
     assert not cache.exists() or not any(cache.iterdir()), "data was read before the error"
 
 
-def test_wrong_type_on_the_command_line_is_one_line_before_decoding(tmp_path: Path) -> None:
-    """`trainer.max_epochs=abc` used to decode the data, then fail inside Lightning's loop with a traceback."""
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "trainer.max_epochs=abc",
+            "trainer.max_epochs must be int or null (lightning.pytorch.trainer.Trainer), got 'abc'",
+        ),
+        ("seed=abc", "seed must be a whole number or null, got 'abc'"),
+    ],
+)
+def test_wrong_type_on_the_command_line_is_one_line_before_decoding(
+    override: str, message: str, tmp_path: Path
+) -> None:
+    """`trainer.max_epochs=abc` used to decode the data, then fail inside Lightning's loop with a traceback;
+    `seed=abc` failed in Lightning's seed_everything with one."""
     env = {**os.environ, "FAKEDETECT_CACHE": str(tmp_path / "cache")}
-    done = run_command("train", *SAMPLE, "trainer.max_epochs=abc", f"hydra.run.dir={tmp_path / 'run'}", env=env)
-    assert_one_line(done, "trainer.max_epochs must be int or null", "'abc'")
+    done = run_command("train", *SAMPLE, override, f"hydra.run.dir={tmp_path / 'run'}", env=env)
+    assert_one_line(done, message)
     assert not (tmp_path / "cache").exists()
 
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from fakedetect.modules.checkpoint_format import FORMAT, FORMAT_KEY
 from fakedetect.train import metric_value, train
 from fakedetect.utils.checkpoint import checkpoint_config, load_checkpoint
+from fakedetect.utils.errors import ConfigError
 from tests.conftest import (
     QUIET,
     ROOT,
@@ -89,7 +90,7 @@ def test_tensorboard_has_scalars_hparams_and_figures(trained: tuple[DictConfig, 
 
 
 def test_missing_optimized_metric_is_named() -> None:
-    with pytest.raises(KeyError, match="val/nope"):
+    with pytest.raises(ConfigError, match="val/nope"):
         metric_value({"val/acc": 1.0}, "val/nope")
 
 

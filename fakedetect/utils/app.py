@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from fakedetect.utils.console import quiet_console
 from fakedetect.utils.device import check_trainer_devices
-from fakedetect.utils.errors import one_line_errors
+from fakedetect.utils.errors import is_int, one_line_errors, require
 
 T = TypeVar("T")
 
@@ -48,6 +48,8 @@ def command(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[
             trainer = cfg.get("trainer")  # the GPUs it asks for exist, before the task prints or reads anything
             if trainer is not None:
                 check_trainer_devices(trainer.get("accelerator"), trainer.get("devices"))
+            seed = cfg.get("seed")
+            require("seed", seed, seed is None or is_int(seed), "a whole number or null")
             return task(cfg)
 
         guarded = one_line_errors(checked)
