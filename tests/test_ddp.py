@@ -71,7 +71,13 @@ def test_two_process_eval_of_every_loader_equals_one_process(tmp_path: Path) -> 
     test sets): every set's figures and per-source rows equal a one-process eval's."""
     data, cache = odd_subset(tmp_path / "odd"), tmp_path / "cache"
     run = tmp_path / "run"
-    train(compose_config("train", [f"data.root={data}", f"data.cache_dir={cache}", "trainer=cpu", *QUIET], run))
+    train(
+        compose_config(
+            "train",
+            [f"data.root={data}", f"data.cache_dir={cache}", "trainer=cpu", "trainer.max_epochs=1", *QUIET],
+            run,
+        )
+    )
     sets = (
         "test_sets={memory:{loader:memory},cached:{loader:cached,num_workers:0},stream:{loader:stream,num_workers:0}}"
     )

@@ -125,20 +125,21 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     loggers = list(loggers)
     p, y = probs.float(), labels.long()
-    ece = float(BinaryCalibrationError(n_bins=15)(p, y))
+    # every process's scores are here already: the metrics must not gather them again (rank zero alone writes)
+    ece = float(BinaryCalibrationError(n_bins=15, sync_on_compute=False)(p, y))
     summary = {
         "n": len(y),
         "classes": list(classes),
         "auroc": float(binary_auroc(p, y)),
-        "average_precision": float(BinaryAveragePrecision()(p, y)),
+        "average_precision": float(BinaryAveragePrecision(sync_on_compute=False)(p, y)),
         "ece": ece,
         "at_threshold": {name: threshold_metrics(p, y, t, classes) for name, t in thresholds.items()},
     }
     figures: dict[str, Figure] = {}
     for name, metric in (
-        ("confusion_matrix", BinaryConfusionMatrix(threshold=mistakes.threshold)),
-        ("roc", BinaryROC()),
-        ("precision_recall", BinaryPrecisionRecallCurve()),
+        ("confusion_matrix", BinaryConfusionMatrix(threshold=mistakes.threshold, sync_on_compute=False)),
+        ("roc", BinaryROC(sync_on_compute=False)),
+        ("precision_recall", BinaryPrecisionRecallCurve(sync_on_compute=False)),
     ):
         metric.update(p, y)
         figures[name] = metric_figure(

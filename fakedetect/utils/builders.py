@@ -130,14 +130,16 @@ def check_arguments(config: Any, allow: Sequence[str] = RUN_TARGETS, given: froz
     key. Types are checked by pydantic against the annotations, in its lax mode (a list for a tuple, 1 for 1.0);
     ranges and choices are the constructors' to check.
     """
+    if not isinstance(config, (DictConfig, ListConfig)):
+        return
+    for key in config if isinstance(config, DictConfig) else range(len(config)):
+        try:
+            child = config[key]  # a node as it is, a value resolved
+        except OmegaConfBaseException:
+            continue
+        check_arguments(child, allow)
     if isinstance(config, ListConfig):
-        for item in config:
-            check_arguments(item, allow)
         return
-    if not isinstance(config, DictConfig):
-        return
-    for value in config.values():
-        check_arguments(value, allow)
     target = config.get("_target_")
     if not isinstance(target, str) or not any(fnmatch.fnmatchcase(target, p) for p in allow):
         return  # Hydra refuses it, in one line (`refusal`)
@@ -155,24 +157,32 @@ def check_arguments(config: Any, allow: Sequence[str] = RUN_TARGETS, given: froz
                 raise ConfigError(f"{_full_key(config, key)}: not an argument of {target}; it takes {takes}")
     hints = _type_hints(built)
     for key in keys:
-        hint = hints.get(key)
-        try:
-            value = config[key]
-        except OmegaConfBaseException:
-            continue  # an interpolation that cannot resolve here: Hydra resolves (or names) it when it builds
-        if hint is None or (isinstance(value, DictConfig) and "_target_" in value):
+        hint, value = hints.get(key), _resolved(config, key)
+        if hint is None or value is _UNRESOLVED or (isinstance(value, dict) and "_target_" in value):
             continue
-        plain = OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
         try:
             adapter: TypeAdapter = TypeAdapter(hint, config=ConfigDict(arbitrary_types_allowed=True))
         except Exception:  # noqa: BLE001 - an annotation pydantic cannot check: the library checks it
             continue
         try:
-            adapter.validate_python(plain)
+            adapter.validate_python(value)
         except ValidationError:
             raise ConfigError(
-                f"{_full_key(config, key)} must be {_type_name(hint)} ({target}), got {plain!r}"
+                f"{_full_key(config, key)} must be {_type_name(hint)} ({target}), got {value!r}"
             ) from None
+
+
+_UNRESOLVED = object()
+
+
+def _resolved(config: DictConfig | ListConfig, key: str | int) -> Any:
+    """`config[key]` with its interpolations resolved, as plain dicts and lists; `_UNRESOLVED` for one that cannot
+    resolve here (Hydra resolves it, or names it, when it builds)."""
+    try:
+        value = config[key]
+        return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+    except OmegaConfBaseException:
+        return _UNRESOLVED
 
 
 def _full_key(config: DictConfig, key: str) -> str:
@@ -189,7 +199,7 @@ def _type_hints(built: Any) -> dict[str, Any]:
 
 
 def _type_name(hint: Any) -> str:
-    """An annotation as a reader would say it: `an int or null`, `one of '16-mixed', 'bf16-mixed'`."""
+    """An annotation as a reader would say it: `int or null`, `one of '16-mixed', 'bf16-mixed' or null`."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is type(None):
         return "null"
