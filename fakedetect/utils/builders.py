@@ -132,7 +132,8 @@ def check_arguments(config: Any, allow: Sequence[str] = RUN_TARGETS, given: froz
     """
     if not isinstance(config, (DictConfig, ListConfig)):
         return
-    for key in config if isinstance(config, DictConfig) else range(len(config)):
+    children: list[Any] = list(config) if isinstance(config, DictConfig) else list(range(len(config)))
+    for key in children:
         try:
             child = config[key]  # a node as it is, a value resolved
         except OmegaConfBaseException:
@@ -175,7 +176,7 @@ def check_arguments(config: Any, allow: Sequence[str] = RUN_TARGETS, given: froz
 _UNRESOLVED = object()
 
 
-def _resolved(config: DictConfig | ListConfig, key: str | int) -> Any:
+def _resolved(config: DictConfig, key: str) -> Any:
     """`config[key]` with its interpolations resolved, as plain dicts and lists; `_UNRESOLVED` for one that cannot
     resolve here (Hydra resolves it, or names it, when it builds)."""
     try:
