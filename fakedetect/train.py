@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
+from fakedetect.callbacks.finite import StopOnNonFinite
 from fakedetect.callbacks.log_interval import LogInterval
 from fakedetect.callbacks.store_config import StoreConfig
 from fakedetect.callbacks.test_scores import TestScores
@@ -34,6 +35,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = build_model(cfg)
     tested = TestScores()
     callbacks = [
+        StopOnNonFinite(),  # first: a diverged step stops the run before any other callback records it
         *build_list(cfg.get("callbacks")),
         StoreConfig(plain(cfg)),
         LogInterval(),

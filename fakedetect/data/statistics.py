@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -61,7 +62,10 @@ def train_statistics(
     path = config.cache_dir / "stats" / f"{config.statistics_key(identity)}.json"
     try:
         stats = json.loads(path.read_text())
-        return [float(m) for m in stats["mean"]], [float(s) for s in stats["std"]]
+        mean, std = [float(m) for m in stats["mean"]], [float(s) for s in stats["std"]]
+        if not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+            raise ValueError(f"mean {mean}, std {std}: not finite, or a std not above 0")
+        return mean, std
     except FileNotFoundError:
         pass
     except (OSError, ValueError, KeyError, TypeError) as err:

@@ -26,10 +26,10 @@ from torchvision.transforms.v2.functional import horizontal_flip
 from fakedetect.data.batch import Batch
 from fakedetect.data.pixels import LUMA
 from fakedetect.metrics.thresholds import NAMED_THRESHOLDS, SelectedThresholds
-from fakedetect.modules.checkpoint_format import FORMAT, FORMAT_KEY, STATISTICS, upgrade
+from fakedetect.modules.checkpoint_format import FORMAT, FORMAT_KEY, STATISTICS, unusable, upgrade
 from fakedetect.nets.base import DetectorNet
 from fakedetect.utils.choices import Choice
-from fakedetect.utils.errors import ConfigError, is_int, is_number, require
+from fakedetect.utils.errors import ConfigError, NonFiniteError, is_int, is_number, require
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,10 @@ class Detector(L.LightningModule):
     `tta` (test-time augmentation) applies there and to validation and test steps alike, so thresholds are
     fitted on the scores they decide; eval and predict may set another `tta` on a trained detector. Validation
     and test steps return those P(FAKE), for callbacks (`fakedetect.callbacks.figures` draws the figures).
+
+    No NaN or infinity leaves the detector as a score: the logits of every scored batch are checked
+    (`check_logits`), and statistics or checkpoints with unusable values are neither taken nor written
+    (`checkpoint_format.unusable`).
     """
 
     # constructor arguments that are modules or factories, kept out of the saved hyperparameters
@@ -128,6 +132,8 @@ class Detector(L.LightningModule):
             "a positive number of pixels, or null (as decoded)",
         )
         self.save_hyperparameters(logger=False, ignore=list(self.not_hparams))
+        # where the weights were loaded from (`ckpt_path=...`), named when they score NaN; None while fitted
+        self.origin: str | None = None
         self.input_size = input_size
         self.net, self.loss = net, loss
         self.tta = tta
@@ -190,9 +196,17 @@ class Detector(L.LightningModule):
         return self.net(x)
 
     def set_statistics(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        """The per-channel mean and std of the training data, which `preprocess` normalizes with."""
-        self.data_mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
-        self.data_std = torch.tensor(std, dtype=torch.float32, device=self.device)
+        """The per-channel mean and std of the training data, which `preprocess` normalizes with; a NaN, an infinity
+        or a std not above 0 would make every input non-finite, and is refused."""
+        statistics = dict(zip(STATISTICS, (mean, std), strict=True))
+        values = {name: torch.tensor(v, dtype=torch.float32, device=self.device) for name, v in statistics.items()}
+        bad = unusable(values)
+        if bad:
+            raise NonFiniteError(
+                f"the normalization statistics mean={list(mean)} std={list(std)} are unusable ({', '.join(bad)}): "
+                "every input would be NaN or infinite; data.normalize=false skips them"
+            )
+        self.data_mean, self.data_std = values[STATISTICS[0]], values[STATISTICS[1]]
 
     @property
     def has_statistics(self) -> bool:
@@ -230,8 +244,11 @@ class Detector(L.LightningModule):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True)
         return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
 
-    @staticmethod
-    def probabilities(logits: Tensor) -> Tensor:
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """P(FAKE) of the net's logits. Outside training (validation, test, predict: every score reported) the logits
+        are checked first (`check_logits`): an infinite logit saturates P(FAKE) at exactly 0 or 1 and its loss."""
+        if not self.training:
+            self.check_logits(logits)
         return logits.detach().float().sigmoid()
 
     def predict_step(self, batch: Sequence[Tensor], batch_idx: int = 0) -> Tensor:
@@ -245,6 +262,22 @@ class Detector(L.LightningModule):
         if self.tta == TTA.FLIP:
             return (probs + self.probabilities(self(horizontal_flip(x)))) / 2
         return probs
+
+    def check_logits(self, logits: Tensor) -> None:
+        """A NonFiniteError when any logit is NaN or infinite (in any process): no metric, threshold, report or
+        prediction is made of them. One host-device synchronization per scored batch, none per training step."""
+        bad = int((~torch.isfinite(logits)).sum())
+        if self._trainer is not None:  # every process stops together, rather than leave the others waiting
+            stop = self.trainer.strategy.reduce_boolean_decision(bad > 0, all=False)
+        else:
+            stop = bad > 0
+        if stop:
+            where = self.origin or f"the detector at training step {self.global_step}"
+            found = f"{bad} of {len(logits)} images of a batch" if bad else "images of another process's batch"
+            raise NonFiniteError(
+                f"{where}: NaN or infinite logits for {found}, so nothing is scored: its weights or statistics make "
+                "the net overflow (a diverged or altered checkpoint; with 16-bit precision, try 32-true)"
+            )
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and not self.trainer.ckpt_path:
@@ -314,7 +347,14 @@ class Detector(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """The format version, and the thresholds as plain numbers too, for readers of the file (None before any
-        validation)."""
+        validation). Weights or statistics holding NaN or infinity are never written (as the loader refuses them)."""
+        bad = unusable(checkpoint["state_dict"])
+        if bad:
+            raise NonFiniteError(
+                f"not writing a checkpoint at step {self.global_step}: {len(bad)} entries of its state are unusable "
+                f"(e.g. {bad[0]}); the training diverged: try a lower model.optimizer.lr or "
+                "trainer.gradient_clip_val=1.0"
+            )
         checkpoint[FORMAT_KEY] = FORMAT
         thresholds = self.thresholds()
         checkpoint["thresholds"] = {
@@ -332,11 +372,15 @@ class Detector(L.LightningModule):
                 setattr(self, name, torch.empty_like(state[name], device=self.device))
 
     def configure_optimizers(self) -> OptimizerConfig | OptimizerLRSchedulerConfig:
-        optimizer = self.optimizer_factory(params=self.net.param_groups())
+        try:
+            optimizer = self.optimizer_factory(params=self.net.param_groups())
+        except ValueError as err:  # torch's own range checks, e.g. "Invalid learning rate: nan"
+            raise ConfigError(f"model.optimizer: {err}") from None
         scales = [group.pop("lr_scale", 1.0) for group in optimizer.param_groups]
         for group, scale in zip(optimizer.param_groups, scales, strict=True):
             group["lr"] *= scale
         if self.scheduler_factory is None:
+            finite_hyperparameters(optimizer)
             return {"optimizer": optimizer}
         kwargs: dict[str, object] = {}
         if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
@@ -345,6 +389,7 @@ class Detector(L.LightningModule):
         if isinstance(max_lr, (int, float)) and any(scale != 1.0 for scale in scales):
             kwargs["max_lr"] = [max_lr * scale for scale in scales]  # OneCycleLR would reset every group to one
         scheduler = self.scheduler_factory(optimizer, **kwargs)
+        finite_hyperparameters(optimizer)  # the scheduler has set the first step's values
         return {
             "optimizer": optimizer,
             "lr_scheduler": {
@@ -353,3 +398,16 @@ class Detector(L.LightningModule):
                 "monitor": "val/loss",
             },
         }
+
+
+def finite_hyperparameters(optimizer: torch.optim.Optimizer) -> None:
+    """An optimizer whose learning rate, momentum, betas, ... are NaN or infinite (torch lets `inf` and some NaN
+    through) would turn the weights NaN at the first step: one line naming the value instead."""
+    for group in optimizer.param_groups:
+        for key, value in group.items():
+            numbers = value if isinstance(value, (tuple, list)) and key != "params" else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                raise NonFiniteError(
+                    f"the optimizer's {key} is {value} (from model.optimizer, the net's lr_scale or model.scheduler): "
+                    "a learning rate, momentum or decay must be a finite number"
+                )

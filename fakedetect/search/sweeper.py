@@ -5,8 +5,8 @@ sampler seed replays the same first trials when a study is resumed. This subclas
 and trial configuration, and owns the ask / launch / tell loop to:
 
 - link each job to its trial (`+optuna_trial.{storage,study_name,trial_id}`, read by `OptunaTrialCallback`);
-- tell a job that raised `optuna.TrialPruned` PRUNED, any other error FAIL, and record why (`prune_reason`,
-  `fail_reason`) with the run's folder, parameter count and training time as trial user attributes;
+- tell a job that raised `optuna.TrialPruned` or diverged (`NonFiniteError`: a NaN or infinite loss, weight or
+  metric) PRUNED, any other error FAIL, and record why (`prune_reason`, `fail_reason`) with the run's folder, parameter count and training time as trial user attributes;
 - seed the sampler past the trials already in the study, so a resumed study or a parallel worker draws new points;
 - let several workers share one study (`study_trials`): each asks for trials until the study holds that many, none
   of them running;
@@ -55,6 +55,7 @@ from fakedetect.search.adapter import (
 )
 from fakedetect.search.report import write_report
 from fakedetect.search.storage import Heartbeat, ask_lock, describe, open_storage, retry_history
+from fakedetect.utils.errors import NonFiniteError
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,8 @@ def outcome(ret: JobReturn, n_objectives: int) -> tuple[TrialState, list[float] 
     """The trial state, objective values and reason a finished job amounts to."""
     if ret.status is not JobStatus.COMPLETED:
         error = job_error(ret)
-        if isinstance(error, optuna.TrialPruned):
+        # a diverged trial tells the sampler its region is bad, as a pruned one does; a failed one would tell nothing
+        if isinstance(error, (optuna.TrialPruned, NonFiniteError)):
             return TrialState.PRUNED, None, str(error) or "pruned"
         log.warning("trial failed with %r", error, exc_info=error)
         return TrialState.FAIL, None, f"{type(error).__name__}: {error}"

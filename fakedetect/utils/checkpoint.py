@@ -27,10 +27,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fakedetect.data.datamodule import ImageDataModule
-from fakedetect.modules.checkpoint_format import FORMAT, FORMAT_KEY, upgrade
+from fakedetect.modules.checkpoint_format import FORMAT, FORMAT_KEY, unusable, upgrade
 from fakedetect.modules.detector import Detector
 from fakedetect.utils.builders import MODEL_TARGETS, build_model, instantiate
-from fakedetect.utils.errors import ConfigError
+from fakedetect.utils.errors import ConfigError, NonFiniteError
 
 CONFIG_KEY = "fakedetect_config"
 DETECTOR_JSON, WEIGHTS_FILE = "detector.json", "model.safetensors"
@@ -124,12 +124,14 @@ def load_trained(ckpt_path: str | Path, data: Mapping[str, Any] | None = None) -
     model.load_state_dict(state)
     if not model.has_statistics:
         raise ConfigError(f"ckpt_path={path}: no normalization statistics in it, so its detector cannot score images")
+    model.origin = f"ckpt_path={path}"
     step = checkpoint.get("global_step", 0)
     return Trained(model.eval(), datamodule, cfg, step if isinstance(step, int) else 0, checkpoint.get("thresholds"))
 
 
 def check_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
-    """A state dict that does not fit `model` is told in one line rather than load_state_dict's list of keys."""
+    """A state dict that does not fit `model` is told in one line rather than load_state_dict's list of keys; one
+    whose weights or statistics hold NaN or infinity (or a std not above 0) is refused, as no score of it is a number."""
     expected = model.state_dict()
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
@@ -143,6 +145,13 @@ def check_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], pat
         raise ConfigError(
             f"ckpt_path={path}: its weights do not fit the model its config builds: "
             f"{', '.join(problems)} of {len(expected)} keys; it was written for another model or altered"
+        )
+    bad = unusable(state)
+    if bad:
+        raise NonFiniteError(
+            f"ckpt_path={path}: refused: {len(bad)} of its {len(state)} weights and statistics are unusable (e.g. "
+            f"{bad[0]}), so every score of it would be NaN or meaningless; it comes from a diverged training or was "
+            "altered: use a checkpoint of a run that ended well"
         )
 
 

@@ -20,6 +20,12 @@ class ConfigError(ValueError):
     """The run cannot go on with this config or input; the message names the file or key and the fix."""
 
 
+class NonFiniteError(ConfigError):
+    """A NaN or infinity where a loss, a weight, a statistic or a score must be a number (a diverged training, a
+    damaged checkpoint, an overflow): the run stops before anything is written from it. A search records such a trial
+    as pruned."""
+
+
 def is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
 from pathlib import Path
 from typing import Any, cast
@@ -13,6 +14,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.syntax import Syntax
+
+from fakedetect.utils.errors import NonFiniteError
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,16 @@ def machine() -> str:
 
 
 def scalars(metrics: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    """The logged one-number metrics as the run's results (metrics.json, a sweep's objective); a NaN or infinity among
+    them is no result, and stops the run before anything is written from them."""
+    values = {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    bad = [f"{k}={v}" for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        raise NonFiniteError(
+            f"{', '.join(bad[:3])}: a logged metric is NaN or infinite, so no result is written (an overflow in the "
+            "model or its loss; with 16-bit precision, try trainer.precision=32-true)"
+        )
+    return values
 
 
 def write_metrics(path: Path, record: dict) -> None:
