@@ -6,17 +6,17 @@ from collections.abc import Mapping
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
 from fakedetect.modules.checkpoint_format import unusable
-from fakedetect.utils.errors import NonFiniteError
+from fakedetect.modules.detector import diverged
 
 
 class StopOnNonFinite(L.Callback):
-    """Raises NonFiniteError naming the step, the value and what to try as soon as the training loss, the weights or a
-    validation metric is NaN or infinite; `train` then writes no metrics.json and no checkpoint (Lightning runs the
-    checkpoint callbacks after this one, and the Detector refuses to write non-finite weights).
+    """Raises NonFiniteError (`modules.detector.diverged`) naming the step, the value and what to try as soon as the
+    training loss, the weights or a validation metric is NaN or infinite; `train` then writes no metrics.json and no
+    checkpoint (Lightning runs the checkpoint callbacks after this one, and the Detector refuses to write non-finite
+    weights).
 
     Written here because Lightning has no such check since `terminate_on_nan` went: EarlyStopping's `check_finite`
     watches one monitored metric, at validation, and then ends the fit as if it had finished (exit 0, tested and
@@ -37,7 +37,7 @@ class StopOnNonFinite(L.Callback):
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, Tensor):
             self._losses.append((trainer.global_step, trainer.current_epoch, batch_idx, loss.detach()))
-        if len(self._losses) >= trainer.log_every_n_steps:
+        if len(self._losses) >= trainer.log_every_n_steps:  # type: ignore[attr-defined]  # set by Lightning at init
             self._check_losses(trainer)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -80,23 +80,6 @@ class StopOnNonFinite(L.Callback):
 
     @staticmethod
     def _stop(trainer: L.Trainer, found: str | None, stage: str) -> None:
-        """Raise with `found` and what to try when any process found a non-finite value (all processes raise)."""
-        if not trainer.strategy.reduce_boolean_decision(found is not None, all=False):
-            return
-        found = found or f"another process found a NaN or infinity in {stage}"
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
-        tries = [
-            f"a lower model.optimizer.lr (now {lr:g})" if isinstance(lr, float) else "a lower model.optimizer.lr",
-            "gradient clipping (trainer.gradient_clip_val=1.0)",
-        ]
-        if "16" in str(trainer.precision):
-            tries.append("trainer.precision=32-true")
-        before = trainer.checkpoint_callback
-        kept = (
-            f"; the best checkpoint before it: {before.best_model_path}"
-            if isinstance(before, ModelCheckpoint) and before.best_model_path
-            else ""
-        )
-        raise NonFiniteError(
-            f"training diverged: {found}, so the run stops with no result; try {', '.join(tries)}{kept}"
-        )
+        """Raise with `found` when any process found a non-finite value (all processes raise)."""
+        if trainer.strategy.reduce_boolean_decision(found is not None, all=False):
+            raise diverged(trainer, found or f"another process found a NaN or infinity in {stage}")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import TypedDict
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MetricCollection
@@ -271,13 +274,16 @@ class Detector(L.LightningModule):
             stop = self.trainer.strategy.reduce_boolean_decision(bad > 0, all=False)
         else:
             stop = bad > 0
-        if stop:
-            where = self.origin or f"the detector at training step {self.global_step}"
-            found = f"{bad} of {len(logits)} images of a batch" if bad else "images of another process's batch"
-            raise NonFiniteError(
-                f"{where}: NaN or infinite logits for {found}, so nothing is scored: its weights or statistics make "
-                "the net overflow (a diverged or altered checkpoint; with 16-bit precision, try 32-true)"
-            )
+        if not stop:
+            return
+        found = f"{bad} of {len(logits)} images of a batch" if bad else "images of another process's batch"
+        if self.origin is None and self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            raise diverged(self.trainer, f"after step {self.global_step} the logits are NaN or infinite for {found}")
+        raise NonFiniteError(
+            f"{self.origin or 'the trained detector'}: NaN or infinite logits for {found}, so nothing is scored: its "
+            "weights or statistics make the net overflow (a diverged or altered checkpoint; with 16-bit precision, "
+            "try 32-true)"
+        )
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and not self.trainer.ckpt_path:
@@ -350,11 +356,7 @@ class Detector(L.LightningModule):
         validation). Weights or statistics holding NaN or infinity are never written (as the loader refuses them)."""
         bad = unusable(checkpoint["state_dict"])
         if bad:
-            raise NonFiniteError(
-                f"not writing a checkpoint at step {self.global_step}: {len(bad)} entries of its state are unusable "
-                f"(e.g. {bad[0]}); the training diverged: try a lower model.optimizer.lr or "
-                "trainer.gradient_clip_val=1.0"
-            )
+            raise diverged(self.trainer, f"the weights to save after step {self.global_step} are unusable ({bad[0]})")
         checkpoint[FORMAT_KEY] = FORMAT
         thresholds = self.thresholds()
         checkpoint["thresholds"] = {
@@ -411,3 +413,23 @@ def finite_hyperparameters(optimizer: torch.optim.Optimizer) -> None:
                     f"the optimizer's {key} is {value} (from model.optimizer, the net's lr_scale or model.scheduler): "
                     "a learning rate, momentum or decay must be a finite number"
                 )
+
+
+def diverged(trainer: L.Trainer, found: str) -> NonFiniteError:
+    """The one line that ends a training whose loss, weights or scores turned non-finite: what was `found`, and what to
+    try (the learning rate it had, gradient clipping, 32-bit precision after a 16-bit one)."""
+    lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+    tries = [
+        f"a lower model.optimizer.lr (now {lr:g})" if isinstance(lr, float) else "a lower model.optimizer.lr",
+        "gradient clipping (trainer.gradient_clip_val=1.0)",
+    ]
+    if "16" in str(trainer.precision):
+        tries.append("trainer.precision=32-true")
+    checkpoints = trainer.checkpoint_callback
+    kept = (
+        f"; the best checkpoint before it: {checkpoints.best_model_path}"
+        # a file: the path is set before the write, which a checkpoint of unusable weights never finishes
+        if isinstance(checkpoints, ModelCheckpoint) and os.path.isfile(checkpoints.best_model_path)
+        else ""
+    )
+    return NonFiniteError(f"training diverged: {found}, so the run stops with no result; try {', '.join(tries)}{kept}")

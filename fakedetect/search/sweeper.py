@@ -6,7 +6,8 @@ and trial configuration, and owns the ask / launch / tell loop to:
 
 - link each job to its trial (`+optuna_trial.{storage,study_name,trial_id}`, read by `OptunaTrialCallback`);
 - tell a job that raised `optuna.TrialPruned` or diverged (`NonFiniteError`: a NaN or infinite loss, weight or
-  metric) PRUNED, any other error FAIL, and record why (`prune_reason`, `fail_reason`) with the run's folder, parameter count and training time as trial user attributes;
+  metric) PRUNED, any other error FAIL, and record why (`prune_reason`, `fail_reason`) with the run's folder,
+  parameter count and training time as trial user attributes;
 - seed the sampler past the trials already in the study, so a resumed study or a parallel worker draws new points;
 - let several workers share one study (`study_trials`): each asks for trials until the study holds that many, none
   of them running;

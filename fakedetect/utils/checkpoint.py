@@ -131,7 +131,7 @@ def load_trained(ckpt_path: str | Path, data: Mapping[str, Any] | None = None) -
 
 def check_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
     """A state dict that does not fit `model` is told in one line rather than load_state_dict's list of keys; one
-    whose weights or statistics hold NaN or infinity (or a std not above 0) is refused, as no score of it is a number."""
+    whose weights or statistics hold NaN or infinity (or a std not above 0) is refused: no score of it is a number."""
     expected = model.state_dict()
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
