@@ -403,13 +403,13 @@ class Detector(L.LightningModule):
 
 
 def finite_hyperparameters(optimizer: torch.optim.Optimizer) -> None:
-    """An optimizer whose learning rate, momentum, betas, ... are NaN or infinite (torch lets `inf` and some NaN
-    through) would turn the weights NaN at the first step: one line naming the value instead."""
+    """An optimizer whose learning rate, momentum, betas, ... are infinite (torch lets `inf` through), or NaN from a
+    scheduler's arithmetic on one, would turn the weights NaN at the first step: one line naming the value instead."""
     for group in optimizer.param_groups:
         for key, value in group.items():
             numbers = value if isinstance(value, (tuple, list)) and key != "params" else (value,)
             if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
-                raise NonFiniteError(
+                raise ConfigError(
                     f"the optimizer's {key} is {value} (from model.optimizer, the net's lr_scale or model.scheduler): "
                     "a learning rate, momentum or decay must be a finite number"
                 )

@@ -1,4 +1,5 @@
-"""The one decorator of every command: Hydra's main over conf/, a quiet console and one-line errors.
+"""The one decorator of every command: Hydra's main over conf/, a quiet console, one-line errors, and the checks of
+the composed config that need no task (no NaN in it, the GPUs it asks for).
 
     @command("train")
     def main(cfg: DictConfig) -> float | None: ...
@@ -15,11 +16,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fakedetect.utils.console import quiet_console
 from fakedetect.utils.device import check_trainer_devices
-from fakedetect.utils.errors import one_line_errors
+from fakedetect.utils.errors import one_line_errors, refuse_nan
 
 T = TypeVar("T")
 
@@ -45,6 +46,7 @@ def command(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[
     def decorate(task: Callable[[DictConfig], T]) -> Callable[[], None]:
         @functools.wraps(task)
         def checked(cfg: DictConfig) -> T:
+            refuse_nan(OmegaConf.to_container(cfg, resolve=False))
             trainer = cfg.get("trainer")  # the GPUs it asks for exist, before the task prints or reads anything
             if trainer is not None:
                 check_trainer_devices(trainer.get("accelerator"), trainer.get("devices"))

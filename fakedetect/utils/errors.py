@@ -48,6 +48,20 @@ def require_each(
         require(f"{prefix}.{key}", values[key], ok(values[key]), expected)
 
 
+def refuse_nan(value: object, key: str = "") -> None:
+    """A NaN anywhere in a config (`model.optimizer.momentum=nan`) is no setting, and it passes every range check
+    unnoticed (it compares false with every bound): one line naming its key. Interpolations are not followed: the key
+    that holds the NaN is named."""
+    if isinstance(value, float) and math.isnan(value):
+        raise ConfigError(f"{key}=nan: NaN is not a setting; give a number")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            refuse_nan(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            refuse_nan(v, f"{key}[{i}]")
+
+
 def user_error(err: BaseException | None) -> ConfigError | None:
     """The ConfigError behind `err` (Hydra's instantiate wraps a constructor's error in its own), if any."""
     while err is not None:
