@@ -62,19 +62,24 @@ def test_the_issues_diverging_training_stops_in_one_line_and_leaves_no_result(tm
     no_result(run)
 
 
-def test_a_diverging_autoencoder_stops_the_same_way(cifake_path: Path, cache_dir: Path, tmp_path: Path) -> None:
-    """The autoencoder's loss (reconstruction + classification) is checked as the classifier's is."""
+@pytest.mark.parametrize(
+    "overrides",
+    [["model=autoencoder"], ["trainer.precision=bf16-mixed"]],
+    ids=["autoencoder", "bf16-mixed"],
+)
+def test_a_diverging_autoencoder_or_mixed_precision_run_stops_the_same_way(
+    overrides: list[str], cifake_path: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """The autoencoder's loss (reconstruction + classification) is checked as the classifier's is; under 16-bit
+    autocast (bf16 on a CPU) the line also suggests 32-bit precision."""
     cfg = subset_train_config(
-        cifake_path,
-        cache_dir,
-        tmp_path,
-        "model=autoencoder",
-        "model.optimizer.lr=1e9",
-        "+trainer.limit_train_batches=4",
+        cifake_path, cache_dir, tmp_path, *overrides, "model.optimizer.lr=1e9", "+trainer.limit_train_batches=4"
     )
     with pytest.raises(NonFiniteError) as err:
         train(cfg)
-    assert DIVERGED.search(str(err.value)) and all(t in str(err.value) for t in TRIES), err.value
+    line = str(err.value)
+    assert DIVERGED.search(line) and all(t in line for t in TRIES), line
+    assert ("trainer.precision=32-true" in line) == ("trainer.precision=bf16-mixed" in overrides), line
     no_result(tmp_path)
 
 
