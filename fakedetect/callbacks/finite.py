@@ -75,7 +75,7 @@ class StopOnNonFinite(L.Callback):
 
     def _check_weights(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         bad = unusable(pl_module.state_dict())
-        found = f"after step {trainer.global_step} the weights hold NaN or infinity ({bad[0]})" if bad else None
+        found = f"after step {trainer.global_step} the weights are unusable: {bad[0]}" if bad else None
         self._stop(trainer, found, "training")
 
     @staticmethod
