@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fakedetect.utils.console import quiet_console
-from fakedetect.utils.device import check_trainer_devices
+from fakedetect.utils.device import check_trainer_devices, check_trainer_precision
 from fakedetect.utils.errors import one_line_errors
 
 T = TypeVar("T")
@@ -45,9 +45,10 @@ def command(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[
     def decorate(task: Callable[[DictConfig], T]) -> Callable[[], None]:
         @functools.wraps(task)
         def checked(cfg: DictConfig) -> T:
-            trainer = cfg.get("trainer")  # the GPUs it asks for exist, before the task prints or reads anything
+            trainer = cfg.get("trainer")  # the machine can run it, before the task prints or reads anything
             if trainer is not None:
                 check_trainer_devices(trainer.get("accelerator"), trainer.get("devices"))
+                check_trainer_precision(trainer.get("accelerator"), trainer.get("precision"))
             return task(cfg)
 
         guarded = one_line_errors(checked)
