@@ -151,7 +151,7 @@ def markdown(record: dict) -> str:
     lines = [
         "# fakedetect GPU suite",
         "",
-        "Written by `python -m fakedetect.bench suite=gpu stage=...` (see README, Speed, benchmark and scale); "
+        "Written by `python -m fakedetect.bench suite=gpu stage=...` (see docs/benchmarks.md, GPU suite); "
         "the JSON beside this file keeps every run of every stage.",
         "",
     ]
