@@ -1,4 +1,5 @@
-"""The one decorator of every command: Hydra's main over conf/, a quiet console and one-line errors.
+"""The one decorator of every command: Hydra's main over the configs (fakedetect.config_dir), a quiet console and
+one-line errors.
 
     @command("train")
     def main(cfg: DictConfig) -> float | None: ...
@@ -11,20 +12,17 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import hydra
 from omegaconf import DictConfig
 
+from fakedetect import config_dir
 from fakedetect.utils.console import quiet_console
 from fakedetect.utils.device import check_trainer_devices, check_trainer_precision
 from fakedetect.utils.errors import one_line_errors
 
 T = TypeVar("T")
-
-# absolute, so that a console script (whose module is fakedetect.<name>, not a file) finds it too
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def hydra_options() -> dict[str, Any]:
@@ -58,12 +56,11 @@ def command(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[
             quiet_console()  # again here: a launcher may run the job in a process of its own
             return guarded(cfg)
 
-        app = hydra.main(config_path=CONF_DIR, config_name=config_name, **hydra_options())(job)
-
         @functools.wraps(task)
         def main() -> None:
             quiet_console()  # before Hydra starts: a sweeper warns before any job runs
-            app()
+            configs = one_line_errors(config_dir)()  # a package installed without them: one line, not Hydra's error
+            hydra.main(config_path=str(configs), config_name=config_name, **hydra_options())(job)()
 
         return main
 
