@@ -63,7 +63,7 @@ def predict(cfg: DictConfig) -> list[dict]:
             cfg.input,
             " ".join(sorted(IMAGE_SUFFIXES)),
         )
-    trained = load_trained(cfg.ckpt_path, data={"fit": cfg.fit})
+    trained = load_trained(cfg.ckpt_path, data={"fit": cfg.fit}, trust=cfg.get("trust"))
     datamodule, model = trained.datamodule, trained.model
     trained.choose_tta(cfg.get("tta"))
     threshold = model.decision_threshold if cfg.threshold is None else cfg.threshold
