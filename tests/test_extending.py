@@ -12,9 +12,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from fakedetect.export import export
+from fakedetect.search.sweeper import trust_overrides
 from fakedetect.tools.download import SAMPLE
 from fakedetect.utils.builders import TRUST_ENV, instantiate, trusted
 from fakedetect.utils.checkpoint import CONFIG_KEY, DETECTOR_JSON, load_checkpoint, load_trained
@@ -173,3 +175,40 @@ def test_untrusted_module_is_never_imported(tmp_path: Path, monkeypatch: pytest.
     assert not marker.exists()
     assert type(instantiate({"_target_": "sideeffect_pkg.Net"}, trust="sideeffect_pkg.*")).__name__ == "Net"
     assert marker.exists()
+
+
+def test_trusted_package_missing_from_the_path_is_one_line() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"^config: _target_ 'no_such_lab\.nets\.Net' cannot be imported \(ModuleNotFoundError: No module named "
+        r"'no_such_lab'\): .* not installed or on PYTHONPATH$",
+    ):
+        instantiate({"_target_": "no_such_lab.nets.Net"}, trust=["no_such_lab.*"])
+
+
+def test_search_hands_its_trust_to_the_test_of_its_best_trial() -> None:
+    """The override the sweeper adds to its eval of the best trial parses back to the search's own patterns."""
+    (override,) = OverridesParser.create().parse_overrides(trust_overrides(OmegaConf.create([TRUST, "lab.nets.Net"])))
+    assert override.key_or_group == "trust" and override.value() == [TRUST, "lab.nets.Net"]
+    assert trust_overrides(TRUST) == [f"trust=['{TRUST}']"] and trust_overrides([]) == []
+
+
+@pytest.mark.slow
+def test_project_search_tests_its_best_trial_with_the_searchs_trust(project: Path) -> None:
+    """Two trials of the project's own search over its net's and loss's parameters; the sweeper's test of the best
+    trial's checkpoint (a separate eval) is given the search's trust, which the checkpoint alone never grants."""
+    done = user(
+        project,
+        "train",
+        "-m",
+        "--config-dir",
+        "conf",
+        "hparams_search=residual_optuna",
+        "hydra.sweeper.n_trials=2",
+        *TINY,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (report,) = (project / "outputs" / "train" / "multiruns").glob("*/report")
+    rows = list(csv.DictReader((report / "best_trials.csv").open()))
+    assert len(rows) == 2 and {"model.net.width", "model.net.blocks", "loss.epsilon"} <= set(rows[0])
+    assert 0 <= float(rows[0]["test/acc"]) <= 1, "the best trial was tested"
