@@ -15,6 +15,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from fakedetect.eval import evaluate
 from fakedetect.export import export
 from fakedetect.search.sweeper import trust_overrides
 from fakedetect.tools.download import SAMPLE
@@ -35,6 +36,12 @@ TINY = [
     "data.batch_size=32",
     *QUIET,
 ]
+
+
+@pytest.fixture(autouse=True)
+def no_trust_from_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trust here is only what each test gives: the shell running the tests may set FAKEDETECT_TRUST."""
+    monkeypatch.delenv(TRUST_ENV, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +70,12 @@ def run(project: Path) -> Path:
     batches; its run folder."""
     done = user(project, "train", "--config-dir", "conf", "experiment=residual_poly", "test=false", *TINY)
     assert done.returncode == 0, done.stderr[-3000:]
-    (folder,) = [f for f in (project / "outputs" / "train" / "runs").iterdir() if (f / "metrics.json").exists()]
+    return finished(project / "outputs" / "train" / "runs")
+
+
+def finished(runs: Path) -> Path:
+    """The one run folder under `runs` with a metrics.json (a refused command leaves a folder with its log only)."""
+    (folder,) = [f for f in runs.iterdir() if (f / "metrics.json").exists()]
     return folder
 
 
@@ -106,8 +118,7 @@ def test_eval_and_predict_with_trust(run: Path, detector: Path, project: Path, t
     ckpt = metrics_json(run)["ckpt_path"]
     evaluated = user(project, "eval", f"ckpt_path={ckpt}", f"trust=[{TRUST}]", "trainer=cpu", "report=false")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    (eval_run,) = (project / "outputs" / "eval" / "runs").iterdir()
-    assert 0 <= metrics_json(eval_run)["metrics"]["test/acc"] <= 1
+    assert 0 <= metrics_json(finished(project / "outputs" / "eval" / "runs"))["metrics"]["test/acc"] <= 1
 
     images = tmp_path / "images"
     images.mkdir()
@@ -123,15 +134,21 @@ def test_eval_and_predict_with_trust(run: Path, detector: Path, project: Path, t
     assert len(rows) == 2 and all(0 <= float(r["prob_fake"]) <= 1 and not r["error"] for r in rows)
 
 
-def test_checkpoint_of_user_classes_is_refused_at_load_without_trust(run: Path, detector: Path, project: Path) -> None:
-    """The checkpoint records `trust: [my_project.*]`; that is never read back: a file cannot grant itself trust."""
+def test_checkpoint_of_user_classes_is_refused_at_load_without_trust(
+    run: Path, detector: Path, project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint records `trust: [my_project.*]`; that is never read back: a file cannot grant itself trust.
+    (eval here runs in this process, its package importable: only the trust is missing.)"""
+    monkeypatch.syspath_prepend(str(project))
     ckpt = metrics_json(run)["ckpt_path"]
-    assert_one_line(
-        user(project, "eval", f"ckpt_path={ckpt}", "trainer=cpu"),
-        f"ckpt_path={ckpt}: _target_ 'my_project.losses.Poly1BCE' at loss is refused",
-        "MODEL_TARGETS",
-        f"trust=[{TRUST}] or {TRUST_ENV}={TRUST}",
+    expected = (
+        f"ckpt_path={ckpt}: _target_ 'my_project.losses.Poly1BCE' at loss is refused: fakedetect builds only targets "
+        "on its allow-list (fakedetect.utils.builders.MODEL_TARGETS); if it is your own code, trust it: "
+        f"trust=[{TRUST}] or {TRUST_ENV}={TRUST}"
     )
+    with pytest.raises(ConfigError) as refused:
+        evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "trainer=cpu", "report=false"], tmp_path))
+    assert str(refused.value) == expected
     assert "my_project.*" in (detector / DETECTOR_JSON).read_text(), "the export records the run's trust too"
     with pytest.raises(ConfigError, match=rf"^ckpt_path={detector}: _target_ 'my_project\..*MODEL_TARGETS"):
         load_trained(detector)
