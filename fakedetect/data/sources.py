@@ -4,12 +4,11 @@ A source only lists entries and hands out their bytes; decoding lives in `decode
 listing serves the cached in-memory path and the streaming path.
 
 Every file is read through `read_bounded`: its size, as the folder or the archive's header declares it, is
-checked against `max_bytes` (data.max_file_bytes) before a byte of it is read, and no more than that is read
-whatever the header says, so a 1.6 MB zip whose member expands to 1.5 GB is refused in a millisecond. The
-archive formats' own decoders are kept to what can be bounded: a zip member compressed other than by deflate
-(bzip2, LZMA: zipfile inflates a whole input block at once, whatever size the header declares) is refused
-unread, and a tar header that tarfile would read whole (pax, GNU long names, GNU sparse maps) is refused above
-`MAX_TAR_HEADER`.
+checked against `max_bytes` (data.max_file_bytes) before a byte of it is read, and no more is read than it
+declares, so a 1.6 MB zip whose member expands to 1.5 GB is refused in a millisecond. The archive formats' own
+decoders are kept to what can be bounded: a zip member compressed other than by deflate (bzip2, LZMA: zipfile
+inflates a whole input block at once, whatever size the header declares) is refused unread, and a tar header that
+tarfile would read whole (pax, GNU long names) is refused above `MAX_TAR_HEADER`, a GNU sparse member always.
 """
 
 from __future__ import annotations
@@ -92,7 +91,7 @@ class BoundedTarInfo(tarfile.TarInfo):
             )
         if self.type == tarfile.GNUTYPE_SPARSE:
             raise tarfile.ReadError(f"a GNU sparse member at byte {self.offset:,} (an image is never sparse)")
-        return super()._proc_member(tarfile_)
+        return super()._proc_member(tarfile_)  # type: ignore[misc]  # private: not in the type stubs
 
     def _proc_gnusparse_10(self, next: tarfile.TarInfo, pax_headers: dict, tarfile_: tarfile.TarFile) -> None:
         # a sparse map of any length, read block by block from the member's data
