@@ -32,6 +32,7 @@ from fakedetect.data.decode import BadImageError, decode_image
 from fakedetect.data.layouts import DataLayoutError
 from fakedetect.data.loaders.files import ImageFiles
 from fakedetect.data.sources import DEFAULT_MAX_FILE_BYTES, MAX_TAR_HEADER, Source
+from fakedetect.tools.download import DownloadError, build_sample
 from fakedetect.utils.errors import ConfigError
 from tests.conftest import ROOT, run_command
 from tests.test_bad_input import CLASSES, _module, _png, _tree
@@ -490,3 +491,14 @@ def test_hostile_image_structure_is_refused_or_read_bounded(
     else:
         with pytest.raises(Exception, match=outcome):
             decode_image(data, 32)
+
+
+def test_sample_build_stops_at_a_member_it_cannot_read(tmp_path: Path) -> None:
+    """The sample must hold exactly the files picked: an unreadable one (here a sparse 1.5 GB file) stops the build
+    naming it, where the reason's text used to be written into the zip as the image."""
+    root = _tree(tmp_path / "data", per_class=2)
+    with (root / "train" / "FAKE" / "1.png").open("r+b") as f:
+        f.truncate(1500 * MB)
+    with pytest.raises(DownloadError, match=r"cannot read train/FAKE/1\.png \(FileTooLarge: 1,572,864,000 bytes"):
+        build_sample(root, tmp_path / "sample.zip", train_per_class=2, test_per_class=2)
+    assert not (tmp_path / "sample.zip").exists()
