@@ -88,7 +88,7 @@ def set_loggers(cfg: DictConfig, name: str | None) -> list:
 def evaluate_set(cfg: DictConfig, data: dict[str, Any], name: str | None, robustness: list[str], folder: Path) -> dict:
     """Test the checkpoint on one set; its report, robustness and per-source rows go to `folder`. Returns the
     set's record (metrics, thresholds, report, robustness, per_source)."""
-    trained = load_trained(cfg.ckpt_path, data)
+    trained = load_trained(cfg.ckpt_path, data, cfg.get("trust"))
     model, datamodule, run_cfg = trained.model, trained.datamodule, trained.config
     trained.choose_tta(cfg.get("tta"))
     where = f"test set {name}" if name else f"data.root={run_cfg.data.root}"

@@ -20,7 +20,7 @@ def export(cfg: DictConfig) -> Path:
     taken = [name for name in (DETECTOR_JSON, WEIGHTS_FILE) if (output / name).exists()]
     if taken and not cfg.overwrite:
         raise ConfigError(f"output={output} already holds {', '.join(taken)}; pass overwrite=true or another output")
-    trained = load_trained(cfg.ckpt_path)
+    trained = load_trained(cfg.ckpt_path, trust=cfg.get("trust"))
     export_detector(trained, output, source=cfg.ckpt_path)
     log.info("detector exported to %s (%s, %s)", output, WEIGHTS_FILE, DETECTOR_JSON)
     return output

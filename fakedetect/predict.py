@@ -63,7 +63,7 @@ def predict(cfg: DictConfig) -> list[dict]:
             cfg.input,
             " ".join(sorted(IMAGE_SUFFIXES)),
         )
-    trained = load_trained(cfg.ckpt_path, data={"fit": cfg.fit})
+    trained = load_trained(cfg.ckpt_path, data={"fit": cfg.fit}, trust=cfg.get("trust"))
     datamodule, model = trained.datamodule, trained.model
     trained.choose_tta(cfg.get("tta"))
     threshold = model.decision_threshold if cfg.threshold is None else cfg.threshold
@@ -71,12 +71,13 @@ def predict(cfg: DictConfig) -> list[dict]:
         raise ConfigError(f"threshold={cfg.threshold} must be a probability in [0, 1], or null for the checkpoint's")
     threshold = float(threshold)
     trainer = device_trainer(cfg.device)
-    # decoded as the checkpoint's data module decodes: its resolution, fit (or fit=) and pixel limit
+    # decoded as the checkpoint's data module decodes: its resolution, fit (or fit=), pixel and file size limits
     loader = file_loader(
         paths,
         datamodule.resolution,
         datamodule.fit,
         datamodule.max_pixels,
+        datamodule.max_file_bytes,
         crops,
         cfg.max_tiles,
         cfg.batch_size,

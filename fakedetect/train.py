@@ -31,20 +31,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
         print_config(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = instantiate(cfg.data)
-    model = build_model(cfg)
+    trust = cfg.get("trust")  # the run's own word on the user's packages it may build
+    datamodule = instantiate(cfg.data, trust=trust)
+    model = build_model(cfg, trust=trust)
     tested = TestScores()
     callbacks = [
         StopOnNonFinite(),  # first: a diverged step stops the run before any other callback records it
-        *build_list(cfg.get("callbacks")),
+        *build_list(cfg.get("callbacks"), trust),
         StoreConfig(plain(cfg)),
         LogInterval(),
         tested,
     ]
     if cfg.get("optuna_trial"):  # set by the fakedetect_optuna sweeper: report to, and be pruned by, this trial
         callbacks.append(OptunaTrialCallback(**cfg.optuna_trial, monitor=cfg.optimized_metric))
-    loggers = build_list(cfg.get("logger"))
-    trainer = build_trainer(cfg, callbacks, loggers)
+    loggers = build_list(cfg.get("logger"), trust)
+    trainer = build_trainer(cfg, callbacks, loggers, trust)
     record: dict = {
         "task": cfg.task_name,
         "machine": machine(),

@@ -25,7 +25,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fakedetect.benchmarks import decode
 from fakedetect.benchmarks import throughput as bench
 
-ROOT = Path(__file__).resolve().parents[2]
 EVAL_S = 90  # seconds kept for a robustness evaluation after a training (ten conditions of the test split)
 
 
@@ -90,7 +89,6 @@ def command(module: str, overrides: list[str], folder: Path, seconds: float) -> 
         try:
             code = subprocess.run(
                 [sys.executable, "-m", f"fakedetect.{module}", *overrides],
-                cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 timeout=timeout(seconds),
@@ -163,7 +161,6 @@ def search(cfg: DictConfig, run: DictConfig, folder: Path, share: float, earlier
             workers.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "fakedetect.train", *overrides, f"hydra.sweep.dir={folder / f'worker{i}'}"],
-                    cwd=ROOT,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                 )

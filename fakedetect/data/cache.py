@@ -31,8 +31,9 @@ from fakedetect.utils.errors import ConfigError
 log = logging.getLogger(__name__)
 
 # 2: EXIF orientation applied, 16-bit images scaled, folder identity with sizes and mtimes; 3: files' digests;
-# 4: data.fit, JPEG draft decoding, every image's source
-CACHE_VERSION = 4
+# 4: data.fit, JPEG draft decoding, every image's source; 5: 32-bit integer and floating-point images scaled, files
+# over data.max_file_bytes skipped
+CACHE_VERSION = 5
 BATCH_FILES = 256
 BATCH_BYTES = 32 << 20
 # rows copied at a time when a cache with unreadable files is compacted

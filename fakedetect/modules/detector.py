@@ -239,7 +239,8 @@ class Detector(L.LightningModule):
         """A batch of raw NCHW images (uint8, or floats in [0, 1]) as the net takes it: greyscale when the statistics
         have one channel, normalized, resized to `input_size`, channels-last on a GPU."""
         mean, std = self._statistics()
-        x = self.unit(images.to(self.device, non_blocking=True))
+        # in the statistics' dtype, which follows the model's: a `*-true` precision's half or bfloat16 weights
+        x = self.unit(images.to(self.device, non_blocking=True)).to(mean.dtype)
         if mean.shape[1] == 1 and x.shape[1] == 3:
             x = (x * self.luma).sum(1, keepdim=True)
         x = (x - mean) / std

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from fakedetect import config_dir
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = "cifake_sample"
 
 
@@ -42,7 +43,7 @@ def collect(outputs: Path, min_train: int = 0) -> list[dict]:
 
 
 def reference(experiment: str) -> str:
-    path = ROOT / "conf" / "experiment" / f"{experiment}.yaml"
+    path = config_dir() / "experiment" / f"{experiment}.yaml"
     cfg = OmegaConf.load(path) if path.exists() else None
     return str(cfg.get("reference") or "") if isinstance(cfg, DictConfig) else ""
 

@@ -255,9 +255,10 @@ class SearchSweeper(StockSweeper):
             sweep_dir / "optimization_results.yaml",
         )
         tests = {}
+        overrides = [*self.report_cfg.test_overrides, *trust_overrides(self.config.get("trust"))]
         for trial in best if self.report_cfg.test_best else []:
             try:
-                tests[trial.number] = evaluate_checkpoint(trial, sweep_dir / "test", self.report_cfg.test_overrides)
+                tests[trial.number] = evaluate_checkpoint(trial, sweep_dir / "test", overrides)
             except (KeyError, OSError, subprocess.CalledProcessError) as e:  # the search's results still stand
                 log.error("could not test trial %d: %r", trial.number, e)
         self._write_report(study, tests)
@@ -340,6 +341,14 @@ def evaluate_checkpoint(trial: optuna.trial.FrozenTrial, out: Path, overrides: l
     log.info("testing trial %d: %s", trial.number, " ".join(command))
     subprocess.run(command, check=True)
     return json.loads((run_dir / "metrics.json").read_text())["metrics"]
+
+
+def trust_overrides(trust: str | Sequence[str] | None) -> list[str]:
+    """The search's own `trust` as eval's: a checkpoint never grants it, so eval of a trial's is told again."""
+    if not trust:
+        return []
+    patterns = [trust] if isinstance(trust, str) else list(trust)
+    return [f"trust=[{','.join(quote(str(p)) for p in patterns)}]"]
 
 
 def quote(value: str) -> str:

@@ -193,7 +193,11 @@ def build_sample(
     for split, per_class in (("train", train_per_class), ("test", test_per_class)):
         for e in stratified_sample(listing.split(split), per_class * len(classes), seed):
             picked[e.name] = f"{split}/{classes[e.label]}/{PurePosixPath(e.name).name}"
-    blobs = {picked[name]: blob for name, blob in Source.open(source).read(picked)}
+    blobs = {}
+    for name, blob in Source.open(source).read(picked):
+        if isinstance(blob, str):  # the sample must hold exactly the picked files
+            raise DownloadError(f"sample.source={source}: cannot read {name} ({blob}); re-download the full CIFAKE")
+        blobs[picked[name]] = blob
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as out:

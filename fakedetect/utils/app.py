@@ -1,5 +1,5 @@
-"""The one decorator of every command: Hydra's main over conf/, a quiet console, one-line errors, and the checks of
-the composed config that need no task (no NaN in it, the GPUs it asks for).
+"""The one decorator of every command: Hydra's main over the configs (fakedetect.config_dir), a quiet console,
+one-line errors, and the checks of the composed config that need no task (no NaN in it; the machine can run it).
 
     @command("train")
     def main(cfg: DictConfig) -> float | None: ...
@@ -12,20 +12,17 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from fakedetect import config_dir
 from fakedetect.utils.console import quiet_console
-from fakedetect.utils.device import check_trainer_devices
+from fakedetect.utils.device import check_trainer_devices, check_trainer_precision
 from fakedetect.utils.errors import one_line_errors, refuse_nan
 
 T = TypeVar("T")
-
-# absolute, so that a console script (whose module is fakedetect.<name>, not a file) finds it too
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def hydra_options() -> dict[str, Any]:
@@ -47,9 +44,10 @@ def command(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[
         @functools.wraps(task)
         def checked(cfg: DictConfig) -> T:
             refuse_nan(OmegaConf.to_container(cfg, resolve=False))
-            trainer = cfg.get("trainer")  # the GPUs it asks for exist, before the task prints or reads anything
+            trainer = cfg.get("trainer")  # the machine can run it, before the task prints or reads anything
             if trainer is not None:
                 check_trainer_devices(trainer.get("accelerator"), trainer.get("devices"))
+                check_trainer_precision(trainer.get("accelerator"), trainer.get("precision"))
             return task(cfg)
 
         guarded = one_line_errors(checked)
@@ -59,12 +57,11 @@ def command(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[
             quiet_console()  # again here: a launcher may run the job in a process of its own
             return guarded(cfg)
 
-        app = hydra.main(config_path=CONF_DIR, config_name=config_name, **hydra_options())(job)
-
         @functools.wraps(task)
         def main() -> None:
             quiet_console()  # before Hydra starts: a sweeper warns before any job runs
-            app()
+            configs = one_line_errors(config_dir)()  # a package installed without them: one line, not Hydra's error
+            hydra.main(config_path=str(configs), config_name=config_name, **hydra_options())(job)()
 
         return main
 

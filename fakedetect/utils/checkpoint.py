@@ -5,8 +5,10 @@ one upgrade of older files are `fakedetect.modules.checkpoint_format`'s.
 Checkpoints are untrusted input. They are unpickled with `weights_only=True`: torch's own allow-list of tensors and
 plain containers is all that fakedetect writes (checkpoints of every `model=` option, with their optimizer,
 scheduler and callback states, hold no other global), so nothing is added to it and nothing in a file can run. The
-stored config is rebuilt only through `MODEL_TARGETS`. An exported detector (`python -m fakedetect.export`) is a
-folder of `model.safetensors` and `detector.json`, which involve no pickle at all.
+stored config is rebuilt only through `MODEL_TARGETS` and the user's own packages that the loading command
+trusts (`fakedetect.utils.builders.trusted`), never through the trust the file itself records. An exported
+detector (`python -m fakedetect.export`) is a folder of `model.safetensors` and `detector.json`, which involve no
+pickle at all.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import hashlib
 import json
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,17 +107,20 @@ class Trained:
             self.model.tta = tta
 
 
-def load_trained(ckpt_path: str | Path, data: Mapping[str, Any] | None = None) -> Trained:
+def load_trained(
+    ckpt_path: str | Path, data: Mapping[str, Any] | None = None, trust: str | Sequence[str] | None = None
+) -> Trained:
     """Rebuild model and data module from a checkpoint or an exported detector folder alone; `data` values (not
-    None) replace its data config."""
+    None) replace its data config. Its config may build `MODEL_TARGETS` and what the loading command trusts
+    (`trust`, its own setting): the `trust` stored in the file is never read."""
     path = Path(ckpt_path)
     checkpoint = upgrade(read_detector(path) if path.is_dir() else load_checkpoint(path), f"ckpt_path={path}")
     cfg = checkpoint_config(checkpoint, path)
     for key, value in (data or {}).items():
         if value is not None:
             cfg.data[key] = value
-    datamodule = instantiate(cfg.data, allow=MODEL_TARGETS, source=f"ckpt_path={path}")
-    model = build_model(cfg, allow=MODEL_TARGETS, source=f"ckpt_path={path}")
+    datamodule = instantiate(cfg.data, allow=MODEL_TARGETS, trust=trust, source=f"ckpt_path={path}")
+    model = build_model(cfg, allow=MODEL_TARGETS, trust=trust, source=f"ckpt_path={path}")
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"ckpt_path={path}: no state dict of tensors in it; {WHERE}")

@@ -39,7 +39,7 @@ class StreamLoader(Loader):
 
     @cached_property
     def source(self) -> Source:
-        return Source.open(self.config.root)
+        return Source.open(self.config.root, self.config.max_file_bytes)
 
     def plan(self) -> Plan:
         self.source.check_streamable()

@@ -25,7 +25,7 @@ import numpy as np
 from fakedetect.data.cache import read_batches
 from fakedetect.data.decode import DEFAULT_MAX_PIXELS, file_digest, open_image, to_rgb
 from fakedetect.data.layouts import DataLayoutError, Entry
-from fakedetect.data.sources import Source
+from fakedetect.data.sources import DEFAULT_MAX_FILE_BYTES, Source
 from fakedetect.tools.audit.figures import draw_sizes
 from fakedetect.tools.audit.shortcuts import audit_shortcuts, header_facts
 from fakedetect.utils.errors import is_number, require
@@ -178,6 +178,7 @@ def audit(
     near_distance: int = 0,
     workers: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
     aliases: Mapping[str, Iterable[str]] | None = None,
     layout: str = "auto",
     manifest: str | None = None,
@@ -194,7 +195,7 @@ def audit(
         "a balanced accuracy in [0.5, 1]",
     )
     require("decode", decode, isinstance(decode, bool), "true or false")
-    source = Source.open(root)
+    source = Source.open(root, max_file_bytes)
     listing = source.list(classes, aliases, layout, manifest)
     entries = listing.entries
     info = describe_all(source, entries, workers, max_pixels=max_pixels, decode=decode)
