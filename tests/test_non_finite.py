@@ -271,11 +271,19 @@ def test_statistics_that_would_make_inputs_non_finite_are_refused_or_taken_again
         caplog.clear()
 
 
-def test_a_nan_setting_is_one_line_naming_its_key(tmp_path: Path) -> None:
-    """NaN passes every range check (it compares false with every bound): SGD took momentum=nan and trained NaN."""
-    overrides = ("model/optimizer=sgd", "model.optimizer.momentum=nan")
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model/optimizer=sgd", "model.optimizer.momentum=nan"], "model.optimizer.momentum=nan: "),
+        (["trainer.max_epochs=inf"], "trainer.max_epochs=inf: "),
+    ],
+    ids=["nan-momentum", "inf-epochs"],
+)
+def test_a_non_finite_setting_is_one_line_naming_its_key(overrides: list[str], expected: str, tmp_path: Path) -> None:
+    """NaN passes every range check (it compares false with every bound): SGD took momentum=nan and trained NaN;
+    `trainer.max_epochs=inf` failed on an assertion inside Lightning's loop after the data was read."""
     done = cli("train", "data=cifake_sample", "trainer=cpu", *QUIET, *overrides, out=tmp_path / "run")
-    assert_one_line(done, "model.optimizer.momentum=nan: NaN is not a setting")
+    assert_one_line(done, expected + "NaN and infinity are not settings")
     no_result(tmp_path / "run")
 
 
@@ -283,16 +291,18 @@ def test_a_nan_setting_is_one_line_naming_its_key(tmp_path: Path) -> None:
     ("overrides", "expected"),
     [
         (["model.optimizer.lr=inf"], "the optimizer's lr is inf"),
-        (["model.optimizer.lr=inf", "model/scheduler=onecycle"], "the optimizer's lr is nan"),
+        (["model/scheduler=onecycle", "+model.scheduler.div_factor=1e-320"], "the optimizer's lr is inf"),
+        (["model/scheduler=onecycle", "+model.scheduler.div_factor=0"], "model.scheduler: float division by zero"),
         (["model.optimizer.lr=-1"], "model.optimizer: Invalid learning rate: -1"),
     ],
-    ids=["inf-lr", "inf-onecycle", "negative-lr"],
+    ids=["inf-lr", "onecycle-overflow", "onecycle-div-0", "negative-lr"],
 )
 def test_optimizer_values_torch_lets_through_or_rejects_late_are_config_errors(
     overrides: list[str], expected: str, cifake_path: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
-    """torch's Adam takes lr=inf (it is >= 0), OneCycleLR turns it into NaN, and lr=-1 was a ValueError traceback
-    mid-fit: one line naming the value, before the first step."""
+    """In process, past the commands' check of the settings: torch's Adam takes lr=inf (it is >= 0), OneCycleLR
+    makes an infinite first lr of a finite `div_factor=1e-320` and divides by a zero one, and lr=-1 was a ValueError
+    traceback mid-fit: one line naming the value, before the first step."""
     with pytest.raises(ConfigError, match=re.escape(expected)):
         train(subset_train_config(cifake_path, cache_dir, tmp_path, *overrides))
     no_result(tmp_path)

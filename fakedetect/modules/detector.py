@@ -391,7 +391,10 @@ class Detector(L.LightningModule):
         max_lr = getattr(self.scheduler_factory, "keywords", {}).get("max_lr")
         if isinstance(max_lr, (int, float)) and any(scale != 1.0 for scale in scales):
             kwargs["max_lr"] = [max_lr * scale for scale in scales]  # OneCycleLR would reset every group to one
-        scheduler = self.scheduler_factory(optimizer, **kwargs)
+        try:
+            scheduler = self.scheduler_factory(optimizer, **kwargs)
+        except (ValueError, ArithmeticError) as err:  # its own checks, or arithmetic on them (div_factor=0)
+            raise ConfigError(f"model.scheduler: {err}") from None
         finite_hyperparameters(optimizer)  # the scheduler has set the first step's values
         return {
             "optimizer": optimizer,
@@ -404,8 +407,10 @@ class Detector(L.LightningModule):
 
 
 def finite_hyperparameters(optimizer: torch.optim.Optimizer) -> None:
-    """An optimizer whose learning rate, momentum, betas, ... are infinite (torch lets `inf` through), or NaN from a
-    scheduler's arithmetic on one, would turn the weights NaN at the first step: one line naming the value instead."""
+    """An optimizer whose learning rate, momentum, betas, ... are infinite or NaN would turn the weights NaN at the
+    first step: one line naming the value instead. torch lets `inf` and NaN through some of its checks, and a
+    scheduler's arithmetic makes them of finite settings (OneCycleLR's `max_lr / div_factor`, `div_factor=1e-320`);
+    commands have refused non-finite settings already (`errors.refuse_non_finite`)."""
     for group in optimizer.param_groups:
         for key, value in group.items():
             numbers = value if isinstance(value, (tuple, list)) and key != "params" else (value,)

@@ -1,5 +1,6 @@
 """The one decorator of every command: Hydra's main over the configs (fakedetect.config_dir), a quiet console,
-one-line errors, and the checks of the composed config that need no task (no NaN in it; the machine can run it).
+one-line errors, and the checks of the composed config that need no task (no NaN or infinity in it; the machine can
+run it).
 
     @command("train")
     def main(cfg: DictConfig) -> float | None: ...
@@ -20,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from fakedetect import config_dir
 from fakedetect.utils.console import quiet_console
 from fakedetect.utils.device import check_trainer_devices, check_trainer_precision
-from fakedetect.utils.errors import one_line_errors, refuse_nan
+from fakedetect.utils.errors import one_line_errors, refuse_non_finite
 
 T = TypeVar("T")
 
@@ -43,7 +44,7 @@ def command(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[
     def decorate(task: Callable[[DictConfig], T]) -> Callable[[], None]:
         @functools.wraps(task)
         def checked(cfg: DictConfig) -> T:
-            refuse_nan(OmegaConf.to_container(cfg, resolve=False))
+            refuse_non_finite(OmegaConf.to_container(cfg, resolve=False))
             trainer = cfg.get("trainer")  # the machine can run it, before the task prints or reads anything
             if trainer is not None:
                 check_trainer_devices(trainer.get("accelerator"), trainer.get("devices"))

@@ -48,18 +48,19 @@ def require_each(
         require(f"{prefix}.{key}", values[key], ok(values[key]), expected)
 
 
-def refuse_nan(value: object, key: str = "") -> None:
-    """A NaN anywhere in a config (`model.optimizer.momentum=nan`) is no setting, and it passes every range check
-    unnoticed (it compares false with every bound): one line naming its key. Interpolations are not followed: the key
-    that holds the NaN is named."""
-    if isinstance(value, float) and math.isnan(value):
-        raise ConfigError(f"{key}=nan: NaN is not a setting; give a number")
+def refuse_non_finite(value: object, key: str = "") -> None:
+    """A NaN or infinity anywhere in a config is no setting (null says "none" where a key allows it): NaN passes every
+    range check unnoticed, as it compares false with every bound (`model.optimizer.momentum=nan` trained on NaN), and
+    an infinity reaches libraries that count with it (`trainer.max_epochs=inf` failed inside Lightning). One line
+    naming its key; interpolations are not followed, so the key that holds the value is the one named."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value}: NaN and infinity are not settings; give a finite number (or null)")
     if isinstance(value, Mapping):
         for k, v in value.items():
-            refuse_nan(v, f"{key}.{k}" if key else str(k))
+            refuse_non_finite(v, f"{key}.{k}" if key else str(k))
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            refuse_nan(v, f"{key}[{i}]")
+            refuse_non_finite(v, f"{key}[{i}]")
 
 
 def user_error(err: BaseException | None) -> ConfigError | None:
