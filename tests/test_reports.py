@@ -84,7 +84,7 @@ def test_robustness_table_with_a_known_scorer() -> None:
     # the threshold is the caller's: above every brightness, all is REAL and half is right
     assert robustness_table(brightness, 0.9, ["clean"])[0]["acc"] == 0.5
     assert parse_condition("resize:0.5") == ("resize", 0.5)
-    for bad in ("jpeg", "sharpen:2", "blur:x"):
+    for bad in ("jpeg", "sharpen:2", "blur:x", "blur:nan", "blur:1e30", "resize:inf", "resize:0", "noise:inf"):
         with pytest.raises(ConfigError, match=f"robustness.conditions: '{bad}'"):
             parse_condition(bad)
 
