@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -38,6 +39,21 @@ def scalars(metrics: dict) -> dict[str, float]:
             "model or its loss; with 16-bit precision, try trainer.precision=32-true)"
         )
     return values
+
+
+def training_records(folder: Path) -> Iterator[tuple[Path, dict]]:
+    """Every training run's metrics.json under `folder` with its record, oldest first (so that the newest of a kind
+    wins where a table keeps one). A record holding NaN or infinity (a diverged run, written before fakedetect refused
+    to) is no result: skipped, with a warning naming it."""
+    for path in sorted(folder.rglob("metrics.json"), key=lambda p: p.stat().st_mtime):
+        record = json.loads(path.read_text())
+        if record.get("task") != "train":
+            continue
+        bad = [k for k, v in record.get("metrics", {}).items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            log.warning("leaving out %s: %s NaN or infinite (a diverged run)", path, ", ".join(bad[:3]))
+            continue
+        yield path, record
 
 
 def write_metrics(path: Path, record: dict) -> None:
