@@ -92,7 +92,7 @@ STAGES = {
 
 def stage(trainer: L.Trainer) -> str:
     """What the trainer is doing, e.g. `training (epoch 3, step 1200)`."""
-    name = STAGES.get(trainer.state.stage, "setting up")  # type: ignore[call-overload]
+    name = STAGES.get(trainer.state.stage, "setting up") if trainer.state.stage else "setting up"
     return f"{name} (epoch {trainer.current_epoch}, step {trainer.global_step})"
 
 

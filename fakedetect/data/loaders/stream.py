@@ -21,7 +21,8 @@ from fakedetect.data.loaders.base import Loader, Where, listing, register
 from fakedetect.data.loaders.decoding import SkippingLoader, SkippingTrainLoader, StreamDataset, collate_skipping
 from fakedetect.data.sources import Source
 from fakedetect.data.splits import Listed, Plan, plan, stratified_sample
-from fakedetect.data.statistics import Statistics, channel_stats, train_statistics, write_atomic
+from fakedetect.data.statistics import Statistics, channel_stats, train_statistics
+from fakedetect.utils.files import write_atomic
 
 if TYPE_CHECKING:
     from fakedetect.data.config import DataConfig
