@@ -131,7 +131,7 @@ def test_ctrl_c_during_training_steps_stops_in_one_line_and_keeps_last_ckpt(tmp_
     assert train.returncode == 130, log.read_text()[-2000:]
     assert took < 5 and not live_group(train.pid), f"{took:.1f} s, left: {live_group(train.pid)}"
     line = last_line(log)
-    assert line.startswith(f"stopped by SIGINT while training (epoch "), line
+    assert line.startswith("stopped by SIGINT while training (epoch "), line
     assert f"in {run}" in line and f"ckpt_path={last}" in line, line
     text = log.read_text()
     assert "Traceback" not in text and "Detected KeyboardInterrupt" not in text
