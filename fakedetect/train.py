@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from omegaconf import DictConfig
 
 from fakedetect.callbacks.log_interval import LogInterval
@@ -97,8 +97,11 @@ def stage(trainer: L.Trainer) -> str:
 
 
 def resume_note(trainer: L.Trainer) -> str:
-    """Where a stopped training can resume from: last.ckpt (conf/callbacks/model_checkpoint.yaml), the latest
-    whole epoch, if one was written."""
+    """What a stopped training leaves to go on from: once fitted, the best checkpoint to evaluate; before, last.ckpt
+    (conf/callbacks/model_checkpoint.yaml), the latest whole epoch, to resume from, if one was written."""
+    best = trainer.checkpoint_callback
+    if trainer.state.fn == TrainerFn.TESTING and isinstance(best, ModelCheckpoint) and best.best_model_path:
+        return f"no metrics.json was written; test the best checkpoint with eval ckpt_path={best.best_model_path}"
     folders = {Path(c.dirpath) for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath}
     found = [f / "last.ckpt" for f in sorted(folders) if (f / "last.ckpt").is_file()]
     if not found:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 LOCK_FILE = ".run.lock"
@@ -104,11 +105,13 @@ class HoldRunFolder(Callback):
     A second run given the same folder while the first is alive stops in one line naming the folder and the
     holder; a folder left by a killed run is free (resuming there with `ckpt_path=.../last.ckpt` works). Search
     workers sharing one study each have their own sweep folder, as two sweeps in one folder would number their
-    jobs alike and overwrite each other's.
+    jobs alike and overwrite each other's. Folders inside a held one are not checked: the sweeper's test of the
+    best trial and the bench's trainings run as child commands in folders of their parent's.
     """
 
     def __init__(self) -> None:
         self.fd: int | None = None
+        self.job_fd: int | None = None
 
     def _hold(self, folder: str, what: str) -> None:
         if _is_rank_zero():
@@ -131,3 +134,15 @@ class HoldRunFolder(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._release()
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # a multirun's job holds its own folder too (a run given hydra.run.dir=<sweep>/3 is refused while job 3
+        # runs), after Hydra has written its .hydra/ there; a run's job is the run, whose folder is held already
+        if config.hydra.mode == RunMode.MULTIRUN and _is_rank_zero():
+            self.job_fd = hold_folder(Path(config.hydra.runtime.output_dir), "job folder")
+
+    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.job_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.job_fd)
+            self.job_fd = None
