@@ -24,7 +24,7 @@ def export(cfg: DictConfig) -> Path:
     trained = load_trained(cfg.ckpt_path)
     with doing(
         f"writing the detector to {output}",
-        f"{output / DETECTOR_JSON} was not replaced (each file is written whole; export again, with overwrite=true)",
+        f"no new {DETECTOR_JSON} was written, so {output} holds no new export: export again (with overwrite=true)",
     ):
         export_detector(trained, output, source=cfg.ckpt_path)
     log.info("detector exported to %s (%s, %s)", output, WEIGHTS_FILE, DETECTOR_JSON)

@@ -15,6 +15,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     (a stop signal included), so `path` holds the old file or the whole new one. The folder is created."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make results private to their writer
     os.close(fd)
     tmp = Path(name)
     try:
@@ -28,3 +29,9 @@ def write_atomic(path: Path, text: str) -> None:
     """Write a text file whole or not at all (see `atomic_path`)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
