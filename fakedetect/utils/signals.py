@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
 
+from fakedetect.utils.processes import end_children
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 Text = str | Callable[[], str]
@@ -115,8 +117,6 @@ def stop_on_signals(main: Callable[[], None]) -> Callable[[], None]:
     @functools.wraps(main)
     def stoppable() -> None:
         global _owner, _stopping
-        from fakedetect.utils.processes import end_children  # processes imports this module
-
         previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
         _owner, _stopping = os.getpid(), None
         for s in STOP_SIGNALS:
