@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
+from hydra.types import RunMode, TaskFunction
 from omegaconf import DictConfig
 
 LOCK_FILE = ".run.lock"
@@ -135,13 +136,13 @@ class HoldRunFolder(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._release()
 
-    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+    def on_job_start(self, config: DictConfig, *, task_function: TaskFunction, **kwargs: Any) -> None:
         # a multirun's job holds its own folder too (a run given hydra.run.dir=<sweep>/3 is refused while job 3
         # runs), after Hydra has written its .hydra/ there; a run's job is the run, whose folder is held already
         if config.hydra.mode == RunMode.MULTIRUN and _is_rank_zero():
             self.job_fd = hold_folder(Path(config.hydra.runtime.output_dir), "job folder")
 
-    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if self.job_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self.job_fd)
