@@ -17,9 +17,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from fakedetect.data.cache import PRIVATE
-from fakedetect.utils.locks import LOCK_FILE, private_folder, remove_abandoned
+from fakedetect.utils.locks import LOCK_FILE, FolderInUse, HoldRunFolder, private_folder, remove_abandoned
 from tests.conftest import QUIET, ROOT, metrics_json
 
 # a training on the packaged sample that runs long enough to be signalled mid-way
@@ -232,3 +234,34 @@ def test_a_folder_left_by_a_killed_run_is_free_and_resumes(tmp_path: Path) -> No
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "test/acc" in metrics_json(run)["metrics"]
+
+
+def test_a_sweep_folder_and_each_of_its_job_folders_are_held(tmp_path: Path) -> None:
+    """A multirun holds hydra.sweep.dir (a second sweep there is refused, naming the live holder) and each job its
+    own folder; once the holder is killed, the folder is free."""
+    sweep = tmp_path / "sweep"
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from fakedetect.utils.locks import hold_folder\n"
+        "hold_folder(Path(sys.argv[1]), 'sweep folder')\n"
+        "time.sleep(120)\n"
+    )
+    holder = start(["-c", script, str(sweep)], tmp_path / "holder.log")
+    wait_for(lambda: (sweep / LOCK_FILE).exists() and (sweep / LOCK_FILE).read_text(), 60, "the holder's lock")
+    cfg = OmegaConf.create(
+        {"hydra": {"mode": RunMode.MULTIRUN, "sweep": {"dir": str(sweep)}, "runtime": {"output_dir": str(sweep / "3")}}}
+    )
+    with pytest.raises(FolderInUse) as refused:
+        HoldRunFolder().on_multirun_start(cfg)
+    assert str(refused.value).startswith(f"error: sweep folder (hydra.sweep.dir) {sweep} is in use by a live run")
+    assert f"pid {holder.pid} " in str(refused.value)
+    stop(holder, signal.SIGKILL)
+    sweeper = HoldRunFolder()
+    sweeper.on_multirun_start(cfg)
+    sweeper.on_job_start(cfg, task_function=print)
+    taken = subprocess.run([sys.executable, "-c", script, str(sweep / "3")], capture_output=True, text=True, timeout=60)
+    assert taken.returncode == 1
+    assert f"{sweep / '3'} is in use by a live run (pid {os.getpid()} " in taken.stderr.strip().splitlines()[-1]
+    sweeper.on_job_end(cfg, job_return=None)  # type: ignore[arg-type]
+    sweeper.on_multirun_end(cfg)
