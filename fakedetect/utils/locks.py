@@ -63,10 +63,10 @@ def hold_folder(folder: Path, what: str) -> int:
 
 
 def command_line() -> str:
-    argv = sys.argv[1:]
-    module = sys.modules["__main__"].__spec__
-    head = ["python", "-m", module.name] if module is not None else [sys.argv[0]]
-    return shlex.join([*head, *argv])
+    """This process's command as typed (`python -m fakedetect.train ...` or the console script's)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    head = ["python", "-m", spec.name] if spec is not None else sys.argv[:1]
+    return shlex.join([*head, *sys.argv[1:]])
 
 
 def private_folder(parent: Path, prefix: str) -> tuple[Path, int]:
