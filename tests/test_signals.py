@@ -137,6 +137,7 @@ def test_ctrl_c_during_training_steps_stops_in_one_line_and_keeps_last_ckpt(tmp_
     assert f"in {run}" in line and f"ckpt_path={last}" in line, line
     text = log.read_text()
     assert "Traceback" not in text and "Detected KeyboardInterrupt" not in text
+    assert ("SIGINT ignored: already stopping" in text) == (presses == 2)
     assert not (run / "metrics.json").exists()
 
 
