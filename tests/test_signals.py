@@ -163,7 +163,7 @@ def test_private_folders_of_dead_writers_are_removed_and_live_ones_kept(tmp_path
         "import sys, time\n"
         "from pathlib import Path\n"
         "from fakedetect.utils.locks import private_folder\n"
-        "folder, fd = private_folder(Path(sys.argv[1]), '.cifake-32px.tmp-')\n"
+        "folder, fd = private_folder(Path(sys.argv[1]), '.cifake-32px')\n"
         "(folder / 'rows.npy').write_bytes(b'partial')\n"
         "print(folder, flush=True)\n"
         "time.sleep(120)\n"
@@ -173,7 +173,7 @@ def test_private_folders_of_dead_writers_are_removed_and_live_ones_kept(tmp_path
     remove_abandoned(tmp_path, PRIVATE)
     assert list(tmp_path.glob(PRIVATE)), "a live writer's folder was removed"
     stop(writer, signal.SIGKILL)
-    mine, fd = private_folder(tmp_path, ".other-64px.tmp-")
+    mine, fd = private_folder(tmp_path, ".other-64px")
     try:
         remove_abandoned(tmp_path, PRIVATE)
         assert list(tmp_path.glob(PRIVATE)) == [mine]

@@ -275,7 +275,7 @@ def writing_folder(folder: Path) -> tuple[Path, int] | tuple[None, None]:
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         remove_abandoned(folder.parent, PRIVATE)
-        return private_folder(folder.parent, f".{folder.name}.tmp-")
+        return private_folder(folder.parent, f".{folder.name}")
     except OSError as err:
         log.warning("decode cache %s not written by this run: %s", folder, err)
         return None, None
@@ -299,7 +299,7 @@ def publish(tmp: Path, folder: Path) -> None:
     stale, owned = None, None
     try:
         if folder.exists():  # an unreadable leftover that load_cache refused, or another writer's: set it aside
-            stale, owned = private_folder(folder.parent, f".{folder.name}.tmp-")
+            stale, owned = private_folder(folder.parent, f".{folder.name}")
             os.replace(folder, stale / "old")
         os.replace(tmp, folder)
     except OSError as err:  # another writer renamed its copy in at the same moment

@@ -69,12 +69,15 @@ def command_line() -> str:
     return shlex.join([*head, *sys.argv[1:]])
 
 
-def private_folder(parent: Path, prefix: str) -> tuple[Path, int]:
-    """A new folder in `parent` named `prefix`..., owned by this process (see `remove_abandoned`); the descriptor
-    keeps it owned until closed."""
-    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    fd = os.open(folder, os.O_RDONLY)
+def private_folder(parent: Path, stem: str) -> tuple[Path, int]:
+    """A new folder `parent/<stem>.tmp-<random>` owned by this process until the returned descriptor is closed
+    (see `remove_abandoned`). It is made under another name and renamed once locked, so that another process's
+    `remove_abandoned` never finds it unlocked between its creation and its lock."""
+    staging = Path(tempfile.mkdtemp(prefix=f"{stem}.new-", dir=parent))
+    fd = os.open(staging, os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
+    folder = staging.with_name(staging.name.replace(f"{stem}.new-", f"{stem}.tmp-", 1))
+    os.rename(staging, folder)
     return folder, fd
 
 
