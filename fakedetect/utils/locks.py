@@ -19,6 +19,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,17 @@ def private_folder(parent: Path, stem: str) -> tuple[Path, int]:
     folder = staging.with_name(staging.name.replace(f"{stem}.new-", f"{stem}.tmp-", 1))
     os.rename(staging, folder)
     return folder, fd
+
+
+@contextlib.contextmanager
+def scratch_folder(parent: Path, stem: str) -> Iterator[Path]:
+    """A private folder (`private_folder`) for the block, removed when it ends."""
+    folder, fd = private_folder(parent, stem)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.close(fd)
 
 
 def remove_abandoned(parent: Path, pattern: str) -> None:
