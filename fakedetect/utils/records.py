@@ -14,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.syntax import Syntax
 
+from fakedetect.utils.files import write_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -29,8 +31,7 @@ def scalars(metrics: dict) -> dict[str, float]:
 
 
 def write_metrics(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, sort_keys=True))
+    write_atomic(path, json.dumps(record, indent=2, sort_keys=True))
     log.info("metrics written to %s", path)
 
 
