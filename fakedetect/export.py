@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from fakedetect.utils.app import command
 from fakedetect.utils.checkpoint import DETECTOR_JSON, WEIGHTS_FILE, export_detector, load_trained
 from fakedetect.utils.errors import ConfigError
+from fakedetect.utils.signals import doing
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,11 @@ def export(cfg: DictConfig) -> Path:
     if taken and not cfg.overwrite:
         raise ConfigError(f"output={output} already holds {', '.join(taken)}; pass overwrite=true or another output")
     trained = load_trained(cfg.ckpt_path, trust=cfg.get("trust"))
-    export_detector(trained, output, source=cfg.ckpt_path)
+    with doing(
+        f"writing the detector to {output}",
+        f"no new {DETECTOR_JSON} was written, so {output} holds no new export: export again (with overwrite=true)",
+    ):
+        export_detector(trained, output, source=cfg.ckpt_path)
     log.info("detector exported to %s (%s, %s)", output, WEIGHTS_FILE, DETECTOR_JSON)
     return output
 

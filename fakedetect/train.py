@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from omegaconf import DictConfig
 
 from fakedetect.callbacks.finite import StopOnNonFinite
@@ -21,6 +22,7 @@ from fakedetect.utils.app import command
 from fakedetect.utils.builders import build_list, build_model, build_trainer, count_parameters, instantiate
 from fakedetect.utils.checkpoint import resume_path
 from fakedetect.utils.records import log_hparams, machine, plain, print_config, scalars, write_metrics
+from fakedetect.utils.signals import doing
 
 log = logging.getLogger(__name__)
 
@@ -55,27 +57,59 @@ def train(cfg: DictConfig) -> dict[str, float]:
     }
     # the trainable parameter count is a metric too, for a search that trades accuracy against size
     metrics: dict[str, float] = {"params": float(record["params"])}
-    if cfg.get("train"):
-        start = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_path(cfg.get("ckpt_path"), model), weights_only=True)
-        record["train_time_s"] = time.perf_counter() - start
-        record["epochs"] = trainer.current_epoch
-        checkpoints = trainer.checkpoint_callback
-        record["ckpt_path"] = checkpoints.best_model_path if isinstance(checkpoints, ModelCheckpoint) else ""
-        metrics.update(scalars(trainer.callback_metrics))
-    if cfg.get("test"):
-        best = record.get("ckpt_path")
-        if not best:
-            log.warning("no best checkpoint; testing the current weights")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-        metrics.update(scalars(trainer.callback_metrics))
-        record["per_source"] = tested.rows
+    output = Path(cfg.paths.output_dir)
+    with doing(lambda: f"{stage(trainer)} in {output}", lambda: resume_note(trainer)):
+        if cfg.get("train"):
+            start = time.perf_counter()
+            trainer.fit(
+                model, datamodule=datamodule, ckpt_path=resume_path(cfg.get("ckpt_path"), model), weights_only=True
+            )
+            record["train_time_s"] = time.perf_counter() - start
+            record["epochs"] = trainer.current_epoch
+            checkpoints = trainer.checkpoint_callback
+            record["ckpt_path"] = checkpoints.best_model_path if isinstance(checkpoints, ModelCheckpoint) else ""
+            metrics.update(scalars(trainer.callback_metrics))
+        if cfg.get("test"):
+            best = record.get("ckpt_path")
+            if not best:
+                log.warning("no best checkpoint; testing the current weights")
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+            metrics.update(scalars(trainer.callback_metrics))
+            record["per_source"] = tested.rows
     record["metrics"] = metrics
     record["images"] = datamodule.split_sizes
     if trainer.is_global_zero:
-        write_metrics(Path(cfg.paths.output_dir) / "metrics.json", record)
+        write_metrics(output / "metrics.json", record)
         log_hparams(trainer.loggers, cfg, {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))})
     return metrics
+
+
+# what each of Lightning's running stages is, for the line a stop signal prints
+STAGES = {
+    RunningStage.SANITY_CHECKING: "checking the validation loop before training",
+    RunningStage.TRAINING: "training",
+    RunningStage.VALIDATING: "validating",
+    RunningStage.TESTING: "testing",
+}
+
+
+def stage(trainer: L.Trainer) -> str:
+    """What the trainer is doing, e.g. `training (epoch 3, step 1200)`."""
+    name = STAGES.get(trainer.state.stage, "setting up") if trainer.state.stage else "setting up"
+    return f"{name} (epoch {trainer.current_epoch}, step {trainer.global_step})"
+
+
+def resume_note(trainer: L.Trainer) -> str:
+    """What a stopped training leaves to go on from: once fitted, the best checkpoint to evaluate; before, last.ckpt
+    (conf/callbacks/model_checkpoint.yaml), the latest whole epoch, to resume from, if one was written."""
+    best = trainer.checkpoint_callback
+    if trainer.state.fn == TrainerFn.TESTING and isinstance(best, ModelCheckpoint) and best.best_model_path:
+        return f"no metrics.json was written; test the best checkpoint with eval ckpt_path={best.best_model_path}"
+    folders = {Path(c.dirpath) for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath}
+    found = [f / "last.ckpt" for f in sorted(folders) if (f / "last.ckpt").is_file()]
+    if not found:
+        return "no checkpoint was written and no metrics.json"
+    return f"no metrics.json was written; resume from the last whole epoch with ckpt_path={found[0]}"
 
 
 def _choice(group: str) -> str | None:

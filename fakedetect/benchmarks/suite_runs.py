@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fakedetect.benchmarks import decode
 from fakedetect.benchmarks import throughput as bench
+from fakedetect.utils.processes import end, run_child
 
 EVAL_S = 90  # seconds kept for a robustness evaluation after a training (ten conditions of the test split)
 
@@ -87,12 +88,12 @@ def command(module: str, overrides: list[str], folder: Path, seconds: float) -> 
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "command.log", "w") as out:
         try:
-            code = subprocess.run(
+            code = run_child(
                 [sys.executable, "-m", f"fakedetect.{module}", *overrides],
+                timeout(seconds),
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                timeout=timeout(seconds),
-            ).returncode
+            )
         except subprocess.TimeoutExpired:
             return None, f"stopped at the stage's deadline after {seconds:.0f} s"
     if code:
@@ -174,8 +175,7 @@ def search(cfg: DictConfig, run: DictConfig, folder: Path, share: float, earlier
         except subprocess.TimeoutExpired:  # the rest are killed too, and their exit codes are not the cause
             error = f"stopped at the stage's deadline after {share:.0f} s"
             for w in workers:
-                w.kill()
-                w.wait()
+                end(w)
             break
     wall = time.perf_counter() - start
     try:

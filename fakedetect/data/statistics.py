@@ -8,16 +8,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fakedetect.data.pixels import LUMA
 from fakedetect.utils.errors import ConfigError
+from fakedetect.utils.files import write_atomic
 
 if TYPE_CHECKING:
     from fakedetect.data.config import DataConfig
@@ -73,12 +71,3 @@ def train_statistics(
     mean, std = compute()
     write_atomic(path, json.dumps({"mean": mean, "std": std}))
     return mean, std
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a small file whole or not at all (a temporary file beside it, renamed over it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -57,6 +57,8 @@ from fakedetect.search.adapter import (
 from fakedetect.search.report import write_report
 from fakedetect.search.storage import Heartbeat, ask_lock, describe, open_storage, retry_history
 from fakedetect.utils.errors import NonFiniteError
+from fakedetect.utils.processes import run_child
+from fakedetect.utils.signals import doing
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,8 @@ class SearchSweeper(StockSweeper):
                     break
                 added += len(trials)
                 overrides = self.configure_trials(trials, space)
-                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+                with doing(f"search trial {', '.join(str(t.number) for t in trials)}", self._stopped_note(study)):
+                    returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
                 self.job_idx += len(returns)
             states = [self._tell(study, trial, ret) for trial, ret in zip(trials, returns, strict=True)]
             self._write_report(study)
@@ -127,6 +130,15 @@ class SearchSweeper(StockSweeper):
                 log.info("the sampler has tried every combination of the search space")
                 break
         self._finish(study)
+
+    def _stopped_note(self, study: optuna.Study) -> str:
+        """What becomes of a trial whose sweep is stopped: it stays RUNNING, its heartbeat no longer kept."""
+        if not self.storage:
+            return f"the in-memory study '{study.study_name}' is gone; the report holds the trials before it"
+        return (
+            f"it stays RUNNING in study '{study.study_name}' until its heartbeat is "
+            f"{self.heartbeat.grace_period} s old; then the next sweep on the study fails it and runs it again"
+        )
 
     def _open_study(self) -> optuna.Study:
         pruner = instantiate(self.pruner_cfg, _execution_whitelist_=OPTUNA_TARGETS)
@@ -339,7 +351,9 @@ def evaluate_checkpoint(trial: optuna.trial.FrozenTrial, out: Path, overrides: l
         *overrides,
     ]
     log.info("testing trial %d: %s", trial.number, " ".join(command))
-    subprocess.run(command, check=True)
+    code = run_child(command)
+    if code:
+        raise subprocess.CalledProcessError(code, command)
     return json.loads((run_dir / "metrics.json").read_text())["metrics"]
 
 

@@ -5,7 +5,8 @@ run it).
     @command("train")
     def main(cfg: DictConfig) -> float | None: ...
 
-`main()` then reads the command line as `python -m fakedetect.train` and the `fakedetect-train` script both do.
+`main()` then reads the command line as `python -m fakedetect.train` and the `fakedetect-train` script both do;
+SIGINT, SIGTERM and SIGHUP stop it cleanly, in one line (`fakedetect/utils/signals.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from fakedetect import config_dir
 from fakedetect.utils.console import quiet_console
 from fakedetect.utils.device import check_trainer_devices, check_trainer_precision
 from fakedetect.utils.errors import one_line_errors, refuse_non_finite
+from fakedetect.utils.locks import HoldRunFolder
+from fakedetect.utils.signals import doing, stop_on_signals
 
 T = TypeVar("T")
 
@@ -30,11 +33,12 @@ def hydra_options() -> dict[str, Any]:
     """What the installed Hydra wants besides the config: 1.4 takes an execution whitelist and deprecates
     version_base; 1.3 warns without version_base and has no whitelist.
 
-    The empty whitelist lets Hydra's logging use its built-in handlers only (no legacy-logging warning) and adds
-    nothing to the allow-lists that fakedetect.utils.builders hands every instantiate.
+    The whitelist lets Hydra's logging use its built-in handlers only (no legacy-logging warning) and Hydra build
+    the one callback of conf/hydra/default.yaml, which owns the run folder; it adds nothing to the allow-lists that
+    fakedetect.utils.builders hands every instantiate.
     """
     if "execution_whitelist" in inspect.signature(hydra.main).parameters:
-        return {"execution_whitelist": ()}
+        return {"execution_whitelist": (HoldRunFolder.__module__ + "." + HoldRunFolder.__qualname__,)}
     return {"version_base": "1.3"}
 
 
@@ -56,8 +60,10 @@ def command(config_name: str) -> Callable[[Callable[[DictConfig], T]], Callable[
         @functools.wraps(task)
         def job(cfg: DictConfig) -> T:
             quiet_console()  # again here: a launcher may run the job in a process of its own
-            return guarded(cfg)
+            with doing(f"running {config_name}"):
+                return guarded(cfg)
 
+        @stop_on_signals
         @functools.wraps(task)
         def main() -> None:
             quiet_console()  # before Hydra starts: a sweeper warns before any job runs

@@ -33,6 +33,7 @@ from fakedetect.modules.checkpoint_format import FORMAT, FORMAT_KEY, unusable, u
 from fakedetect.modules.detector import Detector
 from fakedetect.utils.builders import MODEL_TARGETS, build_model, instantiate
 from fakedetect.utils.errors import ConfigError, NonFiniteError
+from fakedetect.utils.files import atomic_path, write_atomic
 
 CONFIG_KEY = "fakedetect_config"
 DETECTOR_JSON, WEIGHTS_FILE = "detector.json", "model.safetensors"
@@ -187,8 +188,9 @@ def export_detector(trained: Trained, output: str | Path, source: str | Path = "
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     weights = output / WEIGHTS_FILE
-    # clones: safetensors refuses tensors that share memory, and writes contiguous ones only
-    save_file({k: v.detach().cpu().clone().contiguous() for k, v in trained.model.state_dict().items()}, weights)
+    with atomic_path(weights) as tmp:
+        # clones: safetensors refuses tensors that share memory, and writes contiguous ones only
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in trained.model.state_dict().items()}, tmp)
     detector = {
         "format": DETECTOR_FORMAT,
         "exported_from": str(source),
@@ -198,7 +200,8 @@ def export_detector(trained: Trained, output: str | Path, source: str | Path = "
         "thresholds": trained.thresholds,
         CONFIG_KEY: OmegaConf.to_container(trained.config, resolve=True),
     }
-    (output / DETECTOR_JSON).write_text(json.dumps(detector, indent=1, allow_nan=True))
+    # last, and whole: a folder is an export once detector.json names its weights
+    write_atomic(output / DETECTOR_JSON, json.dumps(detector, indent=1, allow_nan=True))
     return output
 
 

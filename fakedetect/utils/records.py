@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 
 from fakedetect.utils.errors import NonFiniteError
+from fakedetect.utils.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,7 @@ def training_records(folder: Path) -> Iterator[tuple[Path, dict]]:
 
 
 def write_metrics(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, sort_keys=True))
+    write_atomic(path, json.dumps(record, indent=2, sort_keys=True))
     log.info("metrics written to %s", path)
 
 
