@@ -8,7 +8,8 @@ install:  ## the project, editable, with the test and lint tools; and the git ho
 test:  ## the default suite (pytest -m slow for the long trainings)
 	pytest
 
-lint:  ## ruff (lint and format check), then mypy as configured in pyproject.toml
+lint:  ## ruff (lint and format check), mypy as configured in pyproject.toml, and the docs site built strictly
 	ruff check .
 	ruff format --check .
 	mypy
+	site=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 mkdocs build --strict --site-dir "$$site"; rc=$$?; rm -rf "$$site"; exit $$rc

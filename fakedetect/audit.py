@@ -1,7 +1,7 @@
 """`python -m fakedetect.audit data.root=...`: audit a dataset before training on it (fakedetect/tools/audit/).
 
 The dataset is named as training names it, by the `data` group (`data=folder data.root=PATH`, `data.layout`,
-`data.manifest`, `data.aliases`, `data.classes`, `data.max_pixels`)."""
+`data.manifest`, `data.aliases`, `data.classes`, `data.max_pixels`, `data.max_file_bytes`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import cast
 
 from omegaconf import DictConfig, OmegaConf
 
+from fakedetect.data.config import DataConfig
 from fakedetect.tools.audit.dataset import audit
 from fakedetect.utils.app import command
 
@@ -24,7 +25,8 @@ def main(cfg: DictConfig) -> None:
         Path(cfg.output_dir),
         cfg.near_distance,
         cfg.workers,
-        data.max_pixels,
+        DataConfig.check("max_pixels", data.max_pixels),
+        max_file_bytes=DataConfig.check("max_file_bytes", data.max_file_bytes),
         aliases=aliases,
         layout=data.layout,
         manifest=data.manifest,

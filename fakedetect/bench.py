@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from fakedetect.benchmarks.suite import run_suite
 from fakedetect.benchmarks.throughput import bench, markdown
 from fakedetect.utils.app import command
+from fakedetect.utils.signals import doing
 
 
 @command("bench")
@@ -20,8 +21,9 @@ def main(cfg: DictConfig) -> None:
     if cfg.get("suite"):
         run_suite(cfg)
         return
-    result = bench(cfg)
     folder = Path(cfg.report_dir or cfg.paths.output_dir)
+    with doing(f"benchmarking {', '.join(cfg.models)}", f"no bench report was written to {folder}"):
+        result = bench(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     stem = "bench-" + ("gpu" if "CPU" not in result["machine"] else "cpu")
     (folder / f"{stem}.json").write_text(

@@ -15,6 +15,7 @@ from fakedetect.benchmarks.decode import cache_memory, decode_speed, generate
 from fakedetect.data.decode import check_fit
 from fakedetect.utils.app import command
 from fakedetect.utils.errors import ConfigError
+from fakedetect.utils.signals import doing
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,8 @@ def main(cfg: DictConfig) -> None:
     elif cfg.mode == "cache":
         result = cache_memory(cfg.root, cfg.resolution, cfg.fit, cfg.workers)
     elif cfg.mode == "generate":
-        result = generate(cfg.root, cfg.count, cfg.size, cfg.workers or 1)
+        with doing(f"writing {cfg.count} JPEGs into {cfg.root}", f"{cfg.root} holds part of them"):
+            result = generate(cfg.root, cfg.count, cfg.size, cfg.workers or 1)
     else:
         raise ConfigError(f"mode={cfg.mode} is not a mode; use speed, cache or generate")
     result["mode"] = cfg.mode

@@ -35,6 +35,7 @@ from fakedetect.utils.builders import build_list, build_trainer
 from fakedetect.utils.checkpoint import load_trained
 from fakedetect.utils.errors import ConfigError
 from fakedetect.utils.records import machine, plain, print_config, scalars, write_metrics
+from fakedetect.utils.signals import doing
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def set_loggers(cfg: DictConfig, name: str | None) -> list:
 def evaluate_set(cfg: DictConfig, data: dict[str, Any], name: str | None, robustness: list[str], folder: Path) -> dict:
     """Test the checkpoint on one set; its report, robustness and per-source rows go to `folder`. Returns the
     set's record (metrics, thresholds, report, robustness, per_source)."""
-    trained = load_trained(cfg.ckpt_path, data)
+    trained = load_trained(cfg.ckpt_path, data, cfg.get("trust"))
     model, datamodule, run_cfg = trained.model, trained.datamodule, trained.config
     trained.choose_tta(cfg.get("tta"))
     where = f"test set {name}" if name else f"data.root={run_cfg.data.root}"
@@ -98,7 +99,8 @@ def evaluate_set(cfg: DictConfig, data: dict[str, Any], name: str | None, robust
     mistakes = ConfidentMistakes(threshold)
     tested = TestScores(name or "test", keep=mistakes if cfg.get("report") else None)
     trainer = build_trainer(cfg, callbacks=[TestFigures(), Reconstructions(), tested], loggers=set_loggers(cfg, name))
-    trainer.test(model, datamodule=datamodule)
+    with doing(f"testing {where}"):
+        trainer.test(model, datamodule=datamodule)
     metrics = scalars(trainer.callback_metrics)
     clean = tested.scores
     if clean is None:
@@ -110,18 +112,19 @@ def evaluate_set(cfg: DictConfig, data: dict[str, Any], name: str | None, robust
         "thresholds": {**known, "selected": model.threshold_name, "value": threshold, "source": cfg.thresholds},
         "per_source": tested.rows,
     }
-    if cfg.get("report") and trainer.is_global_zero:  # every process holds every score; one writes the files
-        record["report"] = write_report(
-            folder, clean.probs, clean.labels, mistakes, known, datamodule.classes, trainer.loggers
-        )
-    if robustness:
+    with doing(f"writing the report of {where} in {folder}", f"{folder} may hold part of the report"):
+        if cfg.get("report") and trainer.is_global_zero:  # every process holds every score; one writes the files
+            record["report"] = write_report(
+                folder, clean.probs, clean.labels, mistakes, known, datamodule.classes, trainer.loggers
+            )
+        if robustness:
 
-        def degraded(transform: Callable[[torch.Tensor], torch.Tensor] | None) -> Scores:
-            return clean if transform is None else degraded_scores(cfg, model, datamodule, transform)
+            def degraded(transform: Callable[[torch.Tensor], torch.Tensor] | None) -> Scores:
+                return clean if transform is None else degraded_scores(cfg, model, datamodule, transform)
 
-        record["robustness"] = robustness_table(degraded, threshold, robustness)
-        if trainer.is_global_zero:
-            write_robustness(folder, record["robustness"], trainer.loggers)
+            record["robustness"] = robustness_table(degraded, threshold, robustness)
+            if trainer.is_global_zero:
+                write_robustness(folder, record["robustness"], trainer.loggers)
     for logger in trainer.loggers:
         logger.finalize("success")
     record["metrics"] = metrics
@@ -173,11 +176,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, verbose=False)
     out = Path(cfg.paths.output_dir)
     record: dict = {"task": "eval", "ckpt_path": str(cfg.ckpt_path), "machine": machine()}
-    results = {
-        name: evaluate_set(cfg, data, name, robustness, out / "report" / (name or "")) for name, data in sets.items()
-    }
-    rows = [row for result in results.values() for row in result["per_source"]]
-    rank_zero_only(write_per_source)(out / "report", rows)
+    with doing(f"evaluating {cfg.ckpt_path}", f"no metrics.json was written to {out}: run eval again"):
+        results = {
+            name: evaluate_set(cfg, data, name, robustness, out / "report" / (name or ""))
+            for name, data in sets.items()
+        }
+        rows = [row for result in results.values() for row in result["per_source"]]
+        rank_zero_only(write_per_source)(out / "report", rows)
     if None in results:
         record.update(results[None])
         metrics = results[None]["metrics"]

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from fakedetect.utils.app import command
 from fakedetect.utils.checkpoint import DETECTOR_JSON, WEIGHTS_FILE, export_detector, load_trained
 from fakedetect.utils.errors import ConfigError
+from fakedetect.utils.signals import doing
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +21,12 @@ def export(cfg: DictConfig) -> Path:
     taken = [name for name in (DETECTOR_JSON, WEIGHTS_FILE) if (output / name).exists()]
     if taken and not cfg.overwrite:
         raise ConfigError(f"output={output} already holds {', '.join(taken)}; pass overwrite=true or another output")
-    trained = load_trained(cfg.ckpt_path)
-    export_detector(trained, output, source=cfg.ckpt_path)
+    trained = load_trained(cfg.ckpt_path, trust=cfg.get("trust"))
+    with doing(
+        f"writing the detector to {output}",
+        f"no new {DETECTOR_JSON} was written, so {output} holds no new export: export again (with overwrite=true)",
+    ):
+        export_detector(trained, output, source=cfg.ckpt_path)
     log.info("detector exported to %s (%s, %s)", output, WEIGHTS_FILE, DETECTOR_JSON)
     return output
 

@@ -22,7 +22,7 @@ def gradcam(cfg: DictConfig) -> Path:
     for key in ("n", "pool"):
         if not is_int(cfg[key]) or cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]} must be a positive whole number")
-    trained = load_trained(cfg.ckpt_path, cfg.get("data"))
+    trained = load_trained(cfg.ckpt_path, cfg.get("data"), cfg.get("trust"))
     fig = explain_test_images(
         trained.model,
         trained.datamodule,

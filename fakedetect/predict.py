@@ -27,6 +27,8 @@ from fakedetect.utils.app import command
 from fakedetect.utils.checkpoint import load_trained
 from fakedetect.utils.device import device_trainer
 from fakedetect.utils.errors import ConfigError, is_number
+from fakedetect.utils.files import atomic_path, write_atomic
+from fakedetect.utils.signals import doing
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ def predict(cfg: DictConfig) -> list[dict]:
             cfg.input,
             " ".join(sorted(IMAGE_SUFFIXES)),
         )
-    trained = load_trained(cfg.ckpt_path, data={"fit": cfg.fit})
+    trained = load_trained(cfg.ckpt_path, data={"fit": cfg.fit}, trust=cfg.get("trust"))
     datamodule, model = trained.datamodule, trained.model
     trained.choose_tta(cfg.get("tta"))
     threshold = model.decision_threshold if cfg.threshold is None else cfg.threshold
@@ -71,12 +73,13 @@ def predict(cfg: DictConfig) -> list[dict]:
         raise ConfigError(f"threshold={cfg.threshold} must be a probability in [0, 1], or null for the checkpoint's")
     threshold = float(threshold)
     trainer = device_trainer(cfg.device)
-    # decoded as the checkpoint's data module decodes: its resolution, fit (or fit=) and pixel limit
+    # decoded as the checkpoint's data module decodes: its resolution, fit (or fit=), pixel and file size limits
     loader = file_loader(
         paths,
         datamodule.resolution,
         datamodule.fit,
         datamodule.max_pixels,
+        datamodule.max_file_bytes,
         crops,
         cfg.max_tiles,
         cfg.batch_size,
@@ -84,7 +87,8 @@ def predict(cfg: DictConfig) -> list[dict]:
         pin_memory=trainer.strategy.root_device.type == "cuda",
     )
     batches = FileBatches(track(loader, description=f"predicting {len(paths)} images"))
-    predicted = trainer.predict(model, dataloaders=batches) or []
+    with doing(f"scoring {len(paths)} images for {output}", f"{output} was left as it was"):
+        predicted = trainer.predict(model, dataloaders=batches) or []
     owners = torch.cat(batches.owners) if batches.owners else torch.empty(0, dtype=torch.long)
     window_probs = torch.cat([p.cpu() for p in predicted]) if predicted else torch.empty(0)  # type: ignore[union-attr]
     counts = torch.bincount(owners, minlength=len(paths))
@@ -100,7 +104,8 @@ def predict(cfg: DictConfig) -> list[dict]:
         scored.tolist(), probs.tolist(), decide(probs, threshold).tolist(), counts[scored].tolist(), strict=True
     ):
         rows[i].update(prob_fake=prob, label=datamodule.classes[decision], crops=n)
-    write_rows(rows, output)
+    with doing(f"writing {output}", f"{output} was left as it was"):
+        write_rows(rows, output)
     bad = sum(1 for row in rows if row["error"])
     log.info("%d images scored, %d unreadable; written to %s", len(rows) - bad, bad, output)
     return rows
@@ -108,11 +113,10 @@ def predict(cfg: DictConfig) -> list[dict]:
 
 def write_rows(rows: list[dict], path: Path) -> None:
     """JSON (a list of rows) for a .json path, else CSV with empty cells for missing values."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(rows, indent=1))
+        write_atomic(path, json.dumps(rows, indent=1))
         return
-    with path.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)

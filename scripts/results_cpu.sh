@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The reduced-scale CPU rows of the README's results table, rerun on this machine so that each has its test/acc_dedup:
 # JOBS trainings at a time (default 2), one thread each, then `python -m fakedetect.results readme=README.md`.
-# The full-scale rows (cnnv3, cnnv3_robust: 30 epochs) are separate commands in the README, timed alone.
+# The full-scale rows (cnnv3, cnnv3_robust: 30 epochs) are separate commands (docs/evaluation.md, Robustness), timed alone.
 #   CIFAKE=../shared/data/cifake/cifake.tar.gz JOBS=2 bash scripts/results_cpu.sh [EXPERIMENT...]   (default: all)
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"

@@ -57,6 +57,7 @@ def test_every_setting_is_a_key_of_the_data_config_group(data: str, tmp_path: Pa
         ({"resolution": 64}, Affects.PIXELS),
         ({"max_pixels": None}, Affects.PIXELS),
         ({"classes": ["real", "ai"]}, Affects.LISTING),
+        ({"max_file_bytes": None}, Affects.LISTING),  # a file over it is skipped unread: its digest changes too
         ({"train_limit": 100}, Affects.LISTING),
         ({"val_fraction": 0.2}, Affects.SPLITS),
         ({"train_sources": ["a"]}, Affects.SPLITS),

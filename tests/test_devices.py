@@ -1,14 +1,18 @@
-"""A machine without the GPUs a command asks for: one line naming what was asked, what was found and the fix,
-before any data is read."""
+"""A machine without the GPUs or the precision a command asks for: one line naming what was asked, what was found
+and the fix, before any data is read."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
-from fakedetect.utils.device import check_trainer_devices, device_trainer, gpus_wanted
+from fakedetect.losses import BCEWithLogits
+from fakedetect.modules import Detector
+from fakedetect.nets import MLP
+from fakedetect.utils.device import check_trainer_devices, check_trainer_precision, device_trainer, gpus_wanted
 from fakedetect.utils.errors import ConfigError
 from tests.conftest import assert_one_line, run_command
 
@@ -42,3 +46,32 @@ def test_the_missions_gpu_command_on_a_cpu_machine_is_one_line(tmp_path: Path) -
     assert not (tmp_path / "run" / "metrics.json").exists()
     with pytest.raises(ConfigError, match=r"^device=cuda:1: no CUDA GPU found on this machine .*; run on the CPU with"):
         device_trainer("cuda:1")
+
+
+def test_bfloat16_on_a_gpu_without_it_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "Tesla V100")
+    check_trainer_precision("gpu", "16-mixed")
+    check_trainer_precision("cpu", "bf16-mixed")  # the CPU's autocast runs bfloat16
+    with pytest.raises(ConfigError, match=r"^trainer.precision=bf16-mixed: this GPU \(Tesla V100\) cannot .*16-mixed"):
+        check_trainer_precision("auto", "bf16-mixed")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformer_engine") is not None, reason="Transformer Engine is here")
+def test_a_precision_whose_library_is_missing_is_one_line(tmp_path: Path) -> None:
+    done = run_command(
+        "train", "data=cifake_sample", "trainer.precision=transformer-engine", f"hydra.run.dir={tmp_path / 'run'}"
+    )
+    assert_one_line(done, "trainer.precision=transformer-engine", "Transformer Engine, which is not installed")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_true_precisions_feed_the_net_its_own_dtype(dtype: torch.dtype) -> None:
+    """Lightning's `*-true` precisions convert the weights and statistics, not the batch: the detector's
+    preprocessing follows them."""
+    detector = Detector(MLP(hidden=[8]), BCEWithLogits(), torch.optim.Adam)
+    detector.set_statistics([0.5] * 3, [0.25] * 3)
+    with torch.no_grad():
+        probs = detector.to(dtype).eval().predict_step((torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8),))
+    assert probs.shape == (2,) and probs.isfinite().all()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
+import logging
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -84,7 +87,7 @@ def test_robustness_table_with_a_known_scorer() -> None:
     # the threshold is the caller's: above every brightness, all is REAL and half is right
     assert robustness_table(brightness, 0.9, ["clean"])[0]["acc"] == 0.5
     assert parse_condition("resize:0.5") == ("resize", 0.5)
-    for bad in ("jpeg", "sharpen:2", "blur:x"):
+    for bad in ("jpeg", "sharpen:2", "blur:x", "blur:nan", "blur:1e30", "resize:inf", "resize:0", "noise:inf"):
         with pytest.raises(ConfigError, match=f"robustness.conditions: '{bad}'"):
             parse_condition(bad)
 
@@ -156,9 +159,18 @@ def test_eval_refit_thresholds(trained_run: Path, tmp_path: Path) -> None:
         evaluate_run(trained_run, tmp_path, "thresholds=validation")
 
 
-def test_results_table_from_run_files(trained_run: Path, tmp_path: Path) -> None:
-    records = collect(trained_run.parents[2])
-    assert [r["experiment"] for r in records] == ["cnn_baseline"]
+def test_results_table_from_run_files(trained_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # a newer run of the same experiment that diverged, as fakedetect recorded it before refusing to: no result
+    diverged = trained_run.parent / "diverged"
+    diverged.mkdir()
+    record = metrics_json(trained_run)
+    record["metrics"] |= {"train/loss": math.nan, "val/loss": math.nan, "test/acc": 0.5}
+    (diverged / "metrics.json").write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING):
+        records = collect(trained_run.parents[2])
+    shutil.rmtree(diverged)
+    assert f"leaving out {diverged / 'metrics.json'}: train/loss, val/loss NaN or infinite" in caplog.text
+    assert [r["experiment"] for r in records] == ["cnn_baseline"] and records[0]["run"] == str(trained_run)
     acc = metrics_json(trained_run)["metrics"]["test/acc"]
     text = table(records)
     assert f"{100 * acc:.2f}%" in text and "95.08%" in text and "| 1800 |" in text

@@ -28,6 +28,7 @@ from fakedetect.search.storage import Heartbeat, load_study, open_storage, retry
 from fakedetect.search.sweeper import SearchSweeper, outcome, room
 from fakedetect.train import metric_value
 from fakedetect.utils.builders import build_model
+from fakedetect.utils.errors import NonFiniteError
 from tests.conftest import CONF, QUIET, ROOT, SUBSET, compose_config, event_tags
 
 # every search config; one whose model is not in conf/model/ is skipped until it is
@@ -130,6 +131,8 @@ def test_job_outcomes() -> None:
     state, _, reason = outcome(ret(torch.cuda.OutOfMemoryError("CUDA out of memory"), ok=False), 1)
     assert state is TrialState.FAIL and reason == "OutOfMemoryError: CUDA out of memory"
     assert outcome(ret(float("nan")), 1)[0] is TrialState.FAIL
+    diverged = NonFiniteError("training diverged: the training loss is nan at step 3")
+    assert outcome(ret(diverged, ok=False), 1) == (TrialState.PRUNED, None, str(diverged))
     assert outcome(ret(None), 1)[0] is TrialState.FAIL
     assert metric_value({"val/acc_best": 0.9, "params": 10.0}, ["val/acc_best", "params"]) == [0.9, 10.0]
 
@@ -209,7 +212,7 @@ def test_a_trial_failed_as_stale_while_it_ran_here_is_left_failed(tmp_path: Path
     assert study.trials[0].state is TrialState.FAIL and study.trials[0].values is None
 
 
-def test_trial_callback_reports_prunes_and_stops_on_nan(tmp_path: Path) -> None:
+def test_trial_callback_reports_and_prunes(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/s.db"
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
     study.set_user_attr("pruner", {"_target_": "optuna.pruners.ThresholdPruner", "lower": 0.8})
@@ -217,10 +220,8 @@ def test_trial_callback_reports_prunes_and_stops_on_nan(tmp_path: Path) -> None:
     callback = OptunaTrialCallback(storage, "s", trial_id(trial), monitor="val/acc_best")
     callback.setup(None, None, "fit")
     with pytest.raises(optuna.TrialPruned, match="ThresholdPruner"):
-        callback.on_validation_end(fake_trainer(val__acc_best=0.6, val__loss=0.7), None)
+        callback.on_validation_end(fake_trainer(val__acc_best=0.6), None)
     assert study.trials[0].intermediate_values == {0: pytest.approx(0.6)}
-    with pytest.raises(optuna.TrialPruned, match="diverged: val/loss is nan"):
-        callback.on_validation_end(fake_trainer(val__acc_best=0.9, val__loss=float("nan")), None)
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -327,29 +328,41 @@ def test_sweep_stores_resumes_without_repeats_and_reports(cifake_path: Path, cac
     assert len(list(csv.DictReader((tmp_path / "second" / "report" / "trials.csv").open()))) == 4
 
 
-def test_failed_and_pruned_trials_are_recorded_and_the_sweep_goes_on(
+def test_failed_diverged_and_pruned_trials_are_recorded_and_the_sweep_goes_on(
     cifake_path: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
-    """n_layers=9 is invalid for 3 filters (the trial raises); a pruner that wants accuracy > 1 prunes the other."""
+    """lr -1 is refused by torch's Adam (the trial raises: FAIL); at lr 1e9 the loss turns NaN within a few steps
+    (PRUNED with the one line as its reason, so the sampler learns its region is bad; no score, no checkpoint); a
+    pruner that wants accuracy > 1 prunes the third after its first epoch."""
     run_sweep(
         tmp_path,
         cifake_path,
         cache_dir,
         "sweep",
-        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_trials=3",
         "hydra.sweeper.params=null",
-        "model.net.n_layers=choice(2, 9)",
+        "model.optimizer.lr=choice(-1, 1e9, 1e-3)",
         "hydra/sweeper/sampler=brute_force",
         "hydra/sweeper/pruner=threshold",
         "hydra.sweeper.pruner.lower=1.01",
         "trainer.max_epochs=3",
     )
-    trials = {t.params["model.net.n_layers"]: t for t in load(tmp_path, "fakefinder").trials}
-    assert trials[9].state is TrialState.FAIL and "n_layers=9 needs" in trials[9].user_attrs["fail_reason"]
-    assert trials[2].state is TrialState.PRUNED and "ThresholdPruner" in trials[2].user_attrs["prune_reason"]
-    assert list(trials[2].intermediate_values) == [0], "pruned after its first epoch of three"
-    rows = {r["state"]: r for r in csv.DictReader((tmp_path / "sweep" / "report" / "trials.csv").open())}
-    assert "n_layers=9" in rows["FAIL"]["reason"] and rows["PRUNED"]["reason"]
+    trials = {t.params["model.optimizer.lr"]: t for t in load(tmp_path, "fakefinder").trials}
+    assert trials[-1].state is TrialState.FAIL
+    assert "model.optimizer: Invalid learning rate: -1" in trials[-1].user_attrs["fail_reason"]
+    diverged = trials[1e9]
+    assert diverged.state is TrialState.PRUNED and diverged.values is None and not diverged.intermediate_values
+    assert "training diverged: the training loss is" in diverged.user_attrs["prune_reason"]
+    run = Path(diverged.user_attrs["output_dir"])
+    assert not list(run.rglob("*.ckpt")) and not (run / "metrics.json").exists()
+    pruned = trials[1e-3]
+    assert pruned.state is TrialState.PRUNED and "ThresholdPruner" in pruned.user_attrs["prune_reason"]
+    assert list(pruned.intermediate_values) == [0], "pruned after its first epoch of three"
+    rows = {
+        r["reason"].split(":")[0]: r["state"]
+        for r in csv.DictReader((tmp_path / "sweep" / "report" / "trials.csv").open())
+    }
+    assert rows["ConfigError"] == "FAIL" and rows["training diverged"] == "PRUNED"
 
 
 @pytest.mark.slow

@@ -110,7 +110,7 @@ def test_detector_threshold_choice_and_checkpoint_format() -> None:
         detector("median")
     fixed = detector(0.3)
     assert fixed.decision_threshold == 0.3
-    checkpoint: dict = {}
+    checkpoint: dict = {"state_dict": fixed.state_dict()}  # as Lightning hands it over
     fixed.on_save_checkpoint(checkpoint)
     assert checkpoint["thresholds"] == {"0.3": 0.3, "youden": None, "f1": None, "selected": "0.3", "value": 0.3}
 

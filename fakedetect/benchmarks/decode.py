@@ -16,7 +16,6 @@ import logging
 import statistics
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -28,6 +27,7 @@ from fakedetect.data.decode import decode_image
 from fakedetect.data.layouts import IMAGE_SUFFIXES, Entry
 from fakedetect.data.sources import FolderSource
 from fakedetect.utils.errors import ConfigError
+from fakedetect.utils.processes import worker_pool
 from fakedetect.utils.sampling import Sampler
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def generate(root: str, count: int, size: int, workers: int) -> dict:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     parts = [(path, list(range(w, count, workers)), size, w) for w in range(workers)]
-    with ProcessPoolExecutor(workers) as pool:
+    with worker_pool(workers) as pool:
         list(pool.map(_write_jpegs, parts))
     total = sum(p.stat().st_size for p in path.glob("*.jpg"))
     return {"files": count, "size": size, "folder_gb": total / 1e9}

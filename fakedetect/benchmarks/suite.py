@@ -22,8 +22,9 @@ from typing import cast
 
 from omegaconf import DictConfig, OmegaConf
 
+from fakedetect import PACKAGE, config_dir
 from fakedetect.benchmarks import throughput as bench
-from fakedetect.benchmarks.suite_runs import ROOT, RUNNERS, Deadline
+from fakedetect.benchmarks.suite_runs import RUNNERS, Deadline
 from fakedetect.utils.errors import ConfigError
 from fakedetect.utils.records import machine, plain
 
@@ -62,13 +63,17 @@ def chosen(stage: object, suite: DictConfig, record: dict) -> list[str]:
 
 
 def commit() -> str:
-    """The checkout's commit (+ '-dirty' with uncommitted changes); a copy without .git says so."""
+    """The commit of the checkout fakedetect runs from (+ '-dirty' with uncommitted changes); an installed package or
+    a copy without .git says so."""
+    checkout = config_dir().parent
+    if checkout == PACKAGE:
+        return "unknown (an installed package, not a git checkout)"
     try:
         head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+            ["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=checkout, capture_output=True, text=True
         ).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -151,7 +156,7 @@ def markdown(record: dict) -> str:
     lines = [
         "# fakedetect GPU suite",
         "",
-        "Written by `python -m fakedetect.bench suite=gpu stage=...` (see README, Speed, benchmark and scale); "
+        "Written by `python -m fakedetect.bench suite=gpu stage=...` (see docs/benchmarks.md, GPU suite); "
         "the JSON beside this file keeps every run of every stage.",
         "",
     ]

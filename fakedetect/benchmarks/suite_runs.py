@@ -24,8 +24,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fakedetect.benchmarks import decode
 from fakedetect.benchmarks import throughput as bench
+from fakedetect.utils.processes import end, run_child
 
-ROOT = Path(__file__).resolve().parents[2]
 EVAL_S = 90  # seconds kept for a robustness evaluation after a training (ten conditions of the test split)
 
 
@@ -88,13 +88,12 @@ def command(module: str, overrides: list[str], folder: Path, seconds: float) -> 
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "command.log", "w") as out:
         try:
-            code = subprocess.run(
+            code = run_child(
                 [sys.executable, "-m", f"fakedetect.{module}", *overrides],
-                cwd=ROOT,
+                timeout(seconds),
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                timeout=timeout(seconds),
-            ).returncode
+            )
         except subprocess.TimeoutExpired:
             return None, f"stopped at the stage's deadline after {seconds:.0f} s"
     if code:
@@ -163,7 +162,6 @@ def search(cfg: DictConfig, run: DictConfig, folder: Path, share: float, earlier
             workers.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "fakedetect.train", *overrides, f"hydra.sweep.dir={folder / f'worker{i}'}"],
-                    cwd=ROOT,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                 )
@@ -177,8 +175,7 @@ def search(cfg: DictConfig, run: DictConfig, folder: Path, share: float, earlier
         except subprocess.TimeoutExpired:  # the rest are killed too, and their exit codes are not the cause
             error = f"stopped at the stage's deadline after {share:.0f} s"
             for w in workers:
-                w.kill()
-                w.wait()
+                end(w)
             break
     wall = time.perf_counter() - start
     try:

@@ -5,6 +5,9 @@ Decoding streams the source: batches of at most `batch_files` files or `batch_by
 process pool and their rows written straight into images.npy in a private folder, renamed into place at the end.
 At most `workers + 1` batches are in flight, so peak memory depends on the batch size and the number of workers,
 never on the dataset.
+
+A writer owns its private folder through an OS lock (`fakedetect/utils/locks.py`): a stopped writer removes it,
+and the folders of writers that were killed (SIGKILL, a crash) are removed by the next writer in the cache folder.
 """
 
 from __future__ import annotations
@@ -14,10 +17,9 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +29,17 @@ from fakedetect.data.decode import DEFAULT_MAX_PIXELS, DIGEST, BadImageError, ch
 from fakedetect.data.layouts import Entry
 from fakedetect.data.sources import Source
 from fakedetect.utils.errors import ConfigError
+from fakedetect.utils.locks import private_folder, remove_abandoned
+from fakedetect.utils.processes import worker_pool
+from fakedetect.utils.signals import doing
 
 log = logging.getLogger(__name__)
 
 # 2: EXIF orientation applied, 16-bit images scaled, folder identity with sizes and mtimes; 3: files' digests;
-# 4: data.fit, JPEG draft decoding, every image's source; 5: the split folders valid/, validation/, training/ and
-# testing/ (layouts.py's SPLIT_FOLDERS), whose images older caches left out
-CACHE_VERSION = 5
+# 4: data.fit, JPEG draft decoding, every image's source; 5: 32-bit integer and floating-point images scaled, files
+# over data.max_file_bytes skipped; 6: the split folders valid/, validation/, training/ and testing/ (layouts.py's
+# SPLIT_FOLDERS), whose images older caches left out
+CACHE_VERSION = 6
 BATCH_FILES = 256
 BATCH_BYTES = 32 << 20
 # rows copied at a time when a cache with unreadable files is compacted
@@ -118,7 +124,7 @@ def decoded_stream(
         for batch in batches:
             yield from _named([n for n, _ in batch], _decode_batch(([b for _, b in batch], *work)))
         return
-    with ProcessPoolExecutor(workers) as pool:
+    with worker_pool(workers) as pool:
         pending: deque[tuple[list[str], Future]] = deque()
         for batch in batches:
             pending.append(([n for n, _ in batch], pool.submit(_decode_batch, ([b for _, b in batch], *work))))
@@ -154,50 +160,58 @@ def decode_entries(
     check_fit(fit)
     position = {e.name: i for i, e in enumerate(entries)}
     shape = (len(entries), resolution, resolution, 3)
-    tmp = private_folder(folder) if folder is not None else None
-    try:
-        rows = Rows(shape, tmp)
-        keep = np.zeros(len(entries), dtype=bool)
-        digests = np.zeros(len(entries), dtype=DIGEST)
-        skipped = []
-        stream = decoded_stream(
-            source, position, resolution, fit, max_pixels, workers or os.cpu_count() or 1, batch_files, batch_bytes
-        )
-        for name, result, digest in stream:
-            if isinstance(result, str):
-                if not skip_bad:
-                    stream.close()
-                    raise BadImageError(f"cannot decode {source.path}/{name}: {result}")
-                log.warning("skipping unreadable image %s/%s: %s", source.path, name, result)
-                skipped.append(name)
-                continue
-            i = position[name]
-            rows.put(i, result)
-            keep[i], digests[i] = True, digest
-        kept = [e for e, k in zip(entries, keep, strict=True) if k]
-        decoded = Decoded(
-            images=rows.finish(keep),
-            labels=np.array([e.label for e in kept], dtype=np.int64),
-            splits=np.array([e.split for e in kept], dtype=str),
-            names=[e.name for e in kept],
-            skipped=sorted(skipped),
-            digests=digests[keep],
-            sources=np.array([e.source for e in kept], dtype=str),
-        )
-        if tmp is not None and folder is not None:  # both or neither
-            write_labels(tmp, decoded)
-            publish(tmp, folder)
-        return decoded
-    except OSError as err:  # a full disk while the cache is written: it cannot fall back to memory
-        if tmp is None:
-            raise
-        raise ConfigError(
-            f"decode cache {folder}: cannot be written ({err}); free disk space there or point "
-            "data.cache_dir at another disk"
-        ) from None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    activity = (
+        doing(f"writing the decode cache {folder}", "nothing partial was kept")
+        if folder is not None
+        else doing(f"decoding {len(entries)} images of {source.path}")
+    )
+    with activity:
+        tmp, owned = writing_folder(folder) if folder is not None else (None, None)
+        try:
+            rows = Rows(shape, tmp)
+            keep = np.zeros(len(entries), dtype=bool)
+            digests = np.zeros(len(entries), dtype=DIGEST)
+            skipped = []
+            stream = decoded_stream(
+                source, position, resolution, fit, max_pixels, workers or os.cpu_count() or 1, batch_files, batch_bytes
+            )
+            for name, result, digest in stream:
+                if isinstance(result, str):
+                    if not skip_bad:
+                        stream.close()
+                        raise BadImageError(f"cannot decode {source.path}/{name}: {result}")
+                    log.warning("skipping unreadable image %s/%s: %s", source.path, name, result)
+                    skipped.append(name)
+                    continue
+                i = position[name]
+                rows.put(i, result)
+                keep[i], digests[i] = True, digest
+            kept = [e for e, k in zip(entries, keep, strict=True) if k]
+            decoded = Decoded(
+                images=rows.finish(keep),
+                labels=np.array([e.label for e in kept], dtype=np.int64),
+                splits=np.array([e.split for e in kept], dtype=str),
+                names=[e.name for e in kept],
+                skipped=sorted(skipped),
+                digests=digests[keep],
+                sources=np.array([e.source for e in kept], dtype=str),
+            )
+            if tmp is not None and folder is not None:  # both or neither
+                write_labels(tmp, decoded)
+                publish(tmp, folder)
+            return decoded
+        except OSError as err:  # a full disk while the cache is written: it cannot fall back to memory
+            if tmp is None:
+                raise
+            raise ConfigError(
+                f"decode cache {folder}: cannot be written ({err}); free disk space there or point "
+                "data.cache_dir at another disk"
+            ) from None
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if owned is not None:
+                os.close(owned)
 
 
 class Rows:
@@ -252,15 +266,21 @@ class Rows:
         return np.load(images, mmap_mode="r")
 
 
-def private_folder(folder: Path) -> Path | None:
-    """A new temporary folder beside `folder` to write its cache in, or None (with a warning) when the cache
-    folder's parent cannot be written: the run then decodes in memory, as it would without a cache."""
+# the private folders of cache writers in the cache folder, whatever their cache
+PRIVATE = ".*.tmp-*"
+
+
+def writing_folder(folder: Path) -> tuple[Path, int] | tuple[None, None]:
+    """A new private folder beside `folder` to write its cache in, owned by this process (its descriptor), after
+    removing those that killed writers left; (None, None), with a warning, when the cache folder's parent cannot
+    be written: the run then decodes in memory, as it would without a cache."""
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        remove_abandoned(folder.parent, PRIVATE)
+        return private_folder(folder.parent, f".{folder.name}")
     except OSError as err:
         log.warning("decode cache %s not written by this run: %s", folder, err)
-        return None
+        return None, None
 
 
 def write_labels(tmp: Path, decoded: Decoded) -> None:
@@ -278,10 +298,10 @@ def publish(tmp: Path, folder: Path) -> None:
     A reader sees a whole cache or none, whether the writer is killed or another process writes the same key
     at once (the last rename wins; both hold the same images). A cache that cannot be renamed is a warning.
     """
-    stale = None
+    stale, owned = None, None
     try:
         if folder.exists():  # an unreadable leftover that load_cache refused, or another writer's: set it aside
-            stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}.stale-", dir=folder.parent))
+            stale, owned = private_folder(folder.parent, f".{folder.name}")
             os.replace(folder, stale / "old")
         os.replace(tmp, folder)
     except OSError as err:  # another writer renamed its copy in at the same moment
@@ -289,6 +309,8 @@ def publish(tmp: Path, folder: Path) -> None:
     finally:
         if stale is not None:
             shutil.rmtree(stale, ignore_errors=True)
+        if owned is not None:
+            os.close(owned)
 
 
 def load_cache(folder: Path) -> Decoded | None:

@@ -20,6 +20,7 @@ from fakedetect.data.cache import cache_key
 from fakedetect.data.decode import DEFAULT_MAX_PIXELS, Fit
 from fakedetect.data.layouts import Layout
 from fakedetect.data.loaders import LOADERS
+from fakedetect.data.sources import DEFAULT_MAX_FILE_BYTES
 from fakedetect.utils.errors import ConfigError, is_int, is_number, require
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,13 @@ class DataConfig:
     max_pixels: int | None = setting(
         DEFAULT_MAX_PIXELS, lambda v: v is None or positive(v), "null (no limit) or a positive integer", Affects.PIXELS
     )
+    # a file over it is not read, so it is skipped as unreadable: its digest, pixels and statistics all change
+    max_file_bytes: int | None = setting(
+        DEFAULT_MAX_FILE_BYTES,
+        lambda v: v is None or positive(v),
+        "null (no limit) or a positive integer (bytes)",
+        Affects.LISTING,
+    )
     fit: Fit = setting(Fit.SQUASH, lambda v: v in Fit.values(), " | ".join(Fit.values()), Affects.PIXELS)
     aliases: dict[str, list[str]] | None = setting(
         None,
@@ -168,10 +176,17 @@ class DataConfig:
             raise ConfigError(f"data.{unknown[0]} is not a data setting; the settings are {', '.join(sorted(known))}")
         return cls(root=str(root), **settings)
 
+    @classmethod
+    def check(cls, name: str, value: Any) -> Any:
+        """`value` checked as `data.<name>`, on its own: for a command that reads a few data settings only."""
+        metadata = next(f.metadata for f in fields(cls) if f.name == name)
+        expected = metadata["expected"]
+        require(f"data.{name}", value, metadata["ok"](value), expected() if callable(expected) else expected)
+        return value
+
     def __post_init__(self) -> None:
         for f in fields(self):
-            value, expected = getattr(self, f.name), f.metadata["expected"]
-            require(f"data.{f.name}", value, f.metadata["ok"](value), expected() if callable(expected) else expected)
+            self.check(f.name, getattr(self, f.name))
         require(
             "data.litdata_dir",
             self.litdata_dir,

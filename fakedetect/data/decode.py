@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import random
 import warnings
 
@@ -29,6 +30,10 @@ else:
     HEIF_MISSING = None
 # the brand of an ISO-BMFF file (bytes 4-12) that marks HEIC/HEIF, to name the cause when it cannot be opened
 HEIF_BRANDS = (b"ftypheic", b"ftypheix", b"ftyphevc", b"ftypmif1", b"ftypmsf1", b"ftypheif")
+# the Pillow decoders a file is offered to: the formats of the image suffixes a listing takes (IMAGE_SUFFIXES in
+# layouts.py; JPEG opens phones' MPO too), so that none of Pillow's forty others parses an untrusted file (an EPS
+# named .jpg would run Ghostscript)
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF") + (() if HEIF_MISSING else ("HEIF",))
 
 
 class Fit(Choice):
@@ -79,7 +84,7 @@ def open_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: 
         default, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
         try:
             try:
-                img = Image.open(io.BytesIO(data))
+                img = Image.open(io.BytesIO(data), formats=FORMATS)
             except UnidentifiedImageError:
                 if HEIF_MISSING and data[4:12] in HEIF_BRANDS:
                     raise ValueError(HEIF_MISSING) from None
@@ -96,12 +101,38 @@ def open_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft: 
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any mode (RGB, L, RGBA, P, CMYK, 16-bit greyscale) to 8-bit RGB."""
-    if img.mode.startswith("I"):
-        # 16-bit greyscale (I;16*, or I): 0..65535 scaled to 0..255, where Pillow's convert would clip it to white
-        grey = np.rint(np.asarray(img).astype(np.float64) / 257).clip(0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
+    """Any mode Pillow opens to 8-bit RGB: the modes of more than 8 bits a pixel (16-bit, 32-bit integer and
+    floating-point greyscale) by `eight_bit`, where Pillow's convert would clip them to black or white; every other
+    (1, L, P, RGB, RGBA, CMYK, YCbCr, LAB, LA, PA) by Pillow's conversion, transparency dropped and the colours
+    under it kept. Pillow itself reads 16-bit colour images as 8-bit RGB(A)."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        return Image.fromarray(eight_bit(np.asarray(img), img.mode)).convert("RGB")
     return img.convert("RGBA").convert("RGB") if img.mode in ("P", "LA", "PA") else img.convert("RGB")
+
+
+def eight_bit(values: np.ndarray, mode: str) -> np.ndarray:
+    """Greyscale pixels of more than 8 bits as uint8, each scale's full range to 0..255.
+
+    A 16-bit image (I;16*) spans 0..65535. A 32-bit integer (I) or floating-point (F) image declares no range, so
+    it is read on the smallest usual scale that holds its largest value: 0..1 (floating point only), 0..255, or
+    0..65535 (a 16-bit image that Pillow widened to 32 bits, as it does for PGM). Values that fit none (negative,
+    above 65535, not finite) are refused: any scale would show them wrongly, clipping as black or white.
+    """
+    if mode.startswith("I;16"):
+        scale = 65535.0
+    else:
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        scales = ((1.0,) if mode == "F" else ()) + (255.0, 65535.0)
+        if not (math.isfinite(low) and math.isfinite(high) and low >= 0 and high <= scales[-1]):
+            kind = "floating-point" if mode == "F" else "32-bit integer"
+            raise ValueError(
+                f"{kind} pixels from {low:g} to {high:g}, on none of the scales "
+                f"{', '.join(f'0..{s:g}' for s in scales)}: refused rather than clipped to black or white"
+            )
+        scale = next(s for s in scales if high <= s)
+    out = values.astype(np.float32)  # exact for every 16-bit value; half the memory of float64 on a large image
+    out *= np.float32(255 / scale)
+    return np.rint(out, out=out).astype(np.uint8)
 
 
 def decode_image(

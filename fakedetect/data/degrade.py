@@ -7,6 +7,7 @@ Used both to measure robustness (fixed strengths) and as CNNDetection-style trai
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,14 @@ def noise(x: Tensor, std: float, generator: torch.Generator | None = None) -> Te
 
 
 DEGRADATIONS = {"jpeg": jpeg, "resize": resize, "blur": blur, "noise": noise}
+# the fixed strengths each takes (a robustness condition's), and what they are; NaN, infinity or a value outside
+# (`blur:1e30`, whose kernel radius overflows; `resize:0`) ends in a library's error or a meaningless row
+STRENGTHS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "jpeg": (lambda v: 1 <= v <= 100, "a JPEG quality in [1, 100]"),
+    "resize": (lambda v: 0 < v <= 1, "a downscale factor in (0, 1]"),
+    "blur": (lambda v: 0 <= v <= 64, "a Gaussian sigma in [0, 64] pixels"),
+    "noise": (lambda v: 0 <= v <= 1, "a noise std in [0, 1] of the pixel range"),
+}
 
 
 def degrade(x: Tensor, kind: str, strength: float) -> Tensor:

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
+import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fakedetect.data.pixels import LUMA
 from fakedetect.utils.errors import ConfigError
+from fakedetect.utils.files import write_atomic
 
 if TYPE_CHECKING:
     from fakedetect.data.config import DataConfig
@@ -61,7 +60,10 @@ def train_statistics(
     path = config.cache_dir / "stats" / f"{config.statistics_key(identity)}.json"
     try:
         stats = json.loads(path.read_text())
-        return [float(m) for m in stats["mean"]], [float(s) for s in stats["std"]]
+        mean, std = [float(m) for m in stats["mean"]], [float(s) for s in stats["std"]]
+        if not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+            raise ValueError(f"mean {mean}, std {std}: not finite, or a std not above 0")
+        return mean, std
     except FileNotFoundError:
         pass
     except (OSError, ValueError, KeyError, TypeError) as err:
@@ -69,12 +71,3 @@ def train_statistics(
     mean, std = compute()
     write_atomic(path, json.dumps({"mean": mean, "std": std}))
     return mean, std
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a small file whole or not at all (a temporary file beside it, renamed over it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from fakedetect.metrics.thresholds import NAMED_THRESHOLDS
 from fakedetect.utils.errors import ConfigError
@@ -43,6 +45,28 @@ def upgrade(checkpoint: dict[str, Any], where: str = "checkpoint") -> dict[str, 
         _from_format1(checkpoint)
         checkpoint[FORMAT_KEY] = FORMAT
     return checkpoint
+
+
+def unusable(state: Mapping[str, Any]) -> list[str]:
+    """The entries of a detector's state dict that make its scores NaN or infinite, each with what is wrong: a floating
+    tensor holding NaN or infinity (in `val_thresholds` NaN means none fitted yet) or a `data_std` not above 0.
+    Empty when every entry is usable. One host-device synchronization for the whole state."""
+    names, flags = [], []
+    for name, tensor in state.items():
+        if not isinstance(tensor, Tensor) or not tensor.is_floating_point() or not tensor.numel():
+            continue
+        finite = torch.isfinite(tensor)
+        if name == THRESHOLDS_BUFFER:
+            finite |= torch.isnan(tensor)
+        names.append(f"{name} (NaN or infinite)")
+        flags.append(finite.all())
+        if name == STATISTICS[1]:
+            names.append(f"{name} (0 or negative)")
+            flags.append(((tensor > 0) | tensor.isnan()).all())  # a NaN std is told once, as NaN
+    if not flags:
+        return []
+    usable = torch.stack([flag.to(flags[0].device) for flag in flags]).tolist()
+    return [name for name, ok in zip(names, usable, strict=True) if not ok]
 
 
 def _from_format1(checkpoint: dict[str, Any]) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import TypedDict, cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
@@ -26,10 +29,10 @@ from torchvision.transforms.v2.functional import horizontal_flip
 from fakedetect.data.batch import Batch
 from fakedetect.data.pixels import LUMA
 from fakedetect.metrics.thresholds import NAMED_THRESHOLDS, SelectedThresholds
-from fakedetect.modules.checkpoint_format import FORMAT, FORMAT_KEY, STATISTICS, upgrade
+from fakedetect.modules.checkpoint_format import FORMAT, FORMAT_KEY, STATISTICS, unusable, upgrade
 from fakedetect.nets.base import DetectorNet
 from fakedetect.utils.choices import Choice
-from fakedetect.utils.errors import ConfigError, is_int, is_number, require
+from fakedetect.utils.errors import ConfigError, NonFiniteError, is_int, is_number, require
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,10 @@ class Detector(L.LightningModule):
     `tta` (test-time augmentation) applies there and to validation and test steps alike, so thresholds are
     fitted on the scores they decide; eval and predict may set another `tta` on a trained detector. Validation
     and test steps return those P(FAKE), for callbacks (`fakedetect.callbacks.figures` draws the figures).
+
+    No NaN or infinity leaves the detector as a score: the logits of every scored batch are checked
+    (`check_logits`), and statistics or checkpoints with unusable values are neither taken nor written
+    (`checkpoint_format.unusable`).
     """
 
     # constructor arguments that are modules or factories, kept out of the saved hyperparameters
@@ -134,6 +141,8 @@ class Detector(L.LightningModule):
             "a positive number of pixels, or null (as decoded)",
         )
         self.save_hyperparameters(logger=False, ignore=list(self.not_hparams))
+        # where the weights were loaded from (`ckpt_path=...`), named when they score NaN; None while fitted
+        self.origin: str | None = None
         self.input_size = input_size
         self.net, self.loss = net, loss
         self.tta = tta
@@ -197,9 +206,17 @@ class Detector(L.LightningModule):
         return self.net(x)
 
     def set_statistics(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        """The per-channel mean and std of the training data, which `preprocess` normalizes with."""
-        self.data_mean = torch.tensor(mean, dtype=torch.float32, device=self.device)
-        self.data_std = torch.tensor(std, dtype=torch.float32, device=self.device)
+        """The per-channel mean and std of the training data, which `preprocess` normalizes with; a NaN, an infinity
+        or a std not above 0 would make every input non-finite, and is refused."""
+        statistics = dict(zip(STATISTICS, (mean, std), strict=True))
+        values = {name: torch.tensor(v, dtype=torch.float32, device=self.device) for name, v in statistics.items()}
+        bad = unusable(values)
+        if bad:
+            raise NonFiniteError(
+                f"the normalization statistics mean={list(mean)} std={list(std)} are unusable ({', '.join(bad)}): "
+                "every input would be NaN or infinite; data.normalize=false skips them"
+            )
+        self.data_mean, self.data_std = values[STATISTICS[0]], values[STATISTICS[1]]
 
     @property
     def has_statistics(self) -> bool:
@@ -229,7 +246,8 @@ class Detector(L.LightningModule):
         """A batch of raw NCHW images (uint8, or floats in [0, 1]) as the net takes it: greyscale when the statistics
         have one channel, normalized, resized to `input_size`, channels-last on a GPU."""
         mean, std = self._statistics()
-        x = self.unit(images.to(self.device, non_blocking=True))
+        # in the statistics' dtype, which follows the model's: a `*-true` precision's half or bfloat16 weights
+        x = self.unit(images.to(self.device, non_blocking=True)).to(mean.dtype)
         if mean.shape[1] == 1 and x.shape[1] == 3:
             x = (x * self.luma).sum(1, keepdim=True)
         x = (x - mean) / std
@@ -237,8 +255,11 @@ class Detector(L.LightningModule):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True)
         return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
 
-    @staticmethod
-    def probabilities(logits: Tensor) -> Tensor:
+    def probabilities(self, logits: Tensor) -> Tensor:
+        """P(FAKE) of the net's logits. Outside training (validation, test, predict: every score reported) the logits
+        are checked first (`check_logits`): an infinite logit saturates P(FAKE) at exactly 0 or 1 and its loss."""
+        if not self.training:
+            self.check_logits(logits)
         return logits.detach().float().sigmoid()
 
     def predict_step(self, batch: Sequence[Tensor], batch_idx: int = 0) -> Tensor:
@@ -252,6 +273,25 @@ class Detector(L.LightningModule):
         if self.tta == TTA.FLIP:
             return (probs + self.probabilities(self(horizontal_flip(x)))) / 2
         return probs
+
+    def check_logits(self, logits: Tensor) -> None:
+        """A NonFiniteError when any logit is NaN or infinite (in any process): no metric, threshold, report or
+        prediction is made of them. One host-device synchronization per scored batch, none per training step."""
+        bad = int((~torch.isfinite(logits)).sum())
+        if self._trainer is not None:  # every process stops together, rather than leave the others waiting
+            stop = self.trainer.strategy.reduce_boolean_decision(bad > 0, all=False)
+        else:
+            stop = bad > 0
+        if not stop:
+            return
+        found = f"{bad} of {len(logits)} images of a batch" if bad else "images of another process's batch"
+        if self.origin is None and self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:
+            raise diverged(self.trainer, f"after step {self.global_step} the logits are NaN or infinite for {found}")
+        raise NonFiniteError(
+            f"{self.origin or 'the trained detector'}: NaN or infinite logits for {found}, so nothing is scored: its "
+            "weights or statistics make the net overflow (a diverged or altered checkpoint; with 16-bit precision, "
+            "try 32-true)"
+        )
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and not self.trainer.ckpt_path:
@@ -334,7 +374,10 @@ class Detector(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """The format version, and the thresholds as plain numbers too, for readers of the file (None before any
-        validation)."""
+        validation). Weights or statistics holding NaN or infinity are never written (as the loader refuses them)."""
+        bad = unusable(checkpoint["state_dict"])
+        if bad:
+            raise diverged(self.trainer, f"the weights to save after step {self.global_step} are unusable ({bad[0]})")
         checkpoint[FORMAT_KEY] = FORMAT
         thresholds = self.thresholds()
         checkpoint["thresholds"] = {
@@ -353,7 +396,10 @@ class Detector(L.LightningModule):
 
     def build_optimizer(self) -> tuple[torch.optim.Optimizer, list[float]]:
         """The optimizer over the net's parameter groups, each group's lr scaled by its `lr_scale`; and the scales."""
-        optimizer = self.optimizer_factory(params=self.net.param_groups())
+        try:
+            optimizer = self.optimizer_factory(params=self.net.param_groups())
+        except ValueError as err:  # torch's own range checks, e.g. "Invalid learning rate: nan"
+            raise ConfigError(f"model.optimizer: {err}") from None
         scales = [group.pop("lr_scale", 1.0) for group in optimizer.param_groups]
         for group, scale in zip(optimizer.param_groups, scales, strict=True):
             group["lr"] *= scale
@@ -362,8 +408,10 @@ class Detector(L.LightningModule):
     def build_scheduler(
         self, optimizer: torch.optim.Optimizer, scales: list[float], total_steps: Callable[[], int]
     ) -> torch.optim.lr_scheduler.LRScheduler | None:
-        """The scheduler of `optimizer` (groups scaled by `scales`); one taking `total_steps` gets `total_steps()`."""
+        """The scheduler of `optimizer` (groups scaled by `scales`); one taking `total_steps` gets `total_steps()`.
+        The optimizer's values are checked finite once the scheduler has set them."""
         if self.scheduler_factory is None:
+            finite_hyperparameters(optimizer)
             return None
         kwargs: dict[str, object] = {}
         if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
@@ -371,7 +419,12 @@ class Detector(L.LightningModule):
         max_lr = getattr(self.scheduler_factory, "keywords", {}).get("max_lr")
         if isinstance(max_lr, (int, float)) and any(scale != 1.0 for scale in scales):
             kwargs["max_lr"] = [max_lr * scale for scale in scales]  # OneCycleLR would reset every group to one
-        return self.scheduler_factory(optimizer, **kwargs)
+        try:
+            scheduler = self.scheduler_factory(optimizer, **kwargs)
+        except (ValueError, ArithmeticError) as err:  # its own checks, or arithmetic on them (div_factor=0)
+            raise ConfigError(f"model.scheduler: {err}") from None
+        finite_hyperparameters(optimizer)  # the scheduler has set the first step's values
+        return scheduler
 
     def configure_optimizers(self) -> OptimizerConfig | OptimizerLRSchedulerConfig:
         optimizer, scales = self.build_optimizer()
@@ -386,3 +439,38 @@ class Detector(L.LightningModule):
                 "monitor": "val/loss",
             },
         }
+
+
+def finite_hyperparameters(optimizer: torch.optim.Optimizer) -> None:
+    """An optimizer whose learning rate, momentum, betas, ... are infinite or NaN would turn the weights NaN at the
+    first step: one line naming the value instead. torch lets `inf` and NaN through some of its checks, and a
+    scheduler's arithmetic makes them of finite settings (OneCycleLR's `max_lr / div_factor`, `div_factor=1e-320`);
+    commands have refused non-finite settings already (`errors.refuse_non_finite`)."""
+    for group in optimizer.param_groups:
+        for key, value in group.items():
+            numbers = value if isinstance(value, (tuple, list)) and key != "params" else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                raise ConfigError(
+                    f"the optimizer's {key} is {value} (from model.optimizer, the net's lr_scale or model.scheduler): "
+                    "a learning rate, momentum or decay must be a finite number"
+                )
+
+
+def diverged(trainer: L.Trainer, found: str) -> NonFiniteError:
+    """The one line that ends a training whose loss, weights or scores turned non-finite: what was `found`, and what to
+    try (the learning rate it had, gradient clipping, 32-bit precision after a 16-bit one)."""
+    lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+    tries = [
+        f"a lower model.optimizer.lr (now {lr:g})" if isinstance(lr, float) else "a lower model.optimizer.lr",
+        "gradient clipping (trainer.gradient_clip_val=1.0)",
+    ]
+    if "16" in str(trainer.precision):
+        tries.append("trainer.precision=32-true")
+    checkpoints = trainer.checkpoint_callback
+    kept = (
+        f"; the best checkpoint before it: {checkpoints.best_model_path}"
+        # a file: the path is set before the write, which a checkpoint of unusable weights never finishes
+        if isinstance(checkpoints, ModelCheckpoint) and os.path.isfile(checkpoints.best_model_path)
+        else ""
+    )
+    return NonFiniteError(f"training diverged: {found}, so the run stops with no result; try {', '.join(tries)}{kept}")

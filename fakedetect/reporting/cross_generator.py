@@ -9,7 +9,6 @@ Writes `cross_generator.md` and a heat map `cross_generator.png` (rows: trained 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from omegaconf import OmegaConf
 from fakedetect.reporting.figures import new_figure
 from fakedetect.reporting.per_source import METRICS
 from fakedetect.utils.errors import ConfigError
+from fakedetect.utils.records import training_records
 
 GENERATOR_KINDS = ("fake", "mixed")
 # specificity is a real-image metric: a generator's column has no real images
@@ -28,10 +28,9 @@ TABLE_METRICS = tuple(m for m in METRICS if m != "specificity")
 def collect(runs: Path) -> dict[str, dict[str, dict]]:
     """Trained-on label -> {tested source -> its per-source row}; the newest run of each label wins."""
     table: dict[str, dict[str, dict]] = {}
-    for path in sorted(runs.rglob("metrics.json"), key=lambda p: p.stat().st_mtime):
-        record = json.loads(path.read_text())
+    for path, record in training_records(runs):
         config = path.parent / ".hydra" / "config.yaml"
-        if record.get("task") != "train" or "per_source" not in record or not config.exists():
+        if "per_source" not in record or not config.exists():
             continue
         sources = OmegaConf.load(config).data.get("train_sources")
         label = "+".join(map(str, sources)) if sources else "all"

@@ -9,13 +9,14 @@ byte-identical copy in the run's train or val images (`test/acc_dedup`); runs ol
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from fakedetect import config_dir
+from fakedetect.utils.records import training_records
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = "cifake_sample"
 
 
@@ -23,9 +24,8 @@ def collect(outputs: Path, min_train: int = 0) -> list[dict]:
     """The newest training record per (experiment, machine, training-set size) under `outputs`, leaving out
     smoke runs on fewer than `min_train` training images."""
     runs: dict[tuple, dict] = {}
-    for path in sorted(outputs.rglob("metrics.json"), key=lambda p: p.stat().st_mtime):
-        record = json.loads(path.read_text())
-        if record.get("task") != "train" or not record.get("experiment") or "test/acc" not in record.get("metrics", {}):
+    for path, record in training_records(outputs):
+        if not record.get("experiment") or "test/acc" not in record.get("metrics", {}):
             continue
         config = path.parent / ".hydra" / "config.yaml"
         data = OmegaConf.load(config).data if config.exists() else {}
@@ -42,7 +42,7 @@ def collect(outputs: Path, min_train: int = 0) -> list[dict]:
 
 
 def reference(experiment: str) -> str:
-    path = ROOT / "conf" / "experiment" / f"{experiment}.yaml"
+    path = config_dir() / "experiment" / f"{experiment}.yaml"
     cfg = OmegaConf.load(path) if path.exists() else None
     return str(cfg.get("reference") or "") if isinstance(cfg, DictConfig) else ""
 

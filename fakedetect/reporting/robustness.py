@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_accuracy, binary_auroc
 
-from fakedetect.data.degrade import DEGRADATIONS, degrade
+from fakedetect.data.degrade import DEGRADATIONS, STRENGTHS, degrade
 from fakedetect.metrics.thresholds import decide
 from fakedetect.reporting.figures import log_figure, new_figure
 from fakedetect.utils.errors import ConfigError
@@ -31,6 +31,9 @@ def parse_condition(condition: str) -> tuple[str, float | None]:
             f"robustness.conditions: '{condition}' is not clean or kind:strength with a kind of "
             f"{sorted(DEGRADATIONS)} and a number, e.g. jpeg:75 or blur:1.0"
         )
+    ok, what = STRENGTHS[kind]
+    if not ok(value):  # NaN fails every range too
+        raise ConfigError(f"robustness.conditions: '{condition}': the strength of {kind} is {what}")
     return kind, value
 
 

@@ -1,4 +1,4 @@
-"""The job's side of a search: report to its Optuna trial epoch by epoch, get pruned, stop when it diverges.
+"""The job's side of a search: report to its Optuna trial epoch by epoch, get pruned.
 
 Hydra's Optuna sweeper gives the job no trial object. The fakedetect_optuna sweeper passes the trial's storage,
 study name and id instead (`optuna_trial.*` in the job's config) and keeps the pruner's config on the study, so
@@ -7,7 +7,6 @@ the job re-opens the very trial the sweeper asked for and prunes with the sweep'
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import lightning as L
@@ -21,8 +20,9 @@ from fakedetect.search.storage import load_study
 class OptunaTrialCallback(L.Callback):
     """Report `monitor` to the trial after each validation and raise optuna.TrialPruned when the pruner says so.
 
-    Any of `finite` turning NaN or infinite also ends the trial (as pruned, with the reason) rather than train on
-    a diverged net. Multi-objective trials only get that check: Optuna cannot prune them.
+    A diverged trial (a NaN or infinite loss, weight or validation metric) has already stopped by then, in
+    `fakedetect.callbacks.finite.StopOnNonFinite`, which the sweeper records as pruned. Optuna cannot prune
+    multi-objective trials: they are not reported.
     """
 
     def __init__(
@@ -31,10 +31,9 @@ class OptunaTrialCallback(L.Callback):
         study_name: str,
         trial_id: int,
         monitor: str | Sequence[str],
-        finite: Sequence[str] = ("train/loss", "val/loss"),
     ) -> None:
         self.storage, self.study_name, self.trial_id = storage, study_name, trial_id
-        self.monitor, self.finite = monitor, tuple(finite)
+        self.monitor = monitor
         self.trial: optuna.Trial | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -51,10 +50,6 @@ class OptunaTrialCallback(L.Callback):
             return
         assert self.trial is not None, "setup() opens the trial"
         epoch = trainer.current_epoch
-        for name in self.finite:
-            metric = trainer.callback_metrics.get(name)
-            if metric is not None and not math.isfinite(float(metric)):
-                raise optuna.TrialPruned(f"diverged: {name} is {float(metric)} at epoch {epoch}")
         if len(self.trial.study.directions) > 1:
             return
         monitor = self.monitor if isinstance(self.monitor, str) else self.monitor[0]

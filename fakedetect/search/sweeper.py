@@ -5,8 +5,9 @@ sampler seed replays the same first trials when a study is resumed. This subclas
 and trial configuration, and owns the ask / launch / tell loop to:
 
 - link each job to its trial (`+optuna_trial.{storage,study_name,trial_id}`, read by `OptunaTrialCallback`);
-- tell a job that raised `optuna.TrialPruned` PRUNED, any other error FAIL, and record why (`prune_reason`,
-  `fail_reason`) with the run's folder, parameter count and training time as trial user attributes;
+- tell a job that raised `optuna.TrialPruned` or diverged (`NonFiniteError`: a NaN or infinite loss, weight or
+  metric) PRUNED, any other error FAIL, and record why (`prune_reason`, `fail_reason`) with the run's folder,
+  parameter count and training time as trial user attributes;
 - seed the sampler past the trials already in the study, so a resumed study or a parallel worker draws new points;
 - let several workers share one study (`study_trials`): each asks for trials until the study holds that many, none
   of them running;
@@ -55,7 +56,9 @@ from fakedetect.search.adapter import (
 )
 from fakedetect.search.report import write_report
 from fakedetect.search.storage import Heartbeat, ask_lock, check_storage, describe, open_storage, retry_history
-from fakedetect.utils.errors import exit_one_line
+from fakedetect.utils.errors import NonFiniteError, exit_one_line
+from fakedetect.utils.processes import run_child
+from fakedetect.utils.signals import doing
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +122,8 @@ class SearchSweeper(StockSweeper):
                     break
                 added += len(trials)
                 overrides = self.configure_trials(trials, space)
-                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+                with doing(f"search trial {', '.join(str(t.number) for t in trials)}", self._stopped_note(study)):
+                    returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
                 self.job_idx += len(returns)
             states = [self._tell(study, trial, ret) for trial, ret in zip(trials, returns, strict=True)]
             self._write_report(study)
@@ -136,6 +140,15 @@ class SearchSweeper(StockSweeper):
                 log.info("the sampler has tried every combination of the search space")
                 break
         self._finish(study)
+
+    def _stopped_note(self, study: optuna.Study) -> str:
+        """What becomes of a trial whose sweep is stopped: it stays RUNNING, its heartbeat no longer kept."""
+        if not self.storage:
+            return f"the in-memory study '{study.study_name}' is gone; the report holds the trials before it"
+        return (
+            f"it stays RUNNING in study '{study.study_name}' until its heartbeat is "
+            f"{self.heartbeat.grace_period} s old; then the next sweep on the study fails it and runs it again"
+        )
 
     def _open_study(self) -> optuna.Study:
         pruner = instantiate(self.pruner_cfg, _execution_whitelist_=OPTUNA_TARGETS)
@@ -264,9 +277,10 @@ class SearchSweeper(StockSweeper):
             sweep_dir / "optimization_results.yaml",
         )
         tests = {}
+        overrides = [*self.report_cfg.test_overrides, *trust_overrides(self.config.get("trust"))]
         for trial in best if self.report_cfg.test_best else []:
             try:
-                tests[trial.number] = evaluate_checkpoint(trial, sweep_dir / "test", self.report_cfg.test_overrides)
+                tests[trial.number] = evaluate_checkpoint(trial, sweep_dir / "test", overrides)
             except (KeyError, OSError, subprocess.CalledProcessError) as e:  # the search's results still stand
                 log.error("could not test trial %d: %r", trial.number, e)
         self._write_report(study, tests)
@@ -295,7 +309,8 @@ def outcome(ret: JobReturn, n_objectives: int) -> tuple[TrialState, list[float] 
     """The trial state, objective values and reason a finished job amounts to."""
     if ret.status is not JobStatus.COMPLETED:
         error = job_error(ret)
-        if isinstance(error, optuna.TrialPruned):
+        # a diverged trial tells the sampler its region is bad, as a pruned one does; a failed one would tell nothing
+        if isinstance(error, (optuna.TrialPruned, NonFiniteError)):
             return TrialState.PRUNED, None, str(error) or "pruned"
         log.warning("trial failed with %r", error, exc_info=error)
         return TrialState.FAIL, None, f"{type(error).__name__}: {error}"
@@ -346,8 +361,18 @@ def evaluate_checkpoint(trial: optuna.trial.FrozenTrial, out: Path, overrides: l
         *overrides,
     ]
     log.info("testing trial %d: %s", trial.number, " ".join(command))
-    subprocess.run(command, check=True)
+    code = run_child(command)
+    if code:
+        raise subprocess.CalledProcessError(code, command)
     return json.loads((run_dir / "metrics.json").read_text())["metrics"]
+
+
+def trust_overrides(trust: str | Sequence[str] | None) -> list[str]:
+    """The search's own `trust` as eval's: a checkpoint never grants it, so eval of a trial's is told again."""
+    if not trust:
+        return []
+    patterns = [trust] if isinstance(trust, str) else list(trust)
+    return [f"trust=[{','.join(quote(str(p)) for p in patterns)}]"]
 
 
 def quote(value: str) -> str:

@@ -23,6 +23,8 @@ from fakedetect import package_file
 from fakedetect.data.sources import Source
 from fakedetect.data.splits import stratified_sample
 from fakedetect.utils.errors import ConfigError
+from fakedetect.utils.files import atomic_path
+from fakedetect.utils.signals import doing
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,7 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = 1
         reason = getattr(err, "reason", err)
         raise DownloadError(f"cannot reach {url} ({reason}); {OFFLINE_HINT}, or put the archive at {dest}") from None
     else:
-        with response:
+        with response, doing(f"downloading {url} into {part}", f"{part} is kept: the same command resumes it"):
             _receive(response, part, start, url)
     part.replace(dest)
     verify(dest, sha256)
@@ -193,12 +195,18 @@ def build_sample(
     for split, per_class in (("train", train_per_class), ("test", test_per_class)):
         for e in stratified_sample(listing.split(split), per_class * len(classes), seed):
             picked[e.name] = f"{split}/{classes[e.label]}/{PurePosixPath(e.name).name}"
-    blobs = {picked[name]: blob for name, blob in Source.open(source).read(picked)}
+    blobs = {}
+    for name, blob in Source.open(source).read(picked):
+        if isinstance(blob, str):  # the sample must hold exactly the picked files
+            raise DownloadError(f"sample.source={source}: cannot read {name} ({blob}); re-download the full CIFAKE")
+        blobs[picked[name]] = blob
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as out:
+    with (
+        doing(f"writing the sample {dest}", f"{dest} was left as it was"),
+        atomic_path(dest) as tmp,
+        zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as out,
+    ):
         for name in sorted(blobs):
             out.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), blobs[name])
-    tmp.replace(dest)
     log.info("%s: %d images, %.2f MB, sha256 %s", dest, len(blobs), dest.stat().st_size / 1e6, sha256_of(dest))
     return dest

@@ -18,6 +18,7 @@ from fakedetect.data.datamodule import ImageDataModule
 from fakedetect.data.layouts import SPLITS
 from fakedetect.data.loaders.litdata import PACK_META
 from fakedetect.utils.errors import ConfigError
+from fakedetect.utils.signals import doing
 
 log = logging.getLogger(__name__)
 
@@ -71,31 +72,33 @@ def pack(datamodule: ImageDataModule, output: str, chunk_bytes: str = "64MB", ov
         "skipped": datamodule.skipped,
         "splits": splits,
     }
-    for split in SPLITS:
-        part = datamodule.splits[split]
-        splits[split] = {
-            "names": [data.names[i] for i in part.index],
-            "labels": part.labels.tolist(),
-            "sources": part.sources.tolist(),
-            "digests": data.digests[part.index].astype(str).tolist(),
-        }
-        folder = target / split
-        if folder.exists():
-            shutil.rmtree(folder)
-        if not len(part):
-            continue
-        # one worker: the chunks keep the split's order (test order is what the dedup mask follows); the rows are
-        # decoded already, so this is a copy
-        optimize(
-            fn=partial(_item, images=images, index=part.index, labels=part.labels, sources=part.sources),
-            inputs=list(range(len(part))),
-            output_dir=str(folder),
-            chunk_bytes=chunk_bytes,
-            num_workers=1,
-            keep_data_ordered=True,
-            start_method="fork",
-            verbose=False,
-        )
-        log.info("packed %d %s images into %s", len(part), split, folder)
+    incomplete = f"{target} holds an incomplete pack (no {PACK_META}): delete it, or pack into an empty folder"
+    with doing(f"packing {datamodule.root} into {target}", incomplete):
+        for split in SPLITS:
+            part = datamodule.splits[split]
+            splits[split] = {
+                "names": [data.names[i] for i in part.index],
+                "labels": part.labels.tolist(),
+                "sources": part.sources.tolist(),
+                "digests": data.digests[part.index].astype(str).tolist(),
+            }
+            folder = target / split
+            if folder.exists():
+                shutil.rmtree(folder)
+            if not len(part):
+                continue
+            # one worker: the chunks keep the split's order (test order is what the dedup mask follows); the rows are
+            # decoded already, so this is a copy
+            optimize(
+                fn=partial(_item, images=images, index=part.index, labels=part.labels, sources=part.sources),
+                inputs=list(range(len(part))),
+                output_dir=str(folder),
+                chunk_bytes=chunk_bytes,
+                num_workers=1,
+                keep_data_ordered=True,
+                start_method="fork",
+                verbose=False,
+            )
+            log.info("packed %d %s images into %s", len(part), split, folder)
     (target / PACK_META).write_text(json.dumps(meta))
     return meta

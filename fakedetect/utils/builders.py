@@ -3,6 +3,11 @@
 Every `instantiate` of the package goes through `instantiate` here, which hands Hydra an execution allow-list:
 a config (and above all one stored in a checkpoint, which anyone may have written) can only name the classes
 fakedetect builds, never an arbitrary callable such as `shutil.copyfile` or `os.system`.
+
+A user's own classes (a net, a loss, a data module of their package) are built only where the user says so, and
+only here: the command's own `trust` setting or the FAKEDETECT_TRUST variable names their packages (`trusted`).
+A config read from a file (a checkpoint, an exported detector) never grants trust, whatever it holds: the trust
+its training run was given is stored in it but never read back (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ import contextlib
 import fnmatch
 import inspect
 import logging
+import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Iterator, Sequence
@@ -75,20 +82,69 @@ RUN_TARGETS = (
 # installed, e.g. trainer.accelerator=tpu): one line naming the key, not a traceback
 REFUSED_ARGUMENTS = (ValueError, TypeError, ImportError, MisconfigurationException)
 
+# The environment's trust, added to every command's `trust` setting: comma-separated patterns, e.g. mylab.*
+TRUST_ENV = "FAKEDETECT_TRUST"
+# A trust pattern: a module path (a class or function), or `package.*` for everything under a package
+TRUST_PATTERN = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(\.\*)?")
+# The packages the allow-lists already decide about: trust cannot widen them, so `torch.save` stays refused
+LISTED_PACKAGES = frozenset(pattern.split(".")[0] for pattern in RUN_TARGETS)
+
+
+def trusted(setting: str | Sequence[str] | None = None) -> tuple[str, ...]:
+    """The user's own packages a command may build besides the allow-lists: the command's `trust` setting (from
+    its own config and command line, never from a checkpoint's) and FAKEDETECT_TRUST. A pattern that names no
+    module, or Python's standard library, or a package the allow-lists speak for, is one ConfigError."""
+    if setting is None:
+        setting = []
+    elif isinstance(setting, str):
+        setting = [setting]
+    elif not isinstance(setting, Sequence):
+        raise ConfigError(f"trust={setting}: give a list of your own packages, e.g. trust=[mylab.*]")
+    given = [("trust", p) for p in setting] + [
+        (TRUST_ENV, p.strip()) for p in os.environ.get(TRUST_ENV, "").split(",") if p.strip()
+    ]
+    for key, pattern in given:
+        why = untrustable(pattern)
+        if why is not None:
+            raise ConfigError(f"{key}={pattern}: {why}")
+    return tuple(dict.fromkeys(pattern for _, pattern in given))
+
+
+def untrustable(pattern: object) -> str | None:
+    """Why `pattern` cannot be trusted, or None: trust names the user's own packages, nothing else."""
+    if not isinstance(pattern, str) or not TRUST_PATTERN.fullmatch(pattern):
+        return "not a module pattern; trust your package as mylab.* (all of it) or one class as mylab.nets.MyNet"
+    top = pattern.split(".")[0]
+    if top in sys.stdlib_module_names:
+        return f"{top} is Python's standard library, which no config builds; trust names your own packages"
+    if top in LISTED_PACKAGES:
+        return (
+            f"what fakedetect builds of {top} is its allow-list (fakedetect.utils.builders.RUN_TARGETS); trust "
+            "names your own packages"
+        )
+    return None
+
 
 def instantiate(
-    config: Any, *args: Any, allow: Sequence[str] = RUN_TARGETS, source: str = "config", **kwargs: Any
+    config: Any,
+    *args: Any,
+    allow: Sequence[str] = RUN_TARGETS,
+    trust: str | Sequence[str] | None = None,
+    source: str = "config",
+    **kwargs: Any,
 ) -> Any:
-    """Hydra's instantiate under the `allow` list, its arguments checked first (`check_arguments`); a refused or
-    unknown target, or arguments its constructor refuses, are one ConfigError naming `source` and the key."""
-    check_arguments(config, allow, given=frozenset(kwargs))
+    """Hydra's instantiate under the `allow` list and what the user trusts (`trusted(trust)`), its arguments checked
+    first (`check_arguments`); a refused or unknown target, or arguments its constructor refuses, are one
+    ConfigError naming `source` and the key."""
+    trust = trusted(trust)
+    check_arguments(config, [*allow, *trust], given=frozenset(kwargs))
     try:
         with refused_arguments(source):
-            return hydra.utils.instantiate(config, *args, _execution_whitelist_=list(allow), **kwargs)
+            return hydra.utils.instantiate(config, *args, _execution_whitelist_=[*allow, *trust], **kwargs)
     except InstantiationException as err:
         if user_error(err) is not None:
             raise
-        raise ConfigError(f"{source}: {refusal(err, allow)}") from err
+        raise ConfigError(f"{source}: {refusal(err, allow, trust)}") from err
 
 
 @contextlib.contextmanager
@@ -104,19 +160,35 @@ def refused_arguments(source: str = "config") -> Iterator[None]:
         raise ConfigError(f"{source}: {notes[0]}: {' '.join(str(err).split())}") from err
 
 
-def refusal(err: InstantiationException, allow: Sequence[str]) -> str:
-    """Hydra's multi-line refusal as one line: the target, its key and which list it is not on."""
+def refusal(err: InstantiationException, allow: Sequence[str], trust: Sequence[str] = ()) -> str:
+    """Hydra's multi-line refusal as one line: the target, its key, which lists it is not on and, for a package
+    that could be the user's own, how to trust it."""
     text = str(err)
     target = re.search(r"target '([^']*)'", text, re.IGNORECASE)
     key = re.search(r"^full_key: (.*)$", text, re.MULTILINE)
     where = f" at {key.group(1)}" if key else ""
     if target is None:
         return " ".join(text.split()) + where
+    name = target.group(1)
+    if isinstance(err.__cause__, ImportError):
+        cause: BaseException = err.__cause__
+        while cause.__cause__ is not None:  # the import's own error, below Hydra's multi-line wrapping
+            cause = cause.__cause__
+        return (
+            f"_target_ '{name}'{where} cannot be imported ({type(cause).__name__}: {' '.join(str(cause).split())}): "
+            "no such class or function, or its package is not installed or on PYTHONPATH"
+        )
     named = {MODEL_TARGETS: "MODEL_TARGETS", RUN_TARGETS: "RUN_TARGETS"}.get(tuple(allow))
     listed = f"fakedetect.utils.builders.{named}" if named else ", ".join(allow)
-    if isinstance(err.__cause__, ImportError):
-        return f"_target_ '{target.group(1)}'{where} cannot be imported: no such class or function"
-    return f"_target_ '{target.group(1)}'{where} is refused: fakedetect builds only targets on its allow-list: {listed}"
+    if trust:
+        listed += f" and what you trust ({', '.join(trust)})"
+    package = f"{name.split('.')[0]}.*"
+    hint = (
+        f"; if it is your own code, trust it: trust=[{package}] or {TRUST_ENV}={package}"
+        if untrustable(package) is None
+        else ""
+    )
+    return f"_target_ '{name}'{where} is refused: fakedetect builds only targets on its allow-list ({listed}){hint}"
 
 
 def check_arguments(config: Any, allow: Sequence[str] = RUN_TARGETS, given: frozenset[str] = frozenset()) -> None:
@@ -228,16 +300,22 @@ def resolve_precision(trainer_cfg: DictConfig) -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
-def build_list(cfg: DictConfig | None) -> list:
+def build_list(cfg: DictConfig | None, trust: str | Sequence[str] | None = None) -> list:
     """Every `_target_` entry of a callbacks or logger group, in order."""
     if not cfg:
         return []
-    return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+    return [instantiate(c, trust=trust) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
-def build_model(cfg: DictConfig, allow: Sequence[str] = RUN_TARGETS, source: str = "config") -> Detector:
-    loss = instantiate(cfg.loss, allow=allow, source=source)
-    model = instantiate(cfg.model, loss=loss, allow=allow, source=source)
+def build_model(
+    cfg: DictConfig,
+    allow: Sequence[str] = RUN_TARGETS,
+    trust: str | Sequence[str] | None = None,
+    source: str = "config",
+) -> Detector:
+    """The loss and the detector of a config; `trust` is the command's own setting, never the config's."""
+    loss = instantiate(cfg.loss, allow=allow, trust=trust, source=source)
+    model = instantiate(cfg.model, loss=loss, allow=allow, trust=trust, source=source)
     if not isinstance(model, Detector):  # train, eval, predict and the reports score through Detector's interface
         raise ConfigError(
             f"{source}: model._target_ must be fakedetect.modules.Detector or a subclass of it, "
@@ -258,7 +336,9 @@ def check_optimizer(model: Detector) -> None:
 DIVISORS = ("check_val_every_n_epoch", "accumulate_grad_batches")
 
 
-def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
+def build_trainer(
+    cfg: DictConfig, callbacks: list, loggers: list, trust: str | Sequence[str] | None = None
+) -> L.Trainer:
     """The run's Trainer. Its processes each draw their own share of every split from the loaders (each image
     once: Lightning's DistributedSampler would pad the last shares with repeats, scored twice); strategies that
     spawn their processes are refused, since only the logged metrics come back from them."""
@@ -277,6 +357,7 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
         logger=loggers or False,
         precision=resolve_precision(cfg.trainer),
         use_distributed_sampler=False,
+        trust=trust,
     )
     if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
         raise ConfigError(

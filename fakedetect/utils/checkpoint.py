@@ -5,8 +5,10 @@ one upgrade of older files are `fakedetect.modules.checkpoint_format`'s.
 Checkpoints are untrusted input. They are unpickled with `weights_only=True`: torch's own allow-list of tensors and
 plain containers is all that fakedetect writes (checkpoints of every `model=` option, with their optimizer,
 scheduler and callback states, hold no other global), so nothing is added to it and nothing in a file can run. The
-stored config is rebuilt only through `MODEL_TARGETS`. An exported detector (`python -m fakedetect.export`) is a
-folder of `model.safetensors` and `detector.json`, which involve no pickle at all.
+stored config is rebuilt only through `MODEL_TARGETS` and the user's own packages that the loading command
+trusts (`fakedetect.utils.builders.trusted`), never through the trust the file itself records. An exported
+detector (`python -m fakedetect.export`) is a folder of `model.safetensors` and `detector.json`, which involve no
+pickle at all.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import hashlib
 import json
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fakedetect.data.datamodule import ImageDataModule
-from fakedetect.modules.checkpoint_format import FORMAT, FORMAT_KEY, upgrade
+from fakedetect.modules.checkpoint_format import FORMAT, FORMAT_KEY, unusable, upgrade
 from fakedetect.modules.detector import Detector
 from fakedetect.utils.builders import MODEL_TARGETS, build_model, instantiate
-from fakedetect.utils.errors import ConfigError
+from fakedetect.utils.errors import ConfigError, NonFiniteError
+from fakedetect.utils.files import atomic_path, write_atomic
 
 CONFIG_KEY = "fakedetect_config"
 DETECTOR_JSON, WEIGHTS_FILE = "detector.json", "model.safetensors"
@@ -105,17 +108,20 @@ class Trained:
             self.model.tta = tta
 
 
-def load_trained(ckpt_path: str | Path, data: Mapping[str, Any] | None = None) -> Trained:
+def load_trained(
+    ckpt_path: str | Path, data: Mapping[str, Any] | None = None, trust: str | Sequence[str] | None = None
+) -> Trained:
     """Rebuild model and data module from a checkpoint or an exported detector folder alone; `data` values (not
-    None) replace its data config."""
+    None) replace its data config. Its config may build `MODEL_TARGETS` and what the loading command trusts
+    (`trust`, its own setting): the `trust` stored in the file is never read."""
     path = Path(ckpt_path)
     checkpoint = upgrade(read_detector(path) if path.is_dir() else load_checkpoint(path), f"ckpt_path={path}")
     cfg = checkpoint_config(checkpoint, path)
     for key, value in (data or {}).items():
         if value is not None:
             cfg.data[key] = value
-    datamodule = instantiate(cfg.data, allow=MODEL_TARGETS, source=f"ckpt_path={path}")
-    model = build_model(cfg, allow=MODEL_TARGETS, source=f"ckpt_path={path}")
+    datamodule = instantiate(cfg.data, allow=MODEL_TARGETS, trust=trust, source=f"ckpt_path={path}")
+    model = build_model(cfg, allow=MODEL_TARGETS, trust=trust, source=f"ckpt_path={path}")
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"ckpt_path={path}: no state dict of tensors in it; {WHERE}")
@@ -124,12 +130,14 @@ def load_trained(ckpt_path: str | Path, data: Mapping[str, Any] | None = None) -
     model.load_state_dict(state)
     if not model.has_statistics:
         raise ConfigError(f"ckpt_path={path}: no normalization statistics in it, so its detector cannot score images")
+    model.origin = f"ckpt_path={path}"
     step = checkpoint.get("global_step", 0)
     return Trained(model.eval(), datamodule, cfg, step if isinstance(step, int) else 0, checkpoint.get("thresholds"))
 
 
 def check_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
-    """A state dict that does not fit `model` is told in one line rather than load_state_dict's list of keys."""
+    """A state dict that does not fit `model` is told in one line rather than load_state_dict's list of keys; one
+    whose weights or statistics hold NaN or infinity (or a std not above 0) is refused: no score of it is a number."""
     expected = model.state_dict()
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
@@ -143,6 +151,13 @@ def check_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], pat
         raise ConfigError(
             f"ckpt_path={path}: its weights do not fit the model its config builds: "
             f"{', '.join(problems)} of {len(expected)} keys; it was written for another model or altered"
+        )
+    bad = unusable(state)
+    if bad:
+        raise NonFiniteError(
+            f"ckpt_path={path}: refused: {len(bad)} of its {len(state)} weights and statistics are unusable (e.g. "
+            f"{bad[0]}), so every score of it would be NaN or meaningless; it comes from a diverged training or was "
+            "altered: use a checkpoint of a run that ended well"
         )
 
 
@@ -173,8 +188,9 @@ def export_detector(trained: Trained, output: str | Path, source: str | Path = "
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     weights = output / WEIGHTS_FILE
-    # clones: safetensors refuses tensors that share memory, and writes contiguous ones only
-    save_file({k: v.detach().cpu().clone().contiguous() for k, v in trained.model.state_dict().items()}, weights)
+    with atomic_path(weights) as tmp:
+        # clones: safetensors refuses tensors that share memory, and writes contiguous ones only
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in trained.model.state_dict().items()}, tmp)
     detector = {
         "format": DETECTOR_FORMAT,
         "exported_from": str(source),
@@ -184,7 +200,8 @@ def export_detector(trained: Trained, output: str | Path, source: str | Path = "
         "thresholds": trained.thresholds,
         CONFIG_KEY: OmegaConf.to_container(trained.config, resolve=True),
     }
-    (output / DETECTOR_JSON).write_text(json.dumps(detector, indent=1, allow_nan=True))
+    # last, and whole: a folder is an export once detector.json names its weights
+    write_atomic(output / DETECTOR_JSON, json.dumps(detector, indent=1, allow_nan=True))
     return output
 
 

@@ -3,6 +3,7 @@ the check that the machine has the GPUs a config asks for."""
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 import lightning as L
@@ -49,6 +50,25 @@ def check_trainer_devices(accelerator: object, devices: object) -> None:
             gpus_wanted(devices),
             "trainer=cpu (or trainer.accelerator=cpu)",
         )
+
+
+def check_trainer_precision(accelerator: object, precision: object) -> None:
+    """A precision the machine cannot run is one line before any work; torch would fail at the first bfloat16
+    kernel of an older GPU, and Lightning at Trainer construction when Transformer Engine is missing."""
+    key = f"trainer.precision={precision}"
+    on_gpu = str(accelerator) in GPU_ACCELERATORS or (str(accelerator) == "auto" and torch.cuda.is_available())
+    if (
+        str(precision).startswith("bf16")
+        and on_gpu
+        and torch.cuda.is_available()
+        and not torch.cuda.is_bf16_supported()
+    ):
+        raise ConfigError(
+            f"{key}: this GPU ({torch.cuda.get_device_name()}) cannot compute in bfloat16; "
+            "use trainer.precision=16-mixed (or precision=auto, which picks it)"
+        )
+    if str(precision).startswith("transformer-engine") and importlib.util.find_spec("transformer_engine") is None:
+        raise ConfigError(f"{key}: needs NVIDIA Transformer Engine, which is not installed; use bf16-mixed or 16-mixed")
 
 
 def resolve_device(device: str) -> torch.device:

@@ -21,6 +21,12 @@ class ConfigError(ValueError):
     """The run cannot go on with this config or input; the message names the file or key and the fix."""
 
 
+class NonFiniteError(ConfigError):
+    """A NaN or infinity where a loss, a weight, a statistic or a score must be a number (a diverged training, a
+    damaged checkpoint, an overflow): the run stops before anything is written from it. A search records such a trial
+    as pruned."""
+
+
 def is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -41,6 +47,21 @@ def require_each(
     """`require` of every (key, test, expected) in `checks` on `values[key]`, named `<prefix>.<key>`."""
     for key, ok, expected in checks:
         require(f"{prefix}.{key}", values[key], ok(values[key]), expected)
+
+
+def refuse_non_finite(value: object, key: str = "") -> None:
+    """A NaN or infinity anywhere in a config is no setting (null says "none" where a key allows it): NaN passes every
+    range check unnoticed, as it compares false with every bound (`model.optimizer.momentum=nan` trained on NaN), and
+    an infinity reaches libraries that count with it (`trainer.max_epochs=inf` failed inside Lightning). One line
+    naming its key; interpolations are not followed, so the key that holds the value is the one named."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value}: NaN and infinity are not settings; give a finite number (or null)")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            refuse_non_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            refuse_non_finite(v, f"{key}[{i}]")
 
 
 def user_error(err: BaseException | None) -> ConfigError | None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -13,6 +15,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.syntax import Syntax
+
+from fakedetect.utils.errors import NonFiniteError
+from fakedetect.utils.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +30,35 @@ def machine() -> str:
 
 
 def scalars(metrics: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    """The logged one-number metrics as the run's results (metrics.json, a sweep's objective); a NaN or infinity among
+    them is no result, and stops the run before anything is written from them."""
+    values = {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    bad = [f"{k}={v}" for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        raise NonFiniteError(
+            f"{', '.join(bad[:3])}: a logged metric is NaN or infinite, so no result is written (an overflow in the "
+            "model or its loss; with 16-bit precision, try trainer.precision=32-true)"
+        )
+    return values
+
+
+def training_records(folder: Path) -> Iterator[tuple[Path, dict]]:
+    """Every training run's metrics.json under `folder` with its record, oldest first (so that the newest of a kind
+    wins where a table keeps one). A record holding NaN or infinity (a diverged run, written before fakedetect refused
+    to) is no result: skipped, with a warning naming it."""
+    for path in sorted(folder.rglob("metrics.json"), key=lambda p: p.stat().st_mtime):
+        record = json.loads(path.read_text())
+        if record.get("task") != "train":
+            continue
+        bad = [k for k, v in record.get("metrics", {}).items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            log.warning("leaving out %s: %s NaN or infinite (a diverged run)", path, ", ".join(bad[:3]))
+            continue
+        yield path, record
 
 
 def write_metrics(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, sort_keys=True))
+    write_atomic(path, json.dumps(record, indent=2, sort_keys=True))
     log.info("metrics written to %s", path)
 
 

@@ -116,7 +116,8 @@ def listing(config: DataConfig, source: Source) -> list[Entry]:
         )
     if listed.not_regular:
         log.warning(
-            "skipped %d entries of %s that are not regular files (FIFOs, devices, sockets, broken links), e.g. %s",
+            "skipped %d entries of %s that are not regular files (FIFOs, devices, sockets, broken links, an "
+            "archive's links), e.g. %s",
             len(listed.not_regular),
             config.root,
             listed.not_regular[0],

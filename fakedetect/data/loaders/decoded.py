@@ -31,7 +31,7 @@ def cache_folder(config: DataConfig, source: Source) -> Path:
 
 def decoded(config: DataConfig, timings: dict[str, float]) -> Decoded:
     """The decoded images, memory-mapped from the cache; decoded on every core and cached first if need be."""
-    source = Source.open(config.root)
+    source = Source.open(config.root, config.max_file_bytes)
     folder = cache_folder(config, source)
     start = time.perf_counter()
     cached = load_cache(folder)

@@ -18,6 +18,7 @@ from torchvision.transforms.functional import five_crop
 from fakedetect.data.decode import DEFAULT_MAX_PIXELS, Fit, cover, decode_image, open_image, to_rgb
 from fakedetect.data.layouts import IMAGE_SUFFIXES
 from fakedetect.data.loaders.decoding import Unreadable
+from fakedetect.data.sources import DEFAULT_MAX_FILE_BYTES, read_file
 from fakedetect.utils.errors import ConfigError, is_int
 
 # crops=: 1 (the image as `fit` makes it), 5 (torchvision's five_crop) or tiles (a grid of non-overlapping windows)
@@ -82,17 +83,19 @@ def views(
 
 class ImageFiles(Dataset):
     """Each file's windows (`windows(file bytes)`, a `views`) with the file's index, or `Unreadable` with the
-    decoder's error (its label is the file's index)."""
+    reader's or decoder's error (its label is the file's index); a file over `max_bytes` is refused unread."""
 
-    def __init__(self, paths: list[Path], windows: Callable[[bytes], Tensor]) -> None:
-        self.paths, self.windows = paths, windows
+    def __init__(
+        self, paths: list[Path], windows: Callable[[bytes], Tensor], max_bytes: int | None = DEFAULT_MAX_FILE_BYTES
+    ) -> None:
+        self.paths, self.windows, self.max_bytes = paths, windows, max_bytes
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Windows | Unreadable:
         try:
-            return i, self.windows(self.paths[i].read_bytes())
+            return i, self.windows(read_file(self.paths[i], self.max_bytes))
         except Exception as err:  # noqa: BLE001 - any failure to read or decode is reported on the file's row
             return Unreadable(str(self.paths[i]), i, f"{type(err).__name__}: {err}")
 
@@ -127,6 +130,7 @@ def file_loader(
     resolution: int,
     fit: str,
     max_pixels: int | None,
+    max_file_bytes: int | None,
     crops: int | str,
     max_tiles: int,
     batch_size: int,
@@ -137,7 +141,7 @@ def file_loader(
     per_file = 1 if crops == 1 else 5 if crops == 5 else max_tiles
     windows = partial(views, resolution=resolution, fit=fit, crops=crops, max_pixels=max_pixels, max_tiles=max_tiles)
     return DataLoader(
-        ImageFiles(paths, windows),
+        ImageFiles(paths, windows, max_file_bytes),
         batch_size=max(1, batch_size // per_file),
         num_workers=num_workers,
         collate_fn=collate_windows,

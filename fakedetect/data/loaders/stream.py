@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import time
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,7 +19,9 @@ from fakedetect.data.loaders.base import Loader, Where, listing, register
 from fakedetect.data.loaders.decoding import SkippingLoader, SkippingTrainLoader, StreamDataset, collate_skipping
 from fakedetect.data.sources import Source
 from fakedetect.data.splits import Listed, Plan, plan, stratified_sample
-from fakedetect.data.statistics import Statistics, channel_stats, train_statistics, write_atomic
+from fakedetect.data.statistics import Statistics, channel_stats, train_statistics
+from fakedetect.utils.files import write_atomic
+from fakedetect.utils.locks import scratch_folder
 
 if TYPE_CHECKING:
     from fakedetect.data.config import DataConfig
@@ -39,7 +39,7 @@ class StreamLoader(Loader):
 
     @cached_property
     def source(self) -> Source:
-        return Source.open(self.config.root)
+        return Source.open(self.config.root, self.config.max_file_bytes)
 
     def plan(self) -> Plan:
         self.source.check_streamable()
@@ -88,7 +88,8 @@ class StreamLoader(Loader):
         config = self.config
         sample = stratified_sample(train, config.stats_sample, config.seed)
         config.cache_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".stats-", dir=config.cache_dir) as scratch:
+        # a private folder: removed when done, or by the next cache writer here if this process is killed
+        with scratch_folder(config.cache_dir, ".stats") as scratch:
             # Unreadable files are skipped (or raise, with skip_bad=false) as everywhere else, not a crash here.
             images = decode_entries(
                 self.source,
@@ -98,7 +99,7 @@ class StreamLoader(Loader):
                 workers=config.decode_workers,
                 skip_bad=config.skip_bad,
                 max_pixels=config.max_pixels,
-                folder=Path(scratch) / "sample",
+                folder=scratch / "sample",
             ).images
             if not len(images):
                 raise DataLayoutError(

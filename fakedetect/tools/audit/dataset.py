@@ -16,7 +16,7 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 
 import imagehash
@@ -25,10 +25,12 @@ import numpy as np
 from fakedetect.data.cache import read_batches
 from fakedetect.data.decode import DEFAULT_MAX_PIXELS, file_digest, open_image, to_rgb
 from fakedetect.data.layouts import DataLayoutError, Entry
-from fakedetect.data.sources import Source
+from fakedetect.data.sources import DEFAULT_MAX_FILE_BYTES, Source
 from fakedetect.tools.audit.figures import draw_sizes
 from fakedetect.tools.audit.shortcuts import audit_shortcuts, header_facts
 from fakedetect.utils.errors import is_number, require
+from fakedetect.utils.processes import worker_pool
+from fakedetect.utils.signals import doing
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ def describe_all(
             for name, f in zip(names, facts, strict=True):
                 out[position[name]] = f
 
-    with ProcessPoolExecutor(workers) as pool:
+    with worker_pool(workers) as pool:
         for batch in read_batches(source, list(position), 2048, chunk_bytes):
             pending.add(pool.submit(describe_chunk, [n for n, _ in batch], [b for _, b in batch]))
             if len(pending) >= 2 * workers:
@@ -178,6 +180,7 @@ def audit(
     near_distance: int = 0,
     workers: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
     aliases: Mapping[str, Iterable[str]] | None = None,
     layout: str = "auto",
     manifest: str | None = None,
@@ -194,10 +197,11 @@ def audit(
         "a balanced accuracy in [0.5, 1]",
     )
     require("decode", decode, isinstance(decode, bool), "true or false")
-    source = Source.open(root)
+    source = Source.open(root, max_file_bytes)
     listing = source.list(classes, aliases, layout, manifest)
     entries = listing.entries
-    info = describe_all(source, entries, workers, max_pixels=max_pixels, decode=decode)
+    with doing(f"reading {len(entries)} images of {root} for the audit", f"no audit was written to {out}"):
+        info = describe_all(source, entries, workers, max_pixels=max_pixels, decode=decode)
     bad = [(e.name, d["error"]) for e, d in zip(entries, info, strict=True) if "error" in d]
     keep = [i for i, d in enumerate(info) if "error" not in d]
     if not keep:

@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image
 from PIL.JpegImagePlugin import JpegImageFile
 
+from fakedetect.data.decode import FORMATS
+
 # The example tables of the JPEG standard (ITU T.81 Annex K), natural order; libjpeg scales them by quality.
 IJG_LUMINANCE = [
     16,
@@ -167,7 +169,7 @@ def header_facts(data: bytes) -> dict:
             warnings.simplefilter("ignore")  # nothing is decoded, so a decompression bomb is only a large number
             default, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                img = Image.open(io.BytesIO(data))
+                img = Image.open(io.BytesIO(data), formats=FORMATS)
             finally:
                 Image.MAX_IMAGE_PIXELS = default
             with img:
