@@ -31,8 +31,15 @@ class EpochOrder(Sampler[Tensor]):
         n = self.n
         return n // self.world_size if self.drop_last else -(-(n - self.rank) // self.world_size)
 
+    @property
+    def _even(self) -> bool:
+        """Several processes, shares that may differ by one image: each then draws as many batches as the largest
+        share needs (none larger than batch_size), for the detector checks every scored batch with one collective
+        call that every process must make (Detector.check_logits)."""
+        return self.world_size > 1 and not self.drop_last
+
     def __len__(self) -> int:
-        n = self._shard_size()
+        n = -(-self.n // self.world_size) if self._even else self._shard_size()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[Tensor]:
@@ -42,5 +49,8 @@ class EpochOrder(Sampler[Tensor]):
             order = torch.arange(self.n)
         self.epoch += 1
         order = order[self.rank :: self.world_size][: self._shard_size()]
+        if self._even:
+            yield from (batch for batch in torch.tensor_split(order, len(self)) if len(batch))
+            return
         for b in range(len(self)):
             yield order[b * self.batch_size : (b + 1) * self.batch_size]
