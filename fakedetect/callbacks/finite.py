@@ -9,11 +9,11 @@ import torch
 from torch import Tensor
 
 from fakedetect.modules.checkpoint_format import unusable
-from fakedetect.modules.detector import diverged
+from fakedetect.modules.finite import diverged
 
 
 class StopOnNonFinite(L.Callback):
-    """Raises NonFiniteError (`modules.detector.diverged`) naming the step, the value and what to try as soon as the
+    """Raises NonFiniteError (`modules.finite.diverged`) naming the step, the value and what to try as soon as the
     training loss, the weights or a validation metric is NaN or infinite; `train` then writes no metrics.json and no
     checkpoint (Lightning runs the checkpoint callbacks after this one, and the Detector refuses to write non-finite
     weights).
