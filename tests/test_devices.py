@@ -38,12 +38,12 @@ def test_fewer_gpus_than_asked_is_one_line(monkeypatch: pytest.MonkeyPatch) -> N
 def test_the_missions_gpu_command_on_a_cpu_machine_is_one_line(tmp_path: Path) -> None:
     """`python -m fakedetect.train model=resnet18 trainer.accelerator=gpu`, and predict's and Grad-CAM's
     device=cuda."""
-    done = run_command(
-        "train", "model=resnet18", "trainer.accelerator=gpu", "data=cifake_sample", f"hydra.run.dir={tmp_path / 'run'}"
-    )
+    # as typed: the default run folder (whose interpolations read Hydra's runtime config) is held and stays quiet
+    done = run_command("train", "model=resnet18", "trainer.accelerator=gpu", "data=cifake_sample", cwd=tmp_path)
     assert_one_line(done, "trainer.accelerator=gpu", "no CUDA GPU found on this machine", "trainer=cpu")
     assert len((done.stdout + done.stderr).strip().splitlines()) == 1, "printed more than the one line"
-    assert not (tmp_path / "run" / "metrics.json").exists()
+    (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
+    assert (run / ".run.lock").is_file() and not (run / "metrics.json").exists()
     with pytest.raises(ConfigError, match=r"^device=cuda:1: no CUDA GPU found on this machine .*; run on the CPU with"):
         device_trainer("cuda:1")
 

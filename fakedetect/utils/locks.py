@@ -23,10 +23,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode, TaskFunction
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 LOCK_FILE = ".run.lock"
 
@@ -129,9 +130,9 @@ class HoldRunFolder(Callback):
         self.fd: int | None = None
         self.job_fd: int | None = None
 
-    def _hold(self, folder: str, what: str) -> None:
+    def _hold(self, config: DictConfig, key: str, what: str) -> None:
         if _is_rank_zero():
-            self.fd = hold_folder(Path(folder).absolute(), what)
+            self.fd = hold_folder(Path(OmegaConf.select(config, key)).absolute(), f"{what} ({key})")
 
     def _release(self) -> None:
         if self.fd is not None:
@@ -140,13 +141,18 @@ class HoldRunFolder(Callback):
             self.fd = None
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._hold(config.hydra.run.dir, "run folder (hydra.run.dir)")
+        # the folder's interpolations (paths.root_dir is `${hydra:runtime.cwd}`) read HydraConfig, which Hydra sets
+        # before a multirun's callbacks but only at a run's job: set as Hydra's multirun does (`now` is cached, so
+        # the job resolves the same folder)
+        HydraConfig.instance().set_config(config)
+        OmegaConf.set_readonly(config.hydra, None)
+        self._hold(config, "hydra.run.dir", "run folder")
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._release()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._hold(config.hydra.sweep.dir, "sweep folder (hydra.sweep.dir)")
+        self._hold(config, "hydra.sweep.dir", "sweep folder")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._release()
