@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import TypedDict, cast
+from typing import cast
 
 import lightning as L
 import torch
@@ -14,21 +13,19 @@ import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedulerConfig
 from torch import Tensor, nn
-from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import (
     BinaryAccuracy,
-    BinaryAUROC,
-    BinaryF1Score,
-    BinaryPrecision,
-    BinaryRecall,
 )
 from torchvision.transforms.v2.functional import horizontal_flip
 
 from fakedetect.data.batch import Batch
 from fakedetect.data.pixels import LUMA
+from fakedetect.metrics.detection import UNCHECKED, detection_metrics
 from fakedetect.metrics.thresholds import NAMED_THRESHOLDS, SelectedThresholds
 from fakedetect.modules.checkpoint_format import FORMAT, FORMAT_KEY, STATISTICS, unusable, upgrade
-from fakedetect.modules.finite import diverged, finite_hyperparameters
+from fakedetect.modules.finite import diverged
+from fakedetect.modules.optimization import build_optimizer, build_scheduler
 from fakedetect.nets.base import DetectorNet
 from fakedetect.utils.choices import Choice
 from fakedetect.utils.errors import ConfigError, NonFiniteError, is_int, is_number, require
@@ -40,28 +37,6 @@ class TTA(Choice):
     """Test-time augmentations (`model.tta`; null is none)."""
 
     FLIP = "flip"  # P(FAKE) averaged over each image and its horizontal mirror
-
-
-# Inputs are sigmoid probabilities and 0/1 labels by construction; torchmetrics' checks of them would read the
-# values back from the device (a host-device synchronization) on every step.
-class Unchecked(TypedDict):
-    validate_args: bool
-
-
-UNCHECKED: Unchecked = {"validate_args": False}
-
-
-def detection_metrics(threshold: float, prefix: str) -> MetricCollection:
-    return MetricCollection(
-        {
-            "acc": BinaryAccuracy(threshold=threshold, **UNCHECKED),
-            "precision": BinaryPrecision(threshold=threshold, **UNCHECKED),
-            "recall": BinaryRecall(threshold=threshold, **UNCHECKED),
-            "f1": BinaryF1Score(threshold=threshold, **UNCHECKED),
-            "auroc": BinaryAUROC(**UNCHECKED),
-        },
-        prefix=prefix,
-    )
 
 
 class Detector(L.LightningModule):
@@ -394,36 +369,12 @@ class Detector(L.LightningModule):
                 setattr(self, name, torch.empty_like(state[name], device=self.device))
 
     def build_optimizer(self) -> tuple[torch.optim.Optimizer, list[float]]:
-        """The optimizer over the net's parameter groups, each group's lr scaled by its `lr_scale`; and the scales."""
-        try:
-            optimizer = self.optimizer_factory(params=self.net.param_groups())
-        except ValueError as err:  # torch's own range checks, e.g. "Invalid learning rate: nan"
-            raise ConfigError(f"model.optimizer: {err}") from None
-        scales = [group.pop("lr_scale", 1.0) for group in optimizer.param_groups]
-        for group, scale in zip(optimizer.param_groups, scales, strict=True):
-            group["lr"] *= scale
-        return optimizer, scales
+        return build_optimizer(self.optimizer_factory, self.net.param_groups())
 
     def build_scheduler(
         self, optimizer: torch.optim.Optimizer, scales: list[float], total_steps: Callable[[], int]
     ) -> torch.optim.lr_scheduler.LRScheduler | None:
-        """The scheduler of `optimizer` (groups scaled by `scales`); one taking `total_steps` gets `total_steps()`.
-        The optimizer's values are checked finite once the scheduler has set them."""
-        if self.scheduler_factory is None:
-            finite_hyperparameters(optimizer)
-            return None
-        kwargs: dict[str, object] = {}
-        if "total_steps" in inspect.signature(self.scheduler_factory).parameters:
-            kwargs["total_steps"] = total_steps()
-        max_lr = getattr(self.scheduler_factory, "keywords", {}).get("max_lr")
-        if isinstance(max_lr, (int, float)) and any(scale != 1.0 for scale in scales):
-            kwargs["max_lr"] = [max_lr * scale for scale in scales]  # OneCycleLR would reset every group to one
-        try:
-            scheduler = self.scheduler_factory(optimizer, **kwargs)
-        except (ValueError, ArithmeticError) as err:  # its own checks, or arithmetic on them (div_factor=0)
-            raise ConfigError(f"model.scheduler: {err}") from None
-        finite_hyperparameters(optimizer)  # the scheduler has set the first step's values
-        return scheduler
+        return build_scheduler(self.scheduler_factory, optimizer, scales, total_steps)
 
     def configure_optimizers(self) -> OptimizerConfig | OptimizerLRSchedulerConfig:
         optimizer, scales = self.build_optimizer()
